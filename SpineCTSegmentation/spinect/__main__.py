@@ -1,0 +1,5 @@
+import sys
+
+from spinect.cli import main
+
+sys.exit(main())

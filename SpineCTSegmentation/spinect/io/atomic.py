@@ -1,0 +1,92 @@
+"""Atomic file output: write to a temporary file in the target folder, then rename.
+
+A crash, a full disk or Ctrl-C never leaves a partial file under the final name, and an
+existing file is replaced only at the very end (``os.replace`` is atomic on one filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from spinect.errors import OutputError
+
+__all__ = ["atomic_output", "check_output_path", "full_suffix"]
+
+
+def full_suffix(path: str | os.PathLike) -> str:
+    """Lower-case compound suffix: ``.nii.gz``, ``.seg.nrrd``, ``.nrrd``, ``.nii``, ``.mha``..."""
+    name = Path(path).name.lower()
+    for compound in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(compound):
+            return compound
+    return Path(name).suffix
+
+
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Fail early (before any long computation) if ``path`` cannot be written.
+
+    Raises:
+        OutputError: the folder does not exist, is not a folder, is not writable, ``path`` is a
+            folder, or ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"output path {path} is a folder; give a file name such as {path / 'segmentation.seg.nrrd'}")
+    if not folder.exists():
+        raise OutputError(f"output folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} is not a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; choose another name or allow overwriting")
+    # Permission bits say little when running as root; a real probe file says the truth.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".spinect-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {folder}: {exc.strerror}; choose a writable folder") from exc
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    The temporary name keeps the final suffix so that writers choosing a format by extension
+    (SimpleITK, slicerio) still work. On any exception the temporary file is removed and
+    nothing appears under ``path``.
+
+    Raises:
+        OutputError: on OS errors (disk full, read-only folder), with the cause.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    suffix = full_suffix(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot create a file in {folder}: {exc.strerror}; choose a writable folder") from exc
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"disk full while writing {path}; free some space and run again") from exc
+        raise OutputError(f"could not write {path}: {exc}") from exc
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -1,0 +1,128 @@
+"""Model files: weights + plan in one ``.pt`` file, plan and sha256 in a JSON sidecar.
+
+File layout (a plain dict so that ``torch.load(weights_only=True)`` can read it)::
+
+    {"format": "spinect-model", "format_version": 1, "plan": {...}, "state_dict": {...}}
+
+The sidecar ``<name>.json`` holds the same plan plus ``sha256`` of the ``.pt`` file, so a
+reader can inspect a model without torch and verify the download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spinect.errors import ModelError
+from spinect.io.atomic import atomic_output
+from spinect.plan import ModelPlan
+
+__all__ = ["save_model", "load_model", "load_plan", "sha256_of_file", "sidecar_path", "default_model_path"]
+
+_FORMAT = "spinect-model"
+_FORMAT_VERSION = 1
+
+
+def default_model_path() -> Path:
+    """Where the shipped default model lives inside the package."""
+    return Path(__file__).resolve().parent / "models" / "spinect_default.pt"
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".json")
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(path: str | os.PathLike, network: torch.nn.Module, plan: ModelPlan) -> str:
+    """Write ``network``'s weights and ``plan`` atomically; return the file's sha256."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    payload = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "plan": plan.to_dict(), "state_dict": state}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    digest = sha256_of_file(path)
+    sidecar = {"plan": plan.to_dict(), "sha256": digest, "file": path.name}
+    with atomic_output(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return digest
+
+
+def load_plan(path: str | os.PathLike) -> ModelPlan:
+    """Read only the plan (from the model file itself)."""
+    return ModelPlan.from_dict(_read_payload(Path(path))["plan"])
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    allow_untrained: bool = False,
+    verify_sha256: bool = True,
+) -> tuple[torch.nn.Module, ModelPlan]:
+    """Build the network described by the file's plan and load its weights (eval mode).
+
+    Raises:
+        ModelError: missing/corrupt file, checksum mismatch with the sidecar, weights that do
+            not fit the architecture, or an untrained model when ``allow_untrained`` is False.
+    """
+    from spinect.nets import build_network  # local: keeps `spinect.plan` importable without nets
+
+    path = Path(path)
+    payload = _read_payload(path)
+    if verify_sha256:
+        _verify_sidecar(path)
+    try:
+        plan = ModelPlan.from_dict(payload["plan"])
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model file {path} has an invalid plan: {exc}") from exc
+    if plan.training_status == "untrained" and not allow_untrained:
+        raise ModelError(
+            f"model {path} is untrained (random weights) and would produce meaningless labels; "
+            "train one with `spinect train` or use the default model"
+        )
+    network = build_network(**plan.architecture)
+    try:
+        network.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {path} do not match its architecture {plan.architecture}: {exc}") from exc
+    network.to(device).eval()
+    return network, plan
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"model file {path} not found; pass --model with an existing .pt file or omit it for the default model")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ModelError(f"cannot read model file {path} ({type(exc).__name__}: {exc}); is it a spinect model?") from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ModelError(f"{path} is not a spinect model file (no '{_FORMAT}' header)")
+    if int(payload.get("format_version", 0)) > _FORMAT_VERSION:
+        raise ModelError(f"{path} was written by a newer spinect (format {payload['format_version']}); upgrade spinect")
+    return payload
+
+
+def _verify_sidecar(path: Path) -> None:
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return  # a bare .pt is allowed; the sidecar is a convenience, not a requirement
+    try:
+        expected = json.loads(sidecar.read_text()).get("sha256")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the model's sidecar {sidecar}: {exc}") from exc
+    if expected and expected != sha256_of_file(path):
+        raise ModelError(f"checksum of {path} does not match {sidecar}: the file is corrupt or was changed; download or train it again")
