@@ -1,0 +1,170 @@
+"""Python API: one function per ``spinect`` CLI verb (TotalSegmentator's rule: one call = one command).
+
+>>> from spinect.api import segment
+>>> result = segment("ct.nii.gz", "ct.seg.nrrd")          # doctest: +SKIP
+>>> result.voxel_counts()                                   # doctest: +SKIP
+{'background': ..., 'bone': ..., 'nerve': ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinect.errors import ModelError
+from spinect.plan import ModelPlan
+
+__all__ = ["segment", "SegmentationResult", "ProgressCallback", "resolve_model_path", "STAGE_WEIGHTS"]
+
+log = logging.getLogger("spinect")
+
+#: ``progress(stage, overall_fraction, message)``; stages: read, resample, infer, postprocess, write, done.
+ProgressCallback = Callable[[str, float, str], None]
+
+#: Share of the whole run given to each stage when reporting an overall fraction.
+STAGE_WEIGHTS = {"read": 0.05, "resample": 0.05, "infer": 0.80, "postprocess": 0.05, "write": 0.05}
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What :func:`segment` produced.
+
+    Attributes:
+        labels: UInt8 label image on the input CT's grid (0 background, 1 bone, 2 nerve).
+        output_path: the file written, or None when no output was requested.
+        plan: the model's plan; ``model_path`` the model file used.
+        device: the torch device the network ran on.
+        timings_s: seconds per stage (read, resample+normalise, infer, argmax, resample back,
+            smooth, write).
+        peak_rss_mb / peak_vram_mb: peak host memory of the process and peak CUDA memory (None on CPU).
+    """
+
+    labels: sitk.Image
+    output_path: Path | None
+    plan: ModelPlan
+    model_path: Path
+    device: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    peak_vram_mb: float | None = None
+
+    def voxel_counts(self) -> dict[str, int]:
+        """Voxels per class name on the input grid."""
+        counts = np.bincount(sitk.GetArrayViewFromImage(self.labels).ravel(), minlength=self.plan.num_classes)
+        return {name: int(counts[i]) for i, name in enumerate(self.plan.class_names)}
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """The given model file, or the shipped default model; clear error if neither exists."""
+    from spinect.model_file import default_model_path
+
+    if model is not None:
+        return Path(model)
+    path = default_model_path()
+    if not path.is_file():
+        raise ModelError(
+            f"no default model is installed at {path}; pass --model with a model trained by `spinect train`"
+        )
+    return path
+
+
+def segment(
+    input: str | os.PathLike | sitk.Image,
+    output: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    smoothing_mm: float | None = None,
+    blend: str | None = None,
+    stride_zyx: tuple[int, int, int] | None = None,
+    batch_size: int = 4,
+    overwrite: bool = True,
+    allow_untrained: bool = False,
+    progress: ProgressCallback | None = None,
+) -> SegmentationResult:
+    """Segment lumbosacral bone and nerves on a CT (``spinect segment``).
+
+    Args:
+        input: CT file (NIfTI, NRRD, MHA), DICOM series folder, or a SimpleITK image in HU.
+        output: label file to write (``.seg.nrrd`` for Slicer, or ``.nii.gz``/``.nrrd``/``.mha``
+            label map on the input grid), or None to only return the labels.
+        model: model file (``.pt``) written by ``spinect train``; None = the shipped default.
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        smoothing_mm: median smoothing kernel, mm (default: the plan's, 1.5; 0 = off).
+        blend: ``sum`` (SPINECT) or ``gaussian``; default: the plan's.
+        stride_zyx: sliding-window stride in voxels; default: the plan's (20, 40, 40).
+        batch_size: windows per network call.
+        overwrite: replace an existing output file (always atomically).
+        allow_untrained: accept a model whose plan says ``untrained`` (for tests only).
+        progress: optional ``progress(stage, overall_fraction, message)`` callback.
+
+    Raises:
+        InputError, OutputError, ModelError: with a message naming the problem; nothing is written.
+    """
+    import torch
+
+    from spinect.inference import resolve_device
+    from spinect.io import check_output_path, read_ct, write_labelmap
+    from spinect.model_file import load_model
+    from spinect.pipeline import segment_image
+    from spinect.profiling import StageTimer, peak_rss_mb
+
+    report = _Reporter(progress)
+    if output is not None:
+        check_output_path(output, overwrite=overwrite)  # fail before minutes of work, not after
+    model_path = resolve_model_path(model)
+    torch_device = resolve_device(device)
+    network, plan = load_model(model_path, device=torch_device, allow_untrained=allow_untrained)
+    if plan.training_status != "trained":
+        log.warning("model %s is marked %r: its labels are not meaningful for patients", model_path, plan.training_status)
+    timer = StageTimer()
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+
+    report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
+    with timer.stage("read"):
+        ct = input if isinstance(input, sitk.Image) else read_ct(input)
+    report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
+
+    def on_window(done: int, total: int) -> None:
+        report("infer", done / max(total, 1), f"window {done}/{total}")
+
+    labels = segment_image(
+        ct, network, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend,
+        stride_zyx=stride_zyx, batch_size=batch_size, window_progress=on_window, timer=timer,
+    )
+    report("postprocess", 1.0, "smoothed and resampled to the input grid")
+    written = None
+    if output is not None:
+        report("write", 0.0, f"writing {output}")
+        with timer.stage("write"):
+            written = write_labelmap(labels, output, class_names=plan.class_names, overwrite=overwrite)
+    report("done", 1.0, "finished")
+    vram = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
+    return SegmentationResult(
+        labels=labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
+        timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram,
+    )
+
+
+class _Reporter:
+    """Turns (stage, fraction within stage) into an overall fraction for the callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+        self._order = list(STAGE_WEIGHTS)
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self._callback is None:
+            return
+        if stage == "done":
+            self._callback(stage, 1.0, message)
+            return
+        before = sum(STAGE_WEIGHTS[s] for s in self._order[: self._order.index(stage)])
+        self._callback(stage, min(1.0, before + STAGE_WEIGHTS[stage] * fraction), message)

@@ -1,0 +1,60 @@
+"""``spinect segment INPUT OUTPUT``: CT in, bone/nerve segmentation out."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+
+from spinect.commands.progress import RichProgress, progress_lines_callback
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger("spinect")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "segment",
+        help="segment bone and nerves on a CT",
+        description="Segment lumbosacral bone (label 1) and nerves (label 2) on a CT with the SPINECT 3D U-Net.",
+    )
+    p.add_argument("input", help="CT: NIfTI, NRRD, MHA file or a DICOM series folder")
+    p.add_argument("output", help="output: .seg.nrrd (Slicer segmentation) or .nii.gz/.nrrd/.mha label map")
+    p.add_argument("--model", default=None, help="model file from `spinect train` (default: the shipped model)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--smoothing-mm", type=float, default=None, help="median smoothing kernel in mm (default 1.5; 0 = off)")
+    p.add_argument("--blend", choices=("sum", "gaussian"), default=None, help="window blending (default: the model's, SPINECT 'sum')")
+    p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"), default=None, help="sliding-window stride in voxels (default 20 40 40)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per network call (default 4)")
+    p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout (for Slicer)")
+    p.add_argument("--verbose", action="store_true", help="print per-stage timings and peak memory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spinect.api import segment
+
+    if args.batch_size < 1:
+        raise SystemExit("spinect segment: error: --batch-size must be >= 1")
+    if args.progress_lines:
+        display = contextlib.nullcontext(progress_lines_callback())
+    else:
+        display = RichProgress("segment")
+    with display as progress:
+        result = segment(
+            args.input, args.output, model=args.model, device=args.device, smoothing_mm=args.smoothing_mm,
+            blend=args.blend, stride_zyx=tuple(args.stride) if args.stride else None,
+            batch_size=args.batch_size, overwrite=not args.no_overwrite, progress=progress,
+        )
+    counts = result.voxel_counts()
+    log.info("wrote %s (%s voxels: %s) on %s", result.output_path, sum(counts.values()),
+             ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background"), result.device)
+    if args.verbose:
+        from spinect.profiling import StageTimer
+
+        log.info("stage timings:\n%s", StageTimer(result.timings_s).table())
+        vram = f", peak VRAM {result.peak_vram_mb:.0f} MiB" if result.peak_vram_mb is not None else ""
+        log.info("peak RAM %.0f MiB%s", result.peak_rss_mb, vram)
+    return 0

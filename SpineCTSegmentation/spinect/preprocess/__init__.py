@@ -1,0 +1,6 @@
+"""Preprocessing: resampling to the network grid and intensity normalisation."""
+
+from spinect.preprocess.normalize import intensity_statistics, normalise_hu
+from spinect.preprocess.resample import resample_to_reference, resample_to_spacing
+
+__all__ = ["resample_to_spacing", "resample_to_reference", "normalise_hu", "intensity_statistics"]
