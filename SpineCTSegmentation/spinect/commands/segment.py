@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 
 from spinect.commands.progress import RichProgress, progress_lines_callback
 
@@ -49,12 +50,12 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, overwrite=not args.no_overwrite, progress=progress,
         )
     counts = result.voxel_counts()
-    log.info("wrote %s (%s voxels: %s) on %s", result.output_path, sum(counts.values()),
-             ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background"), result.device)
+    found = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background")
+    print(f"wrote {result.output_path} ({found} voxels; device {result.device})", file=sys.stderr)
     if args.verbose:
         from spinect.profiling import StageTimer
 
-        log.info("stage timings:\n%s", StageTimer(result.timings_s).table())
+        print("stage timings:\n" + StageTimer(result.timings_s).table(), file=sys.stderr)
         vram = f", peak VRAM {result.peak_vram_mb:.0f} MiB" if result.peak_vram_mb is not None else ""
-        log.info("peak RAM %.0f MiB%s", result.peak_rss_mb, vram)
+        print(f"peak RAM {result.peak_rss_mb:.0f} MiB{vram}", file=sys.stderr)
     return 0

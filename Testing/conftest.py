@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny test-only models and small synthetic CTs (CPU, fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_threads():
+    torch.set_num_threads(2)
+
+
+def make_tiny_model(path: Path, *, training_status: str = "test-only", base_width: int = 4, seed: int = 0) -> Path:
+    """Write a tiny random-weight SPINECT model (test-only) to ``path``."""
+    from spinect.model_file import save_model
+    from spinect.nets import build_network
+    from spinect.plan import ModelPlan
+
+    torch.manual_seed(seed)
+    network = build_network(base_width=base_width)
+    plan = ModelPlan(
+        architecture={"name": "spinect_unet", "base_width": base_width},
+        intensity_mean=-300.0,
+        intensity_std=500.0,
+        training_status=training_status,
+        provenance={"purpose": "unit tests"},
+    )
+    save_model(path, network, plan)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    return make_tiny_model(tmp_path / "tiny.pt")
+
+
+def make_synthetic_ct(*, size_xyz=(48, 40, 20), spacing_xyz=(0.8, 0.8, 2.0), seed=0) -> sitk.Image:
+    """A small CT-like volume in HU: air around a soft-tissue cylinder with a bony block inside."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = size_xyz
+    z, y, x = np.mgrid[0:nz, 0:ny, 0:nx]
+    hu = np.full((nz, ny, nx), -1000.0, np.float32)
+    body = ((x - nx / 2) * spacing_xyz[0]) ** 2 + ((y - ny / 2) * spacing_xyz[1]) ** 2 < (0.4 * nx * spacing_xyz[0]) ** 2
+    hu[body] = 40.0
+    bone = body & (np.abs(x - nx / 2) < nx / 8) & (np.abs(y - ny / 2) < ny / 8)
+    hu[bone] = 700.0
+    hu += rng.normal(0, 15, hu.shape).astype(np.float32)
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((-20.0, 15.0, 100.0))
+    return image
+
+
+@pytest.fixture
+def synthetic_ct_path(tmp_path) -> Path:
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(make_synthetic_ct(), str(path))
+    return path
