@@ -1,9 +1,9 @@
 """``spinect evaluate``: score predicted label maps against label maps and write a report.
 
-Only parses arguments and calls :mod:`spinect.metrics`. A model-on-dataset mode
-(``--model M --data DATA``) will produce ``(case_id, predicted image, label path)`` triples with
-the segmentation API and hand them to :func:`run_evaluation`, which scores predictions that
-already exist; it is not offered until that API exists.
+Only parses arguments and calls :mod:`spinect.metrics`. Two modes share :func:`run_evaluation`:
+files (``--pred P --labels L``: predictions that already exist) and model-on-dataset
+(``--model M --data DATA``: each case of a dataset folder is segmented with
+:func:`spinect.api.segment`, in memory, then scored against its label).
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "metrics_per_case.csv, metrics_summary.csv, metrics_summary.md and metrics_boxplot.png."
         ),
     )
-    parser.add_argument("--pred", required=True, type=Path, help="prediction label map, or a folder of them")
-    parser.add_argument("--labels", required=True, type=Path, help="manual label map, or a folder of them")
+    parser.add_argument("--pred", type=Path, help="prediction label map, or a folder of them")
+    parser.add_argument("--labels", type=Path, help="manual label map, or a folder of them")
+    parser.add_argument("--model", type=Path, help="model-on-dataset mode: model file to segment --data with")
+    parser.add_argument("--data", type=Path, help="model-on-dataset mode: dataset folder (manifest.json or <id>_ct/<id>_labels pairs)")
+    parser.add_argument("--cases", default=None, help="model-on-dataset mode: comma-separated case ids to use (default: all)")
+    parser.add_argument("--device", default="auto", help="model-on-dataset mode: auto, cpu or cuda")
     parser.add_argument("--out", required=True, type=Path, help="output folder for the report (created if missing)")
     parser.add_argument(
         "--classes",
@@ -93,7 +97,16 @@ def _run(args: argparse.Namespace) -> int:
     class_names = tuple(name.strip() for name in args.classes.split(",") if name.strip())
     if len(class_names) < 2:
         raise InputError(f"--classes {args.classes!r} needs background and at least one class, e.g. {_DEFAULT_CLASSES}")
-    pairs = match_case_files(args.pred, args.labels)
+    if args.data is not None or args.model is not None:
+        if args.pred is not None or args.labels is not None:
+            raise InputError("give either --pred/--labels (score files) or --model/--data (segment a dataset), not both")
+        if args.data is None:
+            raise InputError("--model needs --data DATASET_FOLDER to segment")
+        pairs = _model_pairs(args.model, args.data, cases=args.cases, device=args.device)
+    elif args.pred is None or args.labels is None:
+        raise InputError("give --pred PRED --labels LABELS, or --model MODEL --data DATASET")
+    else:
+        pairs = match_case_files(args.pred, args.labels)
     check_report_folder(args.out)
     _, files = run_evaluation(
         pairs,
@@ -106,3 +119,36 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Report written to {args.out}: {files.per_case_csv.name}, {files.summary_csv.name}, "
           f"{files.summary_markdown.name}, {files.boxplot_png.name}")
     return 0
+
+
+class _ModelPairs:
+    """Lazily segments each dataset case with a model: yields (case_id, labels image, label path)."""
+
+    def __init__(self, model: Path | None, cases, device: str) -> None:
+        self._model, self._cases, self._device = model, cases, device
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    def __iter__(self):
+        from spinect.api import segment
+
+        for case in self._cases:
+            result = segment(case.image, model=self._model, device=self._device)
+            yield case.id, result.labels, case.label
+
+
+def _model_pairs(model: Path | None, data: Path, *, cases: str | None, device: str) -> _ModelPairs:
+    from spinect.api import resolve_model_path
+    from spinect.errors import InputError
+    from spinect.manifest import discover_cases
+
+    found = discover_cases(data)
+    if cases:
+        wanted = [c.strip() for c in cases.split(",") if c.strip()]
+        by_id = {c.id: c for c in found}
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            raise InputError(f"case ids {missing} are not in {data} (it has {sorted(by_id)[:10]}...)")
+        found = [by_id[w] for w in wanted]
+    return _ModelPairs(resolve_model_path(model), found, device)
