@@ -1,0 +1,432 @@
+"""Read a CT volume (NIfTI, NRRD, MetaImage or a DICOM series) and check that it is a usable 3D CT.
+
+:func:`read_ct` returns a ``sitkFloat32`` image in Hounsfield units with the file's geometry
+(origin, spacing, direction cosines; LPS mm, as SimpleITK and DICOM use). DICOM series are read
+with SimpleITK's ``ImageSeriesReader`` (GDCM), which applies rescale slope and intercept.
+
+DICOM folders may hold several series, and anonymised series may have an empty
+SeriesInstanceUID. Series with a UID are grouped by GDCM; files without one are grouped by their
+own tags (FrameOfReferenceUID, ImageOrientationPatient, rows, columns, pixel spacing, slice
+thickness) and sorted by ImagePositionPatient projected on the slice normal. The longest series
+is read and the choice is logged on the ``spinect`` logger.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinect.errors import InputError
+from spinect.io.atomic import full_suffix
+
+__all__ = [
+    "read_ct",
+    "validate_ct",
+    "image_info",
+    "CT_FILE_SUFFIXES",
+    "AIR_HU",
+    "AIR_MIN_HU",
+    "AIR_FRACTION_MIN",
+    "FAT_HU",
+    "FAT_FRACTION_MIN",
+    "MIN_VOXELS_PER_AXIS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Single-file formats read_ct accepts (besides DICOM: a folder, or a file inside one).
+CT_FILE_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# "Is this CT?" rule (see validate_ct). Real CT in HU contains air (outside the body, bowel,
+# lungs: -1000 HU) or the scanner's padding outside the field of view (-1024..-3024 HU); a crop
+# tight enough to hold no air still holds fat (-120..-30 HU). MR, PET and CT stored without
+# rescale have no such negative values.
+AIR_HU = -500.0  #: voxels below this are air
+AIR_MIN_HU = -800.0  #: a minimum at or below this means air or scanner padding is present
+AIR_FRACTION_MIN = 1e-3  #: fraction of air voxels that is enough on its own
+FAT_HU = -30.0  #: voxels below this are fat (or air)
+FAT_FRACTION_MIN = 1e-2  #: fraction of fat-or-air voxels that is enough on its own
+MIN_VOXELS_PER_AXIS = 2  #: fewer voxels along an axis makes the image 2D
+
+_DICOM_IO = "GDCMImageIO"
+_TAG_SERIES_UID = "0020|000e"
+_TAG_FRAME_OF_REFERENCE = "0020|0052"
+_TAG_ORIENTATION = "0020|0037"
+_TAG_POSITION = "0020|0032"
+_TAG_INSTANCE = "0020|0013"
+_TAG_ROWS = "0028|0010"
+_TAG_COLUMNS = "0028|0011"
+_TAG_PIXEL_SPACING = "0028|0030"
+_TAG_SLICE_THICKNESS = "0018|0050"
+
+
+@dataclass(frozen=True)
+class _DicomSeries:
+    """One DICOM series: a description for messages and its files in slice order."""
+
+    label: str
+    files: tuple[str, ...]
+
+
+def read_ct(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D CT volume in Hounsfield units.
+
+    Args:
+        path: a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage
+            (``.mha``, ``.mhd``) file; a folder holding a DICOM series (the longest series is
+            taken when there are several); or one DICOM file (its series is read from its folder).
+
+    Returns:
+        3D ``sitkFloat32`` image, HU, with the file's origin, spacing and direction (LPS mm).
+
+    Raises:
+        InputError: the path does not exist, is not a readable image, or is not a 3D CT
+            (see :func:`validate_ct`).
+    """
+    path = Path(path)
+    image = _read_image(path)
+    validate_ct(image, source=str(path))
+    return sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
+
+
+def validate_ct(image: sitk.Image, *, source: str | None = None) -> None:
+    """Check that ``image`` is a 3D, single-component CT volume in HU.
+
+    The rules:
+
+    * 3 dimensions with at least :data:`MIN_VOXELS_PER_AXIS` voxels along each axis (a single
+      slice is 2D; a thin 3-slice volume is fine); no 4D (time series) and no vector/colour pixels.
+    * every voxel finite (no NaN or inf).
+    * it looks like CT in HU: the minimum is at or below -800 HU (air or scanner padding), or at
+      least 0.1 % of voxels are below -500 HU (air), or at least 1 % are below -30 HU (fat: a crop
+      tight enough to hold no air). MR, PET, z-scored images and CT saved without its rescale
+      intercept (all values >= 0) fail all three.
+
+    Args:
+        image: the volume to check (any pixel type).
+        source: file or folder name used in error messages.
+
+    Raises:
+        InputError: naming the problem and what to do about it.
+    """
+    name = source or "the input image"
+    _check_shape(image, name)
+    values = sitk.GetArrayViewFromImage(image)
+    _check_finite(values, name)
+    _check_looks_like_ct(values, name)
+
+
+def image_info(image: sitk.Image) -> dict[str, object]:
+    """Facts about an image's grid, for logs and reports.
+
+    Returns:
+        ``size_xyz`` (voxels), ``spacing_xyz_mm``, ``origin_xyz_mm`` (LPS), ``orientation`` (the
+        three-letter DICOM code of the axes' directions, such as ``LPS`` or ``PIR``; ``None``
+        unless 3D), ``pixel_type`` and ``components``.
+    """
+    orientation = None
+    if image.GetDimension() == 3:
+        orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    return {
+        "size_xyz": tuple(image.GetSize()),
+        "spacing_xyz_mm": tuple(round(s, 4) for s in image.GetSpacing()),
+        "origin_xyz_mm": tuple(round(o, 3) for o in image.GetOrigin()),
+        "orientation": orientation,
+        "pixel_type": image.GetPixelIDTypeAsString(),
+        "components": image.GetNumberOfComponentsPerPixel(),
+    }
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _check_shape(image: sitk.Image, name: str) -> None:
+    size = image.GetSize()
+    if image.GetDimension() > 3:
+        raise InputError(
+            f"{name} is {image.GetDimension()}D (size {size}): a time series or several volumes in one "
+            "file; export the single 3D CT volume you want to segment"
+        )
+    if image.GetDimension() < 3 or min(size) < MIN_VOXELS_PER_AXIS:
+        raise InputError(
+            f"{name} is 2D (size {size}): a 3D CT volume is needed; give the whole series "
+            "(the DICOM folder, or a volume exported from it), not a single slice"
+        )
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(
+            f"{name} has {components} values per voxel (vector or colour image); a CT has one value "
+            "(HU) per voxel: give the original grey-level CT, not a colour export or a derived field"
+        )
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    _raise_if_nonfinite(int(values.size - np.count_nonzero(np.isfinite(values))), name)
+
+
+def _raise_if_nonfinite(count: int, name: str) -> None:
+    if count:
+        raise InputError(
+            f"{name} has {count} NaN or infinite voxels; the file is damaged or was produced by a failed "
+            "computation: re-export the CT from the scanner data"
+        )
+
+
+def _check_looks_like_ct(values: np.ndarray, name: str) -> None:
+    minimum = float(values.min())
+    if minimum <= AIR_MIN_HU:
+        return
+    air_fraction = float(np.count_nonzero(values < AIR_HU)) / values.size
+    fat_fraction = float(np.count_nonzero(values < FAT_HU)) / values.size
+    if air_fraction >= AIR_FRACTION_MIN or fat_fraction >= FAT_FRACTION_MIN:
+        return
+    raise InputError(
+        f"{name} does not look like a CT in Hounsfield units: its values run from {minimum:g} to "
+        f"{float(values.max()):g} with no air (below {AIR_HU:g} HU) or fat (below {FAT_HU:g} HU). "
+        "Is it an MR or PET image, or a CT saved without its rescale intercept? Give the CT "
+        "(DICOM series, or a volume exported in HU)"
+    )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _read_image(path: Path) -> sitk.Image:
+    if not path.exists():
+        kind = "folder" if not path.suffix else "file"
+        raise InputError(f"input {kind} {path} does not exist; check the path (and the current folder)")
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    if full_suffix(path) in CT_FILE_SUFFIXES:
+        return _read_image_file(path)
+    if full_suffix(path) == ".dcm" or _is_dicom_file(path):
+        return _read_dicom_folder(path.parent, containing=path)
+    raise InputError(
+        f"{path} is not an image format spinect reads; give a DICOM folder or a "
+        f"{', '.join(CT_FILE_SUFFIXES)} file"
+    )
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(
+            f"cannot read {path} as an image ({_first_line(exc)}); the file is damaged, truncated or "
+            f"not really a {full_suffix(path)} file: export it again"
+        ) from exc
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        _check_finite_nifti_file(path)
+    return image
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32, float64
+
+
+def _check_finite_nifti_file(path: Path) -> None:
+    """niftilib turns NaN and inf into 0 while reading, so count them in the stored floats."""
+    with (gzip.open if full_suffix(path) == ".nii.gz" else open)(path, "rb") as stream:
+        layout = _nifti_float_layout(stream.read(348))
+        if layout is None:
+            return
+        dtype, offset, remaining = layout
+        stream.seek(offset)
+        bad = 0
+        while remaining > 0:  # in chunks: a float CT can be gigabytes
+            chunk = stream.read(min(remaining, 1 << 22) * dtype.itemsize)
+            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype)
+            if values.size == 0:
+                break
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            remaining -= values.size
+    _raise_if_nonfinite(bad, str(path))
+
+
+def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
+    """(dtype, voxel data offset, voxel count) of a float NIfTI-1 file, else None.
+
+    (The NIfTI reader in SimpleITK 2.5 handles NIfTI-1 only, so NIfTI-2 never gets here.)
+    """
+    for endian in "<>":
+        if len(header) < 348 or struct.unpack(endian + "i", header[:4])[0] != 348:
+            continue
+        datatype = struct.unpack(endian + "h", header[70:72])[0]
+        dims = struct.unpack(endian + "8h", header[40:56])
+        if datatype not in _NIFTI_FLOAT_TYPES or not 1 <= dims[0] <= 7:
+            return None
+        offset = int(struct.unpack(endian + "f", header[108:112])[0])
+        count = int(np.prod([max(d, 1) for d in dims[1 : dims[0] + 1]]))
+        return np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]), offset, count
+    return None
+
+
+def _read_dicom_folder(folder: Path, *, containing: Path | None = None) -> sitk.Image:
+    series = _find_dicom_series(folder)
+    if not series:
+        raise InputError(
+            f"no DICOM image series found in {folder}; give the folder that holds the CT's .dcm files "
+            "(or a NIfTI/NRRD file)"
+        )
+    chosen = _choose_series(series, folder, containing)
+    return _read_dicom_series(chosen, folder)
+
+
+def _choose_series(series: list[_DicomSeries], folder: Path, containing: Path | None) -> _DicomSeries:
+    if containing is not None:
+        target = os.path.realpath(containing)
+        matches = [s for s in series if target in {os.path.realpath(f) for f in s.files}]
+        if not matches:
+            raise InputError(f"{containing} is not part of a readable DICOM image series in {folder}")
+        return matches[0]
+    chosen = max(series, key=lambda s: len(s.files))  # first of the longest on ties
+    skipped = [s for s in series if s is not chosen]
+    logger.info("DICOM %s: reading series %s (%d slices)", folder, chosen.label, len(chosen.files))
+    if skipped:
+        logger.warning(
+            "DICOM %s holds %d series; took the longest, %s (%d slices), skipped: %s",
+            folder,
+            len(series),
+            chosen.label,
+            len(chosen.files),
+            "; ".join(f"{s.label} ({len(s.files)} slices)" for s in skipped),
+        )
+    return chosen
+
+
+def _find_dicom_series(folder: Path) -> list[_DicomSeries]:
+    """Series in ``folder`` (not its subfolders), each with its files in slice order."""
+    series: list[_DicomSeries] = []
+    grouped: set[str] = set()  # real paths of the files GDCM put in a series
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    for uid in uids:
+        if not uid.strip():
+            continue  # files without a UID are grouped by their tags below
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        if files:
+            series.append(_DicomSeries(f"SeriesInstanceUID {uid}", files))
+            grouped.update(os.path.realpath(f) for f in files)
+    if uids and all(uid.strip() for uid in uids):
+        return series
+    rest = [
+        str(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and os.path.realpath(p) not in grouped
+    ]
+    return series + _group_by_tags(rest)
+
+
+def _group_by_tags(files: list[str]) -> list[_DicomSeries]:
+    """Group DICOM files without a usable SeriesInstanceUID into series by their own tags.
+
+    Key: FrameOfReferenceUID, ImageOrientationPatient (to 1e-3), rows, columns, pixel spacing and
+    slice thickness; within a group, slices are sorted along the slice normal.
+    """
+    groups: dict[tuple, list[tuple[float, str]]] = {}
+    for file in files:
+        tags = _dicom_tags(file)
+        if tags is None:
+            continue  # not DICOM (a README, a licence, a DICOMDIR without pixels...)
+        orientation = _floats(tags.get(_TAG_ORIENTATION, ""), 6)
+        key = (
+            tags.get(_TAG_SERIES_UID, "").strip(),
+            tags.get(_TAG_FRAME_OF_REFERENCE, "").strip(),
+            tuple(np.round(orientation, 3)) if orientation is not None else None,
+            tags.get(_TAG_ROWS, "").strip(),
+            tags.get(_TAG_COLUMNS, "").strip(),
+            tags.get(_TAG_PIXEL_SPACING, "").strip(),
+            tags.get(_TAG_SLICE_THICKNESS, "").strip(),
+        )
+        groups.setdefault(key, []).append((_slice_position(tags, orientation), file))
+    series = []
+    for number, (key, members) in enumerate(groups.items(), start=1):
+        members.sort()
+        frame = key[1] or "none"
+        label = f"#{number} without SeriesInstanceUID (FrameOfReferenceUID {frame}, {key[4]}x{key[3]} pixels)"
+        series.append(_DicomSeries(label, tuple(file for _, file in members)))
+    return series
+
+
+def _slice_position(tags: dict[str, str], orientation: np.ndarray | None) -> float:
+    """Position along the slice normal (mm), or the InstanceNumber when positions are missing."""
+    position = _floats(tags.get(_TAG_POSITION, ""), 3)
+    if orientation is not None and position is not None:
+        normal = np.cross(orientation[:3], orientation[3:])
+        return float(np.dot(position, normal))
+    instance = _floats(tags.get(_TAG_INSTANCE, ""), 1)
+    return float(instance[0]) if instance is not None else 0.0
+
+
+def _dicom_tags(file: str) -> dict[str, str] | None:
+    """The public tags of one DICOM file (pixels not decoded), or None if it is not DICOM."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_DICOM_IO)
+    reader.SetFileName(file)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+
+
+def _read_dicom_series(series: _DicomSeries, folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    reader.SetOutputPixelType(sitk.sitkFloat32)  # rescale slope/intercept applied in float
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice positions, to check the slice gaps
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(
+            f"cannot read DICOM series {series.label} in {folder} ({_first_line(exc)}); the files may be "
+            "damaged or use a compression GDCM cannot decode: convert the series to NIfTI in 3D Slicer "
+            "and give that file"
+        ) from exc
+    logger.info("read %s: %s", folder, image_info(image))
+    _warn_if_uneven_slices(reader, image, folder)
+    return image
+
+
+def _warn_if_uneven_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """Missing slices or variable spacing make the stacked volume's geometry approximate."""
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = [_floats(reader.GetMetaData(i, _TAG_POSITION), 3) for i in range(len(reader.GetFileNames()))]
+    if len(positions) < 3 or any(p is None for p in positions):
+        return
+    gaps_mm = np.abs(np.diff([float(np.dot(p, normal)) for p in positions]))
+    deviation_mm = float(np.max(np.abs(gaps_mm - image.GetSpacing()[2])))
+    if deviation_mm > max(0.1 * image.GetSpacing()[2], 0.01):
+        logger.warning(
+            "DICOM %s: slice gaps vary from %.3g to %.3g mm (missing slices or variable spacing); the "
+            "volume uses their mean, %.3g mm, so positions along the slice axis are off by up to %.3g mm",
+            folder, gaps_mm.min(), gaps_mm.max(), image.GetSpacing()[2], deviation_mm,
+        )
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        return sitk.ImageFileReader.GetImageIOFromFileName(str(path)) == _DICOM_IO
+    except RuntimeError:
+        return False
+
+
+def _floats(text: str, count: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in text.strip().split("\\")], dtype=float)
+    except ValueError:
+        return None
+    return values if values.size == count else None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
