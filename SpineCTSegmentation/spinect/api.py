@@ -12,12 +12,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from spinect.errors import ModelError
+from spinect.errors import ModelError, SpinectError
 from spinect.plan import ModelPlan
 
 __all__ = ["segment", "SegmentationResult", "ProgressCallback", "resolve_model_path", "STAGE_WEIGHTS"]
@@ -43,6 +43,12 @@ class SegmentationResult:
         timings_s: seconds per stage (read, resample+normalise, infer, argmax, resample back,
             smooth, write).
         peak_rss_mb / peak_vram_mb: peak host memory of the process and peak CUDA memory (None on CPU).
+        removed_islands: false-positive islands removed (class, voxels, volume_mm3, centroid_lps_mm,
+            distance_mm, reason); empty with ``keep_islands``.
+        uncertainty: vote-entropy map (nats) on the input grid with ``tta``/``ensemble``, else None.
+        vvc: {class: volume variation coefficient sigma/mu} with ``tta``/``ensemble``.
+        review: :class:`spinect.uncertainty.ReviewRegion` list, most uncertain first.
+        members: ensemble members (models x flips); 1 for plain inference.
     """
 
     labels: sitk.Image
@@ -53,6 +59,11 @@ class SegmentationResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     peak_vram_mb: float | None = None
+    removed_islands: list[dict] = field(default_factory=list)
+    uncertainty: sitk.Image | None = None
+    vvc: dict[str, float] | None = None
+    review: list = field(default_factory=list)
+    members: int = 1
 
     def voxel_counts(self) -> dict[str, int]:
         """Voxels per class name on the input grid."""
@@ -84,6 +95,12 @@ def segment(
     blend: str | None = None,
     stride_zyx: tuple[int, int, int] | None = None,
     batch_size: int = 4,
+    tta: bool = False,
+    ensemble: Sequence[str | os.PathLike] = (),
+    keep_islands: bool = False,
+    uncertainty_output: str | os.PathLike | None = None,
+    review_output: str | os.PathLike | None = None,
+    review_top_k: int = 20,
     overwrite: bool = True,
     allow_untrained: bool = False,
     progress: ProgressCallback | None = None,
@@ -100,6 +117,12 @@ def segment(
         blend: ``sum`` (SPINECT) or ``gaussian``; default: the plan's.
         stride_zyx: sliding-window stride in voxels; default: the plan's (20, 40, 40).
         batch_size: windows per network call.
+        tta: flip test-time augmentation (4 in-plane flips per model) for uncertainty.
+        ensemble: further model files; their predictions are fused with ``model``'s.
+        keep_islands: keep isolated false-positive islands (removed and reported by default).
+        uncertainty_output: write the vote-entropy map here (needs ``tta`` or ``ensemble``).
+        review_output: write the top uncertain regions here (``.csv`` or ``.json``).
+        review_top_k: how many regions the review list holds.
         overwrite: replace an existing output file (always atomically).
         allow_untrained: accept a model whose plan says ``untrained`` (for tests only).
         progress: optional ``progress(stage, overall_fraction, message)`` callback.
@@ -110,17 +133,22 @@ def segment(
     import torch
 
     from spinect.inference import resolve_device
-    from spinect.io import check_output_path, read_ct, write_labelmap
+    from spinect.io import check_output_path, read_ct
     from spinect.model_file import load_model
     from spinect.pipeline import segment_image
     from spinect.profiling import StageTimer, peak_rss_mb
 
     report = _Reporter(progress)
-    if output is not None:
-        check_output_path(output, overwrite=overwrite)  # fail before minutes of work, not after
+    wants_uncertainty = tta or bool(ensemble)
+    if (uncertainty_output or review_output) and not wants_uncertainty:
+        raise SpinectError("an uncertainty map or review list needs --tta or --ensemble MODEL (several predictions to compare)")
+    for path in (output, uncertainty_output, review_output):
+        if path is not None:
+            check_output_path(path, overwrite=overwrite)  # fail before minutes of work, not after
     model_path = resolve_model_path(model)
     torch_device = resolve_device(device)
     network, plan = load_model(model_path, device=torch_device, allow_untrained=allow_untrained)
+    networks = [network] + [_load_compatible(p, plan, torch_device, allow_untrained) for p in ensemble]
     if plan.training_status != "trained":
         log.warning("model %s is marked %r: its labels are not meaningful for patients", model_path, plan.training_status)
     timer = StageTimer()
@@ -135,22 +163,67 @@ def segment(
     def on_window(done: int, total: int) -> None:
         report("infer", done / max(total, 1), f"window {done}/{total}")
 
-    labels = segment_image(
-        ct, network, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend,
-        stride_zyx=stride_zyx, batch_size=batch_size, window_progress=on_window, timer=timer,
+    out = segment_image(
+        ct, networks, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx,
+        batch_size=batch_size, tta=tta, remove_islands=not keep_islands, window_progress=on_window, timer=timer,
     )
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
+    islands = [_island_dict(r, lps, plan) for r, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
+    for island in islands:
+        log.info("removed %s island: %d voxels (%.0f mm³) at LPS %s mm, %.1f mm from the kept anatomy",
+                 island["class_name"], island["voxels"], island["volume_mm3"],
+                 tuple(round(v, 1) for v in island["centroid_lps_mm"]), island["distance_mm"])
+    review = []
+    if out.uncertainty is not None:
+        from spinect.uncertainty import uncertain_regions
+
+        review = uncertain_regions(out.uncertainty, out.labels, class_names=plan.class_names, top_k=review_top_k)
     written = None
-    if output is not None:
-        report("write", 0.0, f"writing {output}")
-        with timer.stage("write"):
-            written = write_labelmap(labels, output, class_names=plan.class_names, overwrite=overwrite)
+    report("write", 0.0, f"writing {output}")
+    with timer.stage("write"):
+        _write_outputs(out, review, output=output, uncertainty_output=uncertainty_output,
+                       review_output=review_output, plan=plan, overwrite=overwrite)
+        written = Path(output) if output is not None else None
     report("done", 1.0, "finished")
     vram = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
     return SegmentationResult(
-        labels=labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
-        timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram,
+        labels=out.labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
+        timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram, removed_islands=islands,
+        uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
     )
+
+
+def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:
+    return {"class_name": plan.class_names[island.label_value], "voxels": island.voxels,
+            "volume_mm3": island.volume_mm3, "centroid_lps_mm": tuple(centroid_lps_mm),
+            "distance_mm": island.distance_mm, "reason": island.reason}
+
+
+def _write_outputs(out, review, *, output, uncertainty_output, review_output, plan: ModelPlan, overwrite: bool) -> None:
+    from spinect.io import write_image, write_labelmap
+    from spinect.uncertainty import write_review
+
+    if output is not None:
+        write_labelmap(out.labels, output, class_names=plan.class_names, overwrite=overwrite)
+    if uncertainty_output is not None:
+        write_image(out.uncertainty, uncertainty_output, overwrite=overwrite)
+    if review_output is not None:
+        write_review(review, review_output)
+
+
+def _load_compatible(path, plan: ModelPlan, device, allow_untrained: bool):
+    """Load an ensemble member; its preprocessing must match the first model's."""
+    from spinect.model_file import load_model
+
+    network, other = load_model(path, device=device, allow_untrained=allow_untrained)
+    same = (other.class_names == plan.class_names and other.spacing_zyx_mm == plan.spacing_zyx_mm
+            and other.hu_window == plan.hu_window and other.patch_size_zyx == plan.patch_size_zyx
+            and abs(other.intensity_mean - plan.intensity_mean) <= 0.01 * plan.intensity_std
+            and abs(other.intensity_std - plan.intensity_std) <= 0.01 * plan.intensity_std)
+    if not same:
+        raise ModelError(f"ensemble member {path} preprocesses differently from the first model "
+                         "(classes, spacing, HU window, patch or normalisation); ensemble models of one training setup")
+    return network
 
 
 class _Reporter:

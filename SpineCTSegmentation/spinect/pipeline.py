@@ -1,13 +1,15 @@
 """The SPINECT segmentation pipeline as composable steps on SimpleITK images and arrays.
 
-read CT -> resample to the plan's spacing (1 mm) -> clip + z-score -> sliding-window U-Net ->
-argmax on the 1 mm grid -> nearest-neighbour back to the input grid -> median smoothing (mm,
-Slicer's rule) -> labels 0 background, 1 bone, 2 nerve on the input CT's grid.
+read CT -> resample to the plan's spacing (1 mm) -> clip + z-score -> sliding-window U-Net (one
+model, or an ensemble / flip TTA) -> argmax on the 1 mm grid -> false-positive island removal ->
+nearest-neighbour back to the input grid -> median smoothing (mm, Slicer's rule) -> labels
+0 background, 1 bone, 2 nerve on the input CT's grid.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,13 +17,35 @@ import torch
 
 from spinect.inference import predict_probabilities
 from spinect.plan import ModelPlan
-from spinect.postprocess import median_smooth_labels
+from spinect.postprocess import RemovedIsland, median_smooth_labels, suppress_islands
 from spinect.preprocess import normalise_hu, resample_to_reference, resample_to_spacing
 
-__all__ = ["prepare_network_input", "labels_to_input_grid", "segment_image", "WindowProgress"]
+__all__ = ["prepare_network_input", "labels_to_input_grid", "segment_image", "PipelineOutput", "WindowProgress"]
 
 #: ``progress(done_windows, total_windows)`` as the inference reports it.
 WindowProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    """Everything one run of :func:`segment_image` produced.
+
+    Attributes:
+        labels: UInt8 label image on the input CT's grid.
+        removed_islands: false-positive islands removed (centroids converted to LPS mm in
+            ``removed_islands_lps_mm``, same order).
+        uncertainty: vote entropy (nats, SepNet eq. 11) on the input grid when an ensemble or
+            TTA ran, else None.
+        vvc: {class name: sigma/mu of member volumes} when an ensemble or TTA ran.
+        members: number of ensemble members (1 = plain inference).
+    """
+
+    labels: sitk.Image
+    removed_islands: list[RemovedIsland] = field(default_factory=list)
+    removed_islands_lps_mm: list[tuple[float, float, float]] = field(default_factory=list)
+    uncertainty: sitk.Image | None = None
+    vvc: dict[str, float] | None = None
+    members: int = 1
 
 
 def prepare_network_input(ct: sitk.Image, plan: ModelPlan) -> tuple[sitk.Image, np.ndarray]:
@@ -38,15 +62,15 @@ def prepare_network_input(ct: sitk.Image, plan: ModelPlan) -> tuple[sitk.Image, 
 
 
 def labels_to_input_grid(labels_zyx: np.ndarray, network_grid: sitk.Image, ct: sitk.Image) -> sitk.Image:
-    """Put a (z, y, x) label array living on ``network_grid`` onto ``ct``'s grid (nearest)."""
-    label_image = sitk.GetImageFromArray(labels_zyx.astype(np.uint8, copy=False))
-    label_image.CopyInformation(network_grid)
-    return resample_to_reference(label_image, ct, interpolation="nearest", default_value=0)
+    """Put a (z, y, x) array living on ``network_grid`` onto ``ct``'s grid (nearest)."""
+    image = sitk.GetImageFromArray(labels_zyx)
+    image.CopyInformation(network_grid)
+    return resample_to_reference(image, ct, interpolation="nearest", default_value=0)
 
 
 def segment_image(
     ct: sitk.Image,
-    network: torch.nn.Module,
+    networks: torch.nn.Module | Sequence[torch.nn.Module],
     plan: ModelPlan,
     *,
     device: str | torch.device = "cpu",
@@ -54,41 +78,54 @@ def segment_image(
     blend: str | None = None,
     stride_zyx: tuple[int, int, int] | None = None,
     batch_size: int = 4,
+    tta: bool = False,
+    remove_islands: bool = True,
     window_progress: WindowProgress | None = None,
     timer=None,
-) -> sitk.Image:
-    """Segment one CT image already in memory; returns a UInt8 label image on ``ct``'s grid.
+) -> PipelineOutput:
+    """Segment one CT image already in memory.
 
-    ``smoothing_mm``, ``blend`` and ``stride_zyx`` default to the plan's values. ``timer`` is an
-    optional :class:`spinect.profiling.StageTimer` that receives per-stage times.
+    ``smoothing_mm``, ``blend`` and ``stride_zyx`` default to the plan's values. With several
+    networks or ``tta`` the members' probabilities are fused (mean) and their disagreement is
+    returned as uncertainty. ``timer`` is an optional :class:`spinect.profiling.StageTimer`.
     """
     from spinect.profiling import StageTimer
 
+    nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     timer = timer or StageTimer()
     with timer.stage("resample+normalise"):
         network_grid, volume = prepare_network_input(ct, plan)
+    options = dict(patch_size_zyx=plan.patch_size_zyx, stride_zyx=tuple(stride_zyx or plan.stride_zyx),
+                   blend=blend or plan.blend, batch_size=batch_size, device=device)
+    ensemble = None
     with timer.stage("infer"):
-        scores = predict_probabilities(
-            volume,
-            network,
-            patch_size_zyx=plan.patch_size_zyx,
-            stride_zyx=tuple(stride_zyx or plan.stride_zyx),
-            blend=blend or plan.blend,
-            batch_size=batch_size,
-            device=device,
-            progress=window_progress,
-        )
+        if len(nets) == 1 and not tta:
+            scores = predict_probabilities(volume, nets[0], progress=window_progress, **options)
+        else:
+            from spinect.uncertainty import predict_ensemble
+
+            ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
+            scores = torch.from_numpy(ensemble.probabilities)
     with timer.stage("argmax"):
-        labels_1mm = torch.argmax(scores, dim=0).to(torch.uint8).numpy()
+        labels_grid = torch.argmax(scores, dim=0).to(torch.uint8).numpy()
         del scores
+    removed: list[RemovedIsland] = []
+    if remove_islands:
+        with timer.stage("islands"):
+            labels_grid, removed = suppress_islands(labels_grid, plan.spacing_zyx_mm)
     with timer.stage("resample back"):
-        labels = labels_to_input_grid(labels_1mm, network_grid, ct)
+        labels = labels_to_input_grid(labels_grid, network_grid, ct)
     kernel_mm = plan.smoothing_mm if smoothing_mm is None else smoothing_mm
     with timer.stage("smooth"):
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
-        smoothed = median_smooth_labels(
-            sitk.GetArrayViewFromImage(labels), spacing_zyx, kernel_mm=kernel_mm, num_classes=plan.num_classes
-        )
+        smoothed = median_smooth_labels(sitk.GetArrayViewFromImage(labels), spacing_zyx, kernel_mm=kernel_mm,
+                                        num_classes=plan.num_classes)
         result = sitk.GetImageFromArray(smoothed)
         result.CopyInformation(ct)
-    return result
+    islands_lps = [network_grid.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in r.centroid_zyx[::-1]))
+                   for r in removed]
+    if ensemble is None:
+        return PipelineOutput(result, removed, islands_lps)
+    uncertainty = labels_to_input_grid(ensemble.vote_entropy, network_grid, ct)
+    vvc = {plan.class_names[k]: v for k, v in ensemble.vvc.items()}
+    return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members)

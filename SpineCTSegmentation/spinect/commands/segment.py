@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     p.add_argument("--blend", choices=("sum", "gaussian"), default=None, help="window blending (default: the model's, SPINECT 'sum')")
     p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"), default=None, help="sliding-window stride in voxels (default 20 40 40)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per network call (default 4)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: 4 predictions per model, fused; gives uncertainty")
+    p.add_argument("--ensemble", nargs="+", default=(), metavar="MODEL", help="further model files to fuse with --model (e.g. other folds)")
+    p.add_argument("--uncertainty", default=None, metavar="OUT_MAP", help="write the voxel-wise uncertainty (vote entropy, nats) here; needs --tta or --ensemble")
+    p.add_argument("--review", default=None, metavar="OUT.csv", help="write the top uncertain regions (CSV or JSON) here; needs --tta or --ensemble")
+    p.add_argument("--keep-islands", action="store_true", help="keep isolated false-positive islands (removed and reported by default)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout (for Slicer)")
     p.add_argument("--verbose", action="store_true", help="print per-stage timings and peak memory")
@@ -47,12 +52,25 @@ def run(args: argparse.Namespace) -> int:
         result = segment(
             args.input, args.output, model=args.model, device=args.device, smoothing_mm=args.smoothing_mm,
             blend=args.blend, stride_zyx=tuple(args.stride) if args.stride else None,
-            batch_size=args.batch_size, overwrite=not args.no_overwrite, progress=progress,
+            batch_size=args.batch_size, tta=args.tta, ensemble=args.ensemble, keep_islands=args.keep_islands,
+            uncertainty_output=args.uncertainty, review_output=args.review,
+            overwrite=not args.no_overwrite, progress=progress,
         )
     counts = result.voxel_counts()
     found = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background")
     print(f"wrote {result.output_path} ({found} voxels; device {result.device})", file=sys.stderr)
+    if result.removed_islands:
+        volume = sum(i["volume_mm3"] for i in result.removed_islands)
+        print(f"removed {len(result.removed_islands)} false-positive island(s), {volume:.0f} mm³ in all "
+              "(--keep-islands keeps them; --verbose lists them)", file=sys.stderr)
+    if result.vvc is not None:
+        vvc = ", ".join(f"{k} {v:.3f}" for k, v in result.vvc.items())
+        print(f"{result.members} ensemble members; volume variation coefficient (sigma/mu): {vvc}", file=sys.stderr)
     if args.verbose:
+        for island in result.removed_islands:
+            print(f"  removed {island['class_name']} island: {island['voxels']} voxels ({island['volume_mm3']:.0f} mm³) at LPS "
+                  f"{tuple(round(v, 1) for v in island['centroid_lps_mm'])} mm, {island['distance_mm']:.1f} mm from the kept anatomy",
+                  file=sys.stderr)
         from spinect.profiling import StageTimer
 
         print("stage timings:\n" + StageTimer(result.timings_s).table(), file=sys.stderr)
