@@ -28,7 +28,7 @@ from spinect.io import (
     write_labelmap,
 )
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the clone
 JPEG2000_SERIES = DATA / "dicom_ct_series_jpeg2000"
 THREE_SLICE_SERIES = DATA / "dicom_ct_3slice"
 LUMBAR_CROP = DATA / "lumbar_ct_crop" / "sub-ct_label-22_ct.nii.gz"
@@ -520,8 +520,11 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, suffix, writer)
         Path(args[0] if isinstance(args[0], str) else args[1]).write_bytes(b"partial")
         raise RuntimeError("simulated failure after writing part of the file")
 
+    import slicerio
+
     module_name, function = writer.split(".")
-    monkeypatch.setattr(getattr(writing_module, module_name), function, half_write)
+    module = slicerio if module_name == "slicerio" else getattr(writing_module, module_name)
+    monkeypatch.setattr(module, function, half_write)
     target = tmp_path / f"out{suffix}"
     with pytest.raises(OutputError, match="simulated failure"):
         write_labelmap(_synthetic_label(), target)

@@ -157,7 +157,7 @@ def segment(
 
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
-        ct = input if isinstance(input, sitk.Image) else read_ct(input)
+        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
 
     def on_window(done: int, total: int) -> None:
@@ -191,6 +191,14 @@ def segment(
         timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram, removed_islands=islands,
         uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
     )
+
+
+def _in_memory_ct(image: sitk.Image) -> sitk.Image:
+    """Validate an in-memory CT and cast it to float32 HU, exactly as :func:`read_ct` does for files."""
+    from spinect.io import validate_ct
+
+    validate_ct(image, source="the input image")
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:

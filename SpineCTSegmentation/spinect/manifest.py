@@ -51,7 +51,7 @@ def read_manifest(folder: str | os.PathLike) -> list[DatasetCase]:
     if not path.is_file():
         raise InputError(f"no {MANIFEST_NAME} in {folder}; create one (see docs) or use discover_cases")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from exc
     if data.get("format") != _FORMAT:
@@ -90,7 +90,7 @@ def write_manifest(folder: str | os.PathLike, cases: list[DatasetCase], *, class
     data = {"format": _FORMAT, "version": 1, "class_names": list(class_names), "cases": entries}
     path = folder / MANIFEST_NAME
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 

@@ -56,7 +56,7 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module, plan: ModelPla
     digest = sha256_of_file(path)
     sidecar = {"plan": plan.to_dict(), "sha256": digest, "file": path.name}
     with atomic_output(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return digest
 
 
@@ -121,7 +121,7 @@ def _verify_sidecar(path: Path) -> None:
     if not sidecar.is_file():
         return  # a bare .pt is allowed; the sidecar is a convenience, not a requirement
     try:
-        expected = json.loads(sidecar.read_text()).get("sha256")
+        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the model's sidecar {sidecar}: {exc}") from exc
     if expected and expected != sha256_of_file(path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,14 @@ __all__ = ["StageTimer", "peak_rss_mb"]
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS).
+
+    Returns NaN on Windows, which has no ``resource`` module.
+    """
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-import slicerio
 
 from spinect.errors import InputError
 from spinect.io.atomic import full_suffix
@@ -179,6 +178,7 @@ def segmentation_to_labelmap(
             continue
         mask = np.zeros(shape_ijk, dtype=bool)
         for segment in matches:
+            import slicerio  # lazy: Slicer's own process imports spinect without slicerio
             mask |= slicerio.segment_mask(segmentation, segment)
         overlap = int(np.count_nonzero(mask & (labels_ijk > 0)))
         if overlap:
@@ -234,6 +234,7 @@ def _is_slicer_segmentation(path: Path) -> bool:
     if full_suffix(path) not in (".nrrd", ".nhdr"):
         return False
     try:
+        import slicerio  # lazy: Slicer's own process imports spinect without slicerio
         header = slicerio.read_segmentation(str(path), skip_voxels=True)
     except Exception:  # noqa: BLE001 - any header slicerio cannot parse is left to SimpleITK
         return False
@@ -242,6 +243,7 @@ def _is_slicer_segmentation(path: Path) -> bool:
 
 def _read_segmentation_file(path: Path, class_names: Sequence[str]) -> sitk.Image:
     try:
+        import slicerio  # lazy: Slicer's own process imports spinect without slicerio
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as exc:  # slicerio raises IOError, ValueError, pynrrd errors...
         raise InputError(

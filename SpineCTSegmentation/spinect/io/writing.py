@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import SimpleITK as sitk
-import slicerio
 
 from spinect.errors import OutputError
 from spinect.io.atomic import atomic_output, check_output_path, full_suffix
@@ -59,6 +58,7 @@ def write_labelmap(
     if full_suffix(path) == ".seg.nrrd":
         segmentation = labelmap_to_segmentation(label, class_names=class_names)
         with atomic_output(path) as tmp:
+            import slicerio  # lazy: Slicer's own process imports spinect without slicerio
             _guarded(lambda: slicerio.write_segmentation(str(tmp), segmentation), path)
         return path
     return write_image(sitk.Cast(label, sitk.sitkUInt8), path, overwrite=overwrite)

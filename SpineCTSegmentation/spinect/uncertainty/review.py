@@ -95,5 +95,5 @@ def write_review(regions: Sequence[ReviewRegion], path: str | Path) -> Path:
     else:
         text = json.dumps({"regions": rows}, indent=2) + "\n"
     with atomic_output(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -1,0 +1,8 @@
+"""Helpers of the SpineCTSegmentation Slicer module.
+
+Kept out of ``SpineCTSegmentation.py`` because Slicer treats every ``.py`` file in a module
+folder as a module. Nothing here imports Qt, torch or MONAI: ``process``, ``terminology`` and
+``options`` are plain Python; ``mrml_io`` and ``pipeline`` need only Slicer's MRML classes, so
+they run in Slicer and under pytest with the ``slicer-core`` wheel; ``dependencies`` needs the
+Slicer application.
+"""

@@ -1,0 +1,44 @@
+"""User choices shared by the parameter node, the widget and the logic (plain enums).
+
+Slicer's ``parameterNodeWrapper`` stores enums by value and shows ``label()`` in combo boxes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Device", "ExistingSegments", "DEFAULT_SMOOTHING_MM"]
+
+#: Median smoothing kernel in mm (SPINECT's post-processing; 0 turns it off).
+DEFAULT_SMOOTHING_MM = 1.5
+
+
+class Device(enum.Enum):
+    """Where the backend runs the network (``spinect segment --device``)."""
+
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+    def label(self) -> str:
+        return {"auto": "Auto (GPU if available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}[self.value]
+
+
+class ExistingSegments(enum.Enum):
+    """What to do when the output segmentation already has ``bone``/``nerve`` segments.
+
+    ``ASK``: the widget asks; the logic refuses (raises) rather than overwrite anything.
+    ``REPLACE``: replace the ``bone`` and ``nerve`` segments only; every other segment stays.
+    ``NEW_NODE``: leave the node alone and write into a new segmentation node.
+    """
+
+    ASK = "ask"
+    REPLACE = "replace"
+    NEW_NODE = "new-node"
+
+    def label(self) -> str:
+        return {
+            "ask": "Ask me",
+            "replace": "Replace bone and nerve segments only",
+            "new-node": "Write to a new segmentation",
+        }[self.value]

@@ -1,0 +1,140 @@
+"""One segmentation run: volume node -> temporary file -> backend process -> segments.
+
+:class:`SegmentationJob` has no Qt: the module's widget polls it from a ``QTimer``; scripts
+and tests call :meth:`SegmentationJob.wait`. Temporary files live in a private folder that
+:meth:`SegmentationJob.cleanup` removes, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+from SpineCTSegmentationLib.mrml_io import import_labelmap_segments, read_labelmap, write_volume
+from SpineCTSegmentationLib.options import Device, ExistingSegments
+from SpineCTSegmentationLib.process import BackendProcess, Progress, ProcessEvent, backend_environment, build_segment_command
+
+__all__ = ["BACKEND_DIR", "SegmentationJob", "BackendFailed"]
+
+#: Folder holding the ``spinect`` package (the module folder: ``SpineCTSegmentation/spinect``).
+BACKEND_DIR = Path(__file__).resolve().parents[1]
+
+
+class BackendFailed(RuntimeError):
+    """The backend exited with an error (message: the CLI's one-line error, if any)."""
+
+
+class SegmentationJob:
+    """Segment one volume node with the backend CLI, without blocking the caller.
+
+    Args:
+        volume_node: the CT (``vtkMRMLScalarVolumeNode``, HU).
+        python_executable: ``PythonSlicer`` in Slicer.
+        base_env: environment of the child (Slicer's startup environment).
+        device: where the network runs; ``CPU`` also hides GPUs from the child.
+        model_path: user's model file, ``None`` for the backend's default model.
+        smoothing_mm: median smoothing kernel in mm (``None``: the model's default).
+        work_dir: parent of the private temporary folder (default: the system temp folder).
+        backend_dir: folder containing the ``spinect`` package.
+    """
+
+    def __init__(
+        self,
+        volume_node,
+        *,
+        python_executable: str,
+        base_env: Mapping[str, str],
+        device: Device = Device.AUTO,
+        model_path: str | os.PathLike | None = None,
+        smoothing_mm: float | None = None,
+        work_dir: str | os.PathLike | None = None,
+        backend_dir: str | os.PathLike = BACKEND_DIR,
+    ):
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise ValueError("select a CT volume that has image data")
+        if model_path is not None and not Path(model_path).is_file():
+            raise ValueError(f"model file {model_path} does not exist; choose a .pt model file or clear the field")
+        self.volume_node = volume_node
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="SpineCTSegmentation-", dir=work_dir))
+        self.input_path = self.temp_dir / "input.nrrd"
+        self.output_path = self.temp_dir / "labels.nrrd"
+        command = build_segment_command(
+            python_executable, self.input_path, self.output_path,
+            model_path=model_path, device=device.value, smoothing_mm=smoothing_mm,
+        )
+        env = backend_environment(base_env, backend_dir=backend_dir, device=device.value)
+        self.process = BackendProcess(command, env=env, cwd=str(self.temp_dir))
+        self.progress = Progress("read", 0.0, "")
+
+    def start(self) -> None:
+        """Write the volume to the temporary folder and start the backend."""
+        try:
+            write_volume(self.volume_node, self.input_path)
+            self.process.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def poll(self) -> list[ProcessEvent]:
+        """New output since the last call; updates :attr:`progress`."""
+        events = self.process.poll()
+        for event in events:
+            if event.progress is not None:
+                self.progress = event.progress
+        return events
+
+    def wait(self, timeout_s: float | None = None, *, on_event: Callable[[ProcessEvent], None] | None = None) -> int:
+        """Block until the backend ends; returns its exit code."""
+        for event in self.process.wait(timeout_s):
+            if event.progress is not None:
+                self.progress = event.progress
+            if on_event is not None:
+                on_event(event)
+        return self.process.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.running and not self.process.cancelled and self.process.returncode == 0
+
+    def cancel(self) -> None:
+        """Kill the backend and its children (temporary files stay until :meth:`cleanup`)."""
+        self.process.cancel()
+
+    def finish(self, segmentation_node=None, *, existing: ExistingSegments = ExistingSegments.ASK):
+        """Load the result into fixed ``bone``/``nerve`` segments (see ``import_labelmap_segments``).
+
+        Returns:
+            The segmentation node written to.
+
+        Raises:
+            BackendFailed: the backend failed or was cancelled.
+            ExistingSegmentsError: conflicting segments and ``existing`` is ``ASK``.
+        """
+        if self.running:
+            raise RuntimeError("the backend is still running; wait for it or cancel it first")
+        if not self.succeeded:
+            if self.process.cancelled:
+                raise BackendFailed("segmentation was cancelled")
+            detail = self.process.error_line or f"the backend exited with code {self.process.returncode}; see the log"
+            raise BackendFailed(detail)
+        scene = self.volume_node.GetScene()
+        labelmap = read_labelmap(self.output_path, scene)
+        try:
+            return import_labelmap_segments(
+                labelmap, segmentation_node, reference_volume=self.volume_node, existing=existing
+            )
+        finally:
+            scene.RemoveNode(labelmap)
+
+    def cleanup(self) -> None:
+        """Stop the backend if needed and remove the temporary folder."""
+        if self.process.running and self.process.pid is not None:
+            self.process.cancel()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
