@@ -1,0 +1,162 @@
+"""One phantom case in memory: CT (HU), labels, structure map and truth, from a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinect.errors import SpinectError
+from spinect.phantom import appearance as A
+from spinect.phantom.anatomy import Anatomy, build_anatomy
+from spinect.phantom.params import sample_params
+from spinect.phantom.render import Grid, make_grid, rasterise, supersampling_factors
+from spinect.phantom.structures import STRUCTURE_CODES, labels_from_structures
+from spinect.phantom.truth import build_truth
+
+__all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION"]
+
+#: Bumped whenever the same seed would give a different case.
+PHANTOM_VERSION = "1"
+#: Default grid: 200 x 300 x 300 voxels at 1 mm hold L2-S3, both iliac crests and most of the body.
+DEFAULT_SHAPE_ZYX = (200, 300, 300)
+
+
+@dataclass
+class PhantomCase:
+    """One generated case.
+
+    Attributes:
+        seed: the case seed.
+        ct: int16 CT in HU (identity direction, LPS).
+        labels: UInt8 SPINECT labels (0 background, 1 bone, 2 nerve) on the same grid.
+        structures: UInt8 structure codes (:data:`spinect.phantom.STRUCTURE_CODES`).
+        truth: landmarks and metadata (the ``case_XXX_truth.json`` content).
+        anatomy: the implicit geometry (body coordinates) for exact queries.
+        grid: the output grid and pose.
+    """
+
+    seed: int
+    ct: sitk.Image
+    labels: sitk.Image
+    structures: sitk.Image
+    truth: dict[str, Any]
+    anatomy: Anatomy = field(repr=False)
+    grid: Grid = field(repr=False)
+
+
+def case_seed(seed: int, index: int) -> int:
+    """Seed of case ``index`` of a run started with ``seed`` (independent, reproducible)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def check_grid(shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float]) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Validated (shape, spacing) of a phantom grid.
+
+    Raises:
+        SpinectError: not 3 values, a size below 8 voxels or a spacing outside 0.1-10 mm.
+    """
+    shape = tuple(int(v) for v in shape_zyx)
+    spacing = tuple(float(v) for v in spacing_zyx_mm)
+    if len(shape) != 3 or min(shape) < 8:
+        raise SpinectError(f"phantom shape must be 3 integers >= 8 (D H W), got {tuple(shape_zyx)}")
+    if len(spacing) != 3 or not all(0.1 <= s <= 10.0 for s in spacing):
+        raise SpinectError(f"phantom spacing must be 3 values in 0.1-10 mm (z y x), got {tuple(spacing_zyx_mm)}")
+    return shape, spacing  # type: ignore[return-value]
+
+
+def _image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(grid.spacing_zyx_mm)))
+    image.SetOrigin(grid.origin_xyz_mm)
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def generate_case(
+    seed: int,
+    *,
+    shape_zyx: Sequence[int] = DEFAULT_SHAPE_ZYX,
+    spacing_zyx_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    randomise_appearance: bool = False,
+    degeneration: bool | None = None,
+    supersample: int = 1,
+    noise: bool = True,
+    window_tables: bool = True,
+    progress: Callable[[float], None] | None = None,
+) -> PhantomCase:
+    """Generate one phantom case.
+
+    Args:
+        seed: case seed; the same seed and :data:`PHANTOM_VERSION` give the same case. Anatomy
+            does not depend on the grid, so one seed on two grids is one patient scanned twice.
+        shape_zyx: grid size (Z, Y, X); the field of view is centred on the L4-S1 region.
+        spacing_zyx_mm: voxel size (z, y, x) in mm; thick slices get sub-slice averaging.
+        randomise_appearance: SynthSeg-style random intensities, bias, gamma, blur and noise.
+        degeneration: True = always one degenerated level, False = never, None = 30 % of cases.
+        supersample: odd in-plane supersampling factor of the partial-volume model (1 is fast;
+            3 is closer to the continuous image).
+        noise: False gives a noise-free and blur-free image (tests of tissue values).
+        window_tables: compute the unobstructed-window tables of the truth (ray casting).
+        progress: optional callback receiving the fraction done (0-1).
+
+    Returns:
+        The case, with CT, labels and structure map on the same grid and the truth dict.
+
+    Raises:
+        SpinectError: invalid shape, spacing or supersampling factor.
+    """
+    shape, spacing = check_grid(shape_zyx, spacing_zyx_mm)
+    try:
+        supersampling_factors(spacing, supersample)
+    except ValueError as exc:
+        raise SpinectError(str(exc)) from exc
+    geo_ss, look_ss, noise_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    geo_rng, look_rng, noise_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss))
+    params = sample_params(geo_rng, degeneration=degeneration)
+    anatomy = build_anatomy(params, geo_rng)
+    grid = make_grid(anatomy, shape, spacing)
+    values = A.random_values(look_rng) if randomise_appearance else A.physical_values(look_rng)
+    scanner = A.sample_scanner(look_rng, randomise=randomise_appearance)
+    report = (lambda f: progress(0.8 * f)) if progress else None
+    structures, hu = rasterise(anatomy, grid, values, noise_rng, supersample=supersample, progress=report)
+    if randomise_appearance:
+        A.randomise_contrast(hu, structures, noise_rng)
+    if noise:
+        A.apply_scanner(hu, scanner, spacing, noise_rng)
+    labels = labels_from_structures(structures)
+    truth = _truth(seed, anatomy, grid, labels if window_tables else None, values, scanner, randomise_appearance, noise)
+    if progress:
+        progress(1.0)
+    return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
+
+
+def _truth(seed, anatomy: Anatomy, grid: Grid, labels, values, scanner, randomised: bool, noise: bool) -> dict[str, Any]:
+    truth: dict[str, Any] = {
+        "format": "spinect-phantom-truth", "phantom_version": PHANTOM_VERSION, "seed": int(seed),
+        "coordinate_system": "LPS", "units": "mm",
+        "grid": {"shape_zyx": list(grid.shape_zyx), "spacing_zyx_mm": list(grid.spacing_zyx_mm),
+                 "origin_xyz_mm": [round(v, 6) for v in grid.origin_xyz_mm], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+        "pose": {"rotation_body_to_world": np.round(grid.rotation, 9).tolist(), "translation_mm": grid.translation.tolist(),
+                 "rotation_deg_xyz": list(anatomy.params.rotation_deg)},
+        "label_values": {"background": 0, "bone": 1, "nerve": 2},
+        "structure_codes": dict(STRUCTURE_CODES),
+        "appearance": {"randomised": randomised, "noise_and_blur": noise, "noise_sd_hu": scanner.noise_hu if noise else 0.0,
+                       "psf_fwhm_zyx_mm": list(scanner.fwhm_zyx_mm) if noise else [0.0, 0.0, 0.0],
+                       "tissue_hu": None if randomised else _tissue_hu(values)},
+        "parameters": anatomy.params.to_dict(),
+    }
+    truth.update(build_truth(anatomy, grid, labels=labels))
+    return truth
+
+
+def _tissue_hu(values) -> dict[str, float]:
+    from spinect.phantom.structures import STRUCTURE_TISSUE
+
+    out = {}
+    for code, tissue in STRUCTURE_TISSUE.items():
+        out.setdefault("cortical_bone" if tissue == "bone" else tissue, round(float(values.table[code]), 2))
+    out["cancellous_bone"] = round(float(np.mean(list(values.cancellous.values()))), 2)
+    return out
