@@ -5,7 +5,7 @@ fixed ``bone``/``nerve`` segments, terminology colours, closed surfaces made by 
 segmentation converter from the ``slicer-core`` wheel); VTK then renders the surfaces
 off-screen (EGL/OSMesa). Run from the repository root::
 
-    python Resources/Screenshots/make_phantom_3d.py [--seed 0] [--labels FILE] [--out PNG]
+    python scripts/make_phantom_3d.py [--seed 0] [--labels FILE] [--out PNG]
 
 ``--labels`` renders a label map instead (e.g. a ``spinect segment`` result on the phantom CT).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SpineCTSegmentation"))
 
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", type=Path, default=None, help="label map to render instead of the phantom's labels")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("phantom_3d.png"))
+    parser.add_argument("--out", type=Path, default=REPO / "Resources" / "Screenshots" / "phantom_3d.png")
     args = parser.parse_args(argv)
     if args.labels is not None:
         labels = sitk.ReadImage(str(args.labels))
