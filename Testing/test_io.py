@@ -107,6 +107,14 @@ def _write_dicom_series(
     orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
 ) -> sitk.Image:
     """Write a small int16 CT series (HU stored as is) one file per slice; return its volume."""
+    from spinect.io.reading import _locale_kept
+
+    with _locale_kept():  # GDCM's DICOM writer leaves the process locale at "C"
+        return _write_dicom_series_files(folder, slices, series_uid=series_uid, prefix=prefix,
+                                         frame_uid=frame_uid, orientation=orientation)
+
+
+def _write_dicom_series_files(folder, slices, *, series_uid, prefix, frame_uid, orientation) -> sitk.Image:
     hu = np.full((slices, 12, 14), -1000, np.int16)
     hu[:, 3:9, 4:10] = (40 + 25 * np.arange(slices)).astype(np.int16)[:, None, None]
     volume = sitk.GetImageFromArray(hu)

@@ -36,7 +36,7 @@ def test_saved_model_loads_with_identical_weights_and_plan(tmp_path):
     payload = torch.load(path, weights_only=True)
     for key, value in network.state_dict().items():
         assert torch.equal(value, payload["state_dict"][key])
-    sidecar = json.loads(sidecar_path(path).read_text())
+    sidecar = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     assert sidecar["sha256"] == sha256_of_file(path)
     assert load_plan(path) == plan
 

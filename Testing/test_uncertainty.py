@@ -127,7 +127,7 @@ def test_cli_tta_writes_uncertainty_and_review(tmp_path, tiny_model, synthetic_c
     u = sitk.ReadImage(str(unc))
     assert u.GetSize() == ct.GetSize()
     assert sitk.GetArrayFromImage(u).max() <= math.log(3) + 1e-5
-    assert review.read_text().startswith("rank,")
+    assert review.read_text(encoding="utf-8").startswith("rank,")
     assert "ensemble members" in capsys.readouterr().err
 
 

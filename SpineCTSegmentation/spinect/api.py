@@ -27,6 +27,9 @@ log = logging.getLogger("spinect")
 #: ``progress(stage, overall_fraction, message)``; stages: read, resample, infer, postprocess, write, done.
 ProgressCallback = Callable[[str, float, str], None]
 
+#: Removed islands named one by one in the log; the rest are counted.
+_ISLANDS_LOGGED = 10
+
 #: Share of the whole run given to each stage when reporting an overall fraction.
 STAGE_WEIGHTS = {"read": 0.05, "resample": 0.05, "infer": 0.80, "postprocess": 0.05, "write": 0.05}
 
@@ -169,10 +172,12 @@ def segment(
     )
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
     islands = [_island_dict(r, lps, plan) for r, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
-    for island in islands:
+    for island in islands[:_ISLANDS_LOGGED]:
         log.info("removed %s island: %d voxels (%.0f mm³) at LPS %s mm, %.1f mm from the kept anatomy",
                  island["class_name"], island["voxels"], island["volume_mm3"],
                  tuple(round(v, 1) for v in island["centroid_lps_mm"]), island["distance_mm"])
+    if len(islands) > _ISLANDS_LOGGED:
+        log.info("... and %d smaller islands (all listed in the result's removed_islands)", len(islands) - _ISLANDS_LOGGED)
     review = []
     if out.uncertainty is not None:
         from spinect.uncertainty import uncertain_regions

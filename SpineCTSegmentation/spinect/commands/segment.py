@@ -67,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
         vvc = ", ".join(f"{k} {v:.3f}" for k, v in result.vvc.items())
         print(f"{result.members} ensemble members; volume variation coefficient (sigma/mu): {vvc}", file=sys.stderr)
     if args.verbose:
-        for island in result.removed_islands:
+        for island in result.removed_islands[:20]:
             print(f"  removed {island['class_name']} island: {island['voxels']} voxels ({island['volume_mm3']:.0f} mm³) at LPS "
                   f"{tuple(round(v, 1) for v in island['centroid_lps_mm'])} mm, {island['distance_mm']:.1f} mm from the kept anatomy",
                   file=sys.stderr)
+        if len(result.removed_islands) > 20:
+            print(f"  ... and {len(result.removed_islands) - 20} smaller islands", file=sys.stderr)
         from spinect.profiling import StageTimer
 
         print("stage timings:\n" + StageTimer(result.timings_s).table(), file=sys.stderr)

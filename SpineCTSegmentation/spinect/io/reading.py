@@ -13,7 +13,9 @@ is read and the choice is logged on the ``spinect`` logger.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import locale
 import logging
 import os
 import struct
@@ -91,7 +93,8 @@ def read_ct(path: str | os.PathLike) -> sitk.Image:
             (see :func:`validate_ct`).
     """
     path = Path(path)
-    image = _read_image(path)
+    with _locale_kept():
+        image = _read_image(path)
     validate_ct(image, source=str(path))
     return sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
 
@@ -198,6 +201,21 @@ def _check_looks_like_ct(values: np.ndarray, name: str) -> None:
 
 
 # --- reading --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """GDCM can switch the process locale to "C" (ASCII) and leave it so; put it back.
+
+    (Seen with SimpleITK 2.5.7 writing DICOM tags; reading is guarded as well.) Otherwise every
+    later text file or subprocess pipe of the process, Slicer's included, would decode as ASCII.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            locale.setlocale(locale.LC_ALL, saved)
 
 
 def _read_image(path: Path) -> sitk.Image:

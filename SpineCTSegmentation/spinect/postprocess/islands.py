@@ -84,10 +84,10 @@ def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[Remo
     components, count, sizes = _components(labels == value)
     if count <= 1:
         return []
-    largest = int(np.argmax(sizes[1:]) + 1)
-    drop = [i for i in range(1, count + 1) if i != largest and sizes[i] * voxel_mm3 < min_volume_mm3]
-    kept = np.isin(components, [i for i in range(1, count + 1) if i not in set(drop)])
-    return _remove(labels, components, drop, value, voxel_mm3, spacing, kept, f"bone island < {min_volume_mm3:g} mm³")
+    keep = sizes * voxel_mm3 >= min_volume_mm3
+    keep[0] = False
+    keep[int(np.argmax(sizes[1:]) + 1)] = True
+    return _remove(labels, components, keep, value, voxel_mm3, spacing, f"bone island < {min_volume_mm3:g} mm³")
 
 
 def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm) -> list[RemovedIsland]:
@@ -100,31 +100,40 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm) -> list[Re
     near = np.full(labels.shape, np.inf, dtype=np.float32)
     near[box] = ndimage.distance_transform_edt(~main[box], sampling=spacing)
     min_distance = ndimage.minimum(near, components, index=np.arange(1, count + 1))
-    keep = {i for i in range(1, count + 1) if min_distance[i - 1] <= max_distance_mm}
-    drop = [i for i in range(1, count + 1) if i not in keep]
-    kept = np.isin(components, sorted(keep))
-    return _remove(labels, components, drop, value, voxel_mm3, spacing, kept,
+    keep = np.concatenate([[False], np.asarray(min_distance) <= max_distance_mm])
+    return _remove(labels, components, keep, value, voxel_mm3, spacing,
                    f"nerve island > {max_distance_mm:g} mm from the dural sac/main nerve")
 
 
-def _remove(labels, components, drop, value, voxel_mm3, spacing, kept, reason) -> list[RemovedIsland]:
-    if not drop:
+def _remove(labels, components, keep, value, voxel_mm3, spacing, reason) -> list[RemovedIsland]:
+    """Zero the components whose ``keep`` entry (indexed by component id) is False; report them.
+
+    Vectorised over islands (a poor model can leave thousands): lookup tables instead of
+    per-island masks, one KD-tree query for all removed voxels.
+    """
+    drop_ids = np.flatnonzero(~keep[1:]) + 1
+    if len(drop_ids) == 0:
         return []
+    drop_lut = np.zeros(len(keep), dtype=bool)
+    drop_lut[drop_ids] = True
+    dropped = drop_lut[components]
+    kept = keep[components]
+    labels[dropped] = 0
     spacing = np.asarray(spacing, dtype=float)
-    # Distances to the kept anatomy via a KD-tree of its surface voxels (in mm): cheap on a full CT.
+    points = np.argwhere(dropped)
+    owner = components[dropped]  # same C order as argwhere
+    # Distance of each removed voxel to the kept anatomy's surface (KD-tree in mm).
     surface = kept & ~ndimage.binary_erosion(kept, structure=_STRUCTURE_26)
-    tree = cKDTree(np.argwhere(surface) * spacing) if surface.any() else None
-    boxes = ndimage.find_objects(components)
-    report = []
-    for index in drop:
-        box = boxes[index - 1]
-        island = components[box] == index
-        points = np.argwhere(island) + np.array([b.start for b in box])
-        labels[box][island] = 0
-        distance = float(tree.query(points * spacing)[0].min()) if tree is not None else float("inf")
-        report.append(RemovedIsland(value, int(len(points)), float(len(points) * voxel_mm3),
-                                    tuple(float(c) for c in points.mean(axis=0)), distance, reason))
-    return report
+    if surface.any():
+        distance = cKDTree(np.argwhere(surface) * spacing).query(points * spacing)[0]
+    else:
+        distance = np.full(len(points), np.inf)
+    counts = np.bincount(owner, minlength=len(keep))
+    sums = np.stack([np.bincount(owner, weights=points[:, a], minlength=len(keep)) for a in range(3)], axis=1)
+    nearest = np.full(len(keep), np.inf)
+    np.minimum.at(nearest, owner, distance)
+    return [RemovedIsland(value, int(counts[i]), float(counts[i] * voxel_mm3), tuple(float(v) for v in sums[i] / counts[i]),
+                          float(nearest[i]), reason) for i in drop_ids]
 
 
 def _box_around(mask: np.ndarray, *, margin_vox: Sequence[int]) -> tuple[slice, ...]:

@@ -1,0 +1,26 @@
+"""Training SPINECT networks: data loading and splits, patch sampling, augmentation, loss, loop."""
+
+from spinect.train.augment import augment_patch, build_augmentation, region_size_for
+from spinect.train.dataset import DataSplit, LoadedCase, load_case, load_cases, split_cases
+from spinect.train.loss import WeightSchedule, weighted_cross_entropy
+from spinect.train.sampling import PatchSample, PatchSampler
+from spinect.train.trainer import TrainingConfig, TrainingResult, train, validate
+
+__all__ = [
+    "TrainingConfig",
+    "TrainingResult",
+    "train",
+    "validate",
+    "LoadedCase",
+    "DataSplit",
+    "load_case",
+    "load_cases",
+    "split_cases",
+    "PatchSample",
+    "PatchSampler",
+    "build_augmentation",
+    "augment_patch",
+    "region_size_for",
+    "WeightSchedule",
+    "weighted_cross_entropy",
+]

@@ -1,0 +1,161 @@
+"""Training data: cases read and resampled to the network grid, and deterministic splits.
+
+SPINECT resamples every CT and its manual mask to 1 x 1 x 1 mm (nearest neighbour for both; we
+follow the plan's ``image_interpolation`` for the CT and always use nearest for labels) and
+splits its 50 cases 32:8:10 into training, validation and testing, rotating the test share over
+five folds. :func:`split_cases` does the same for any number of cases: fold ``k`` of ``folds``
+holds out the ``k``-th fifth for testing and splits the rest 32:8 (4:1) into training and
+validation, all from one seeded permutation so that a given seed always gives the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinect.errors import InputError
+from spinect.manifest import DatasetCase
+from spinect.plan import CLASS_NAMES
+from spinect.preprocess import resample_to_reference, resample_to_spacing
+
+__all__ = ["LoadedCase", "DataSplit", "load_case", "load_cases", "split_cases", "SPLIT_NAMES"]
+
+log = logging.getLogger("spinect")
+
+#: Values of a manifest case's optional ``split`` field that :func:`split_cases` honours.
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """One case on the network grid.
+
+    Attributes:
+        id: case identifier from the manifest.
+        image_hu: float32 (z, y, x) CT in HU on the plan's grid (1 mm).
+        labels: uint8 (z, y, x) class indices on the same grid.
+        spacing_zyx_mm: voxel size of that grid, mm.
+    """
+
+    id: str
+    image_hu: np.ndarray
+    labels: np.ndarray
+    spacing_zyx_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Case ids of each subset; disjoint, each sorted in permutation order."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def load_case(
+    case: DatasetCase,
+    *,
+    spacing_zyx_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    image_interpolation: str = "linear",
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> LoadedCase:
+    """Read one case and put CT and labels on the same ``spacing_zyx_mm`` grid.
+
+    The labels are read by class name (Slicer ``.seg.nrrd`` segments included) and resampled
+    with nearest neighbour onto the resampled CT's grid, so a label file whose grid differs from
+    the CT's (Slicer crops segmentations to their extent) still lines up voxel for voxel.
+
+    Raises:
+        InputError: unreadable files, or a label map that does not overlap its CT.
+    """
+    from spinect.io import read_ct, read_labelmap
+
+    ct = read_ct(case.image)
+    labels = read_labelmap(case.label, class_names=tuple(class_names))
+    spacing_xyz = tuple(float(s) for s in reversed(tuple(spacing_zyx_mm)))
+    ct_grid = resample_to_spacing(ct, spacing_xyz, interpolation=image_interpolation, default_value=-1024.0)
+    label_grid = resample_to_reference(labels, ct_grid, interpolation="nearest", default_value=0)
+    label_array = sitk.GetArrayFromImage(label_grid).astype(np.uint8, copy=False)
+    if not label_array.any() and sitk.GetArrayViewFromImage(labels).any():
+        raise InputError(f"case {case.id}: label {case.label} does not overlap its CT {case.image}; check that both come from the same scan")
+    return LoadedCase(
+        id=case.id,
+        image_hu=sitk.GetArrayFromImage(ct_grid).astype(np.float32, copy=False),
+        labels=label_array,
+        spacing_zyx_mm=tuple(float(s) for s in spacing_zyx_mm),
+    )
+
+
+def load_cases(
+    cases: Sequence[DatasetCase],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **options,
+) -> list[LoadedCase]:
+    """:func:`load_case` for each case; ``progress(done, total)`` after each one."""
+    loaded = []
+    for index, case in enumerate(cases):
+        loaded.append(load_case(case, **options))
+        if progress is not None:
+            progress(index + 1, len(cases))
+    return loaded
+
+
+def split_cases(
+    cases: Sequence[DatasetCase],
+    *,
+    seed: int = 0,
+    fold: int = 0,
+    folds: int = 5,
+    val_share: float = 0.2,
+) -> DataSplit:
+    """Deterministic train/validation/test split (SPINECT's 32:8:10 with 5 folds).
+
+    If every case of the manifest has a ``split`` field (``train``, ``val`` or ``test``) it is
+    used as given. Otherwise the case ids are permuted with ``seed``; the permutation is cut
+    into ``folds`` near-equal chunks, chunk ``fold`` is the test set, and ``val_share`` of the
+    remaining cases (at least one) are the validation set. With 50 cases this gives 32:8:10.
+    Fewer than 3 cases leave the test set empty; a single case is used for training and
+    validation alike (only useful for smoke tests).
+
+    Raises:
+        InputError: duplicate ids, an unknown ``split`` value, a bad fold, or no cases.
+    """
+    ids = [c.id for c in cases]
+    if not ids:
+        raise InputError("the dataset has no cases")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"the dataset lists duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    if not 0 <= fold < folds:
+        raise InputError(f"--fold must be in 0..{folds - 1}, got {fold}")
+    given = [c.extra.get("split") for c in cases]
+    if all(s is not None for s in given):
+        return _split_from_manifest(ids, given)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    if len(order) == 1:
+        return DataSplit(train=tuple(order), val=tuple(order), test=())
+    if len(order) == 2:
+        return DataSplit(train=(order[0],), val=(order[1],), test=())
+    chunks = np.array_split(np.arange(len(order)), folds)
+    test_idx = set(chunks[fold].tolist())
+    test = [order[i] for i in sorted(test_idx)]
+    rest = [order[i] for i in range(len(order)) if i not in test_idx]
+    n_val = min(len(rest) - 1, max(1, int(round(val_share * len(rest)))))
+    return DataSplit(train=tuple(rest[n_val:]), val=tuple(rest[:n_val]), test=tuple(test))
+
+
+def _split_from_manifest(ids: list[str], given: list[str]) -> DataSplit:
+    unknown = sorted({str(s) for s in given if s not in SPLIT_NAMES})
+    if unknown:
+        raise InputError(f"manifest split values {unknown} are not one of {SPLIT_NAMES}")
+    subsets = {name: tuple(i for i, s in zip(ids, given) if s == name) for name in SPLIT_NAMES}
+    if not subsets["train"] or not subsets["val"]:
+        raise InputError("the manifest's split fields must give at least one 'train' and one 'val' case")
+    return DataSplit(**subsets)

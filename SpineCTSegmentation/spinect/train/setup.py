@@ -1,0 +1,118 @@
+"""Setting up a run: read the dataset, split it, normalise it and describe the model (plan).
+
+The intensity statistics (mean and standard deviation of the clipped HU values) come from the
+TRAINING cases only, as SPINECT prescribes, and travel in the model plan; validation and test
+cases are normalised with them too. A resumed run reuses the split and statistics it saved.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spinect.errors import InputError
+from spinect.io.atomic import atomic_output
+from spinect.manifest import discover_cases
+from spinect.plan import CLASS_NAMES, ModelPlan
+from spinect.preprocess import intensity_statistics, normalise_hu
+from spinect.train.dataset import DataSplit, LoadedCase, load_cases, split_cases
+
+__all__ = ["RunData", "prepare_run_data", "build_plan", "write_run_files", "SPLIT_FILE_NAME"]
+
+log = logging.getLogger("spinect")
+
+SPLIT_FILE_NAME = "split.json"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Normalised training and validation cases of a run.
+
+    Attributes:
+        train / val: cases whose ``image_hu`` holds the NORMALISED image (float32, z-scored).
+        split: the case ids of each subset (test cases are not loaded).
+        intensity_mean / intensity_std: statistics of the clipped training HU values.
+        pad_value: normalised value of air (-1024 HU), used outside the volume.
+        sources: the manifest's ``source`` values of the training cases (e.g. ``phantom``).
+    """
+
+    train: list[LoadedCase]
+    val: list[LoadedCase]
+    split: DataSplit
+    intensity_mean: float
+    intensity_std: float
+    pad_value: float
+    sources: tuple[str, ...]
+
+
+def prepare_run_data(config, *, saved: dict[str, Any] | None = None) -> RunData:
+    """Read ``config.data``, split it (or reuse the ``saved`` run's split) and normalise it."""
+    cases = discover_cases(config.data)
+    if saved is not None:
+        split = DataSplit(**{k: tuple(v) for k, v in saved["split"].items()})
+        missing = sorted(set(split.train + split.val) - {c.id for c in cases})
+        if missing:
+            raise InputError(f"--resume: cases {missing} of the saved split are no longer in {config.data}")
+    else:
+        split = split_cases(cases, seed=config.seed, fold=config.fold, folds=config.folds)
+    by_id = {c.id: c for c in cases}
+    val_ids = split.val[: config.max_val_cases] if config.max_val_cases else split.val
+    options = dict(spacing_zyx_mm=config.spacing_zyx_mm, image_interpolation=config.image_interpolation, class_names=CLASS_NAMES)
+    log.info("loading %d training and %d validation cases from %s", len(split.train), len(val_ids), config.data)
+    train = load_cases([by_id[i] for i in split.train], **options)
+    val = load_cases([by_id[i] for i in val_ids], **options)
+    if saved is not None:
+        mean, std = (float(v) for v in saved["intensity"])
+    else:
+        mean, std = intensity_statistics([c.image_hu for c in train], hu_window=config.hu_window)
+    window = dict(hu_window=config.hu_window, mean=mean, std=std)
+    normalised = [
+        [LoadedCase(c.id, normalise_hu(c.image_hu, **window), c.labels, c.spacing_zyx_mm) for c in group] for group in (train, val)
+    ]
+    pad_value = float(normalise_hu(np.array([-1024.0], np.float32), **window)[0])
+    sources = tuple(sorted({by_id[i].source for i in split.train if by_id[i].source}))
+    return RunData(normalised[0], normalised[1], split, mean, std, pad_value, sources)
+
+
+def build_plan(config, data: RunData) -> ModelPlan:
+    """The model plan of this run (architecture, normalisation, windowing, provenance)."""
+    import torch
+
+    from spinect import __version__
+
+    architecture = {
+        "name": "spinect_unet", "base_width": int(config.base_width), "levels": int(config.levels),
+        "in_channels": 1, "num_classes": len(CLASS_NAMES), "norm": config.norm,
+    }
+    provenance = {
+        "training_data": ", ".join(data.sources) or "unspecified",
+        "data": str(config.data),
+        "cases": data.split.as_dict(),
+        "command": config.command or "spinect.train.train(...)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fold": int(config.fold), "folds": int(config.folds), "seed": int(config.seed),
+        "iterations": int(config.total_iterations), "batch_size": int(config.batch_size), "lr": float(config.lr),
+        "loss": "weighted softmax cross-entropy 1:1:20 for the first 40 % of iterations, then 1:1:2",
+        "spinect_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+    }
+    return ModelPlan(
+        architecture=architecture, class_names=CLASS_NAMES, spacing_zyx_mm=tuple(config.spacing_zyx_mm),
+        hu_window=tuple(config.hu_window), intensity_mean=data.intensity_mean, intensity_std=data.intensity_std,
+        patch_size_zyx=tuple(config.patch_size_zyx), stride_zyx=tuple(config.stride_zyx),
+        image_interpolation=config.image_interpolation, training_status=config.training_status,
+        provenance=provenance, model_version=str(config.model_version),
+    )
+
+
+def write_run_files(config, data: RunData) -> None:
+    """``split.json`` (case ids per subset) in the run folder."""
+    payload = {"fold": config.fold, "folds": config.folds, "seed": config.seed, **data.split.as_dict(), "argv": sys.argv}
+    with atomic_output(config.out / SPLIT_FILE_NAME) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
