@@ -1,9 +1,10 @@
 """SpineCTSegmentation: lumbosacral bone and nerve segmentation of CT (SPINECT 3D U-Net).
 
 Module, parameter node, widget, logic and test. The widget only wires the GUI to the logic;
-the logic takes MRML nodes and returns MRML nodes. Inference runs in a ``PythonSlicer``
-subprocess (``python -m spinect segment``), so torch and MONAI are never imported into Slicer.
-The subprocess runner, file I/O and terminology live in ``SpineCTSegmentationLib``.
+the logic takes MRML nodes and returns MRML nodes. Inference and triangle measurements run in a
+``PythonSlicer`` subprocess (``python -m spinect segment`` / ``spinect triangles``), so torch,
+MONAI and scikit-image are never imported into Slicer. The subprocess runner, file I/O,
+terminology, triangle display and uncertainty display live in ``SpineCTSegmentationLib``.
 """
 
 import logging
@@ -18,7 +19,7 @@ import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -31,8 +32,18 @@ from slicer.util import VTKObservationMixin
 
 from SpineCTSegmentationLib import dependencies
 from SpineCTSegmentationLib.mrml_io import conflicting_segment_ids
-from SpineCTSegmentationLib.options import DEFAULT_SMOOTHING_MM, Device, ExistingSegments
+from SpineCTSegmentationLib.options import DEFAULT_SMOOTHING_MM, Device, ExistingSegments, Level, Side, TriangleMode
 from SpineCTSegmentationLib.pipeline import SegmentationJob
+from SpineCTSegmentationLib.triangles import (
+    TriangleInputs,
+    TrianglesJob,
+    apply_camera,
+    control_points_ras,
+    update_window_nodes,
+    write_table_csv,
+)
+from SpineCTSegmentationLib.uncertainty import review_row_centroid_ras
+from SpineCTSegmentationLib.view import camera_for_view, lps_to_ras
 
 #
 # SpineCTSegmentation
@@ -72,7 +83,12 @@ class SpineCTSegmentationParameterNode:
     modelPath - a user's model file; empty = the default model.
     smoothingMm - median smoothing kernel (mm); 0 = off.
     existingSegments - what to do when the output already has bone/nerve segments.
+    uncertainty - flip test-time augmentation with an uncertainty map and review list.
     trainingFolder, caseId - where "Export for training" writes.
+    triangleLevel, triangleSide - the Kambin triangle measured.
+    structuresVolume - optional level/structure map (automatic mode and endplate frame).
+    trianglePoints - the point list A, B, C (RAS).
+    thetaDeg, phiDeg - the view: obliquity and cranio-caudal tilt relative to the endplate.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -81,8 +97,15 @@ class SpineCTSegmentationParameterNode:
     modelPath: pathlib.Path = pathlib.Path()
     smoothingMm: Annotated[float, WithinRange(0.0, 5.0)] = DEFAULT_SMOOTHING_MM
     existingSegments: ExistingSegments = ExistingSegments.ASK
+    uncertainty: bool = False
     trainingFolder: pathlib.Path = pathlib.Path()
     caseId: str = ""
+    triangleLevel: Level = Level.L5S1
+    triangleSide: Side = Side.LEFT
+    structuresVolume: vtkMRMLScalarVolumeNode
+    trianglePoints: vtkMRMLMarkupsFiducialNode
+    thetaDeg: Annotated[float, WithinRange(0.0, 80.0)] = 0.0
+    phiDeg: Annotated[float, WithinRange(-40.0, 40.0)] = 0.0
 
 
 def modelPathOrNone(path: pathlib.Path) -> Optional[pathlib.Path]:
@@ -97,6 +120,7 @@ def modelPathOrNone(path: pathlib.Path) -> Optional[pathlib.Path]:
 
 class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     POLL_INTERVAL_MS = 200
+    REMEASURE_DELAY_MS = 600
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -110,6 +134,21 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPollJob)
+        # Triangles: one backend run at a time; slider moves re-measure after a pause.
+        self._triangleJob = None
+        self._triangleMode = None
+        self._triangleReport = None
+        self._triangleTable = None
+        self._triangleRerun = False
+        self._placingNode = None
+        self._placingCount = 0
+        self._triangleTimer = qt.QTimer()
+        self._triangleTimer.setInterval(self.POLL_INTERVAL_MS)
+        self._triangleTimer.connect("timeout()", self.onPollTriangles)
+        self._remeasureTimer = qt.QTimer()
+        self._remeasureTimer.setSingleShot(True)
+        self._remeasureTimer.setInterval(self.REMEASURE_DELAY_MS)
+        self._remeasureTimer.connect("timeout()", self.onRemeasure)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -125,13 +164,31 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.progressBar.setVisible(False)
+        self.ui.placePointsButton.connect("clicked(bool)", self.onPlacePoints)
+        self.ui.seedButton.connect("clicked(bool)", self.onPlaceSeed)
+        self.ui.autoButton.connect("clicked(bool)", self.onAuto)
+        self.ui.squareEndplateButton.connect("clicked(bool)", self.onSquareEndplate)
+        self.ui.optimizeButton.connect("clicked(bool)", self.onOptimize)
+        self.ui.exportTableButton.connect("clicked(bool)", self.onExportTable)
+        self.ui.thetaSliderWidget.connect("valueChanged(double)", self.onViewAngleChanged)
+        self.ui.phiSliderWidget.connect("valueChanged(double)", self.onViewAngleChanged)
+        reviewView = self.ui.reviewTableView  # a QTableView: Qt's connect/selectionModel are inherited
+        reviewView.setMRMLScene(slicer.mrmlScene)
+        reviewView.connect("selectionChanged()", self.onReviewSelection)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._timer.stop()
+        self._triangleTimer.stop()
+        self._remeasureTimer.stop()
         if self._job is not None:
             self._job.cleanup()
             self._job = None
+        if self._triangleJob is not None:
+            self._triangleJob.cleanup()
+            self._triangleJob = None
+        if self.logic is not None:
+            self.logic.cleanupTriangles()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -146,11 +203,20 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def onSceneStartClose(self, caller, event) -> None:
         # The nodes of a running job are about to go: stop it and drop its result.
         self._timer.stop()
+        self._triangleTimer.stop()
+        self._remeasureTimer.stop()
         if self._job is not None:
             self._job.cleanup()
             self._job = None
             self.setStatus(_("Cancelled: the scene was closed."))
             self.ui.progressBar.setVisible(False)
+        if self._triangleJob is not None:
+            self._triangleJob.cleanup()
+            self._triangleJob = None
+        self.stopPlacing()
+        self.logic.cleanupTriangles()
+        self._triangleReport = None
+        self._triangleMode = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -187,6 +253,13 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             _("Write the CT and the bone/nerve segments as a training case")
             if canExport else _("Select the CT, the segmentation, a folder and a case ID")
         )
+        canMeasure = bool(params and params.inputVolume and params.outputSegmentation) and not running
+        for button in (self.ui.placePointsButton, self.ui.seedButton):
+            button.enabled = canMeasure
+        self.ui.autoButton.enabled = canMeasure and bool(params and params.structuresVolume)
+        self.ui.optimizeButton.enabled = canMeasure and self._triangleMode is not None
+        self.ui.squareEndplateButton.enabled = self._triangleReport is not None
+        self.ui.exportTableButton.enabled = self._triangleReport is not None
 
     # Segmentation
 
@@ -205,6 +278,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._job = self.logic.startSegmentation(
                 params.inputVolume, device=params.device,
                 modelPath=modelPathOrNone(params.modelPath), smoothingMm=params.smoothingMm,
+                uncertainty=params.uncertainty,
             )
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -259,6 +333,10 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 segmentationNode = self.logic.finishSegmentation(job, self._jobOutput, existing=self._jobExisting)
                 self._parameterNode.outputSegmentation = segmentationNode
                 self.logic.showResult(self._parameterNode.inputVolume, segmentationNode)
+                _, reviewTable = self.logic.loadUncertainty(job)
+                if reviewTable is not None:
+                    self.ui.reviewTableView.setMRMLTableNode(reviewTable)
+                    self.ui.uncertaintyCollapsibleButton.collapsed = False
                 self.setStatus(_("Done: segments 'bone' and 'nerve' in '{name}'.").format(name=segmentationNode.GetName()))
                 finished = True
         finally:
@@ -276,6 +354,161 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
         logging.info(text)
+
+    # Uncertainty review
+
+    def onReviewSelection(self) -> None:
+        reviewView = self.ui.reviewTableView
+        tableNode = reviewView.mrmlTableNode()
+        indexes = reviewView.selectionModel().selectedIndexes()
+        if tableNode is None or not indexes:
+            return
+        row = reviewView.sortFilterProxyModel().mapToSource(indexes[0]).row()  # view may be sorted
+        with slicer.util.tryWithErrorDisplay(_("Could not jump to the region."), waitCursor=False):
+            self.logic.jumpToReviewRegion(tableNode, row)
+
+    # Triangles
+
+    def trianglePointList(self, name: str, role: str):
+        """The point list of the parameter node (A, B, C) or the seed list; created if missing."""
+        params = self._parameterNode
+        if role == "points" and params.trianglePoints is not None:
+            return params.trianglePoints
+        node = slicer.mrmlScene.GetFirstNode(name, "vtkMRMLMarkupsFiducialNode")
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+        if role == "points":
+            params.trianglePoints = node
+        return node
+
+    def startPlacing(self, node, count: int, mode: TriangleMode) -> None:
+        """Place ``count`` points in ``node`` (3D view clicks snap to the visible surface)."""
+        self.stopPlacing()
+        node.RemoveAllControlPoints()
+        self._placingNode, self._placingCount, self._triangleMode = node, count, mode
+        self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+        markupsLogic = slicer.util.getModuleLogic("Markups")
+        markupsLogic.SetActiveList(node)
+        markupsLogic.StartPlaceMode(True)
+        labels = "A (root meets SAP), B (SAP meets endplate), C (root crosses endplate)" if count == 3 else _("one point inside the window")
+        self.setStatus(_("Click {count} point(s) on the bone/nerve surfaces in the 3D view: {labels}").format(count=count, labels=labels))
+
+    def stopPlacing(self) -> None:
+        if self._placingNode is not None:
+            self.removeObserver(self._placingNode, self._placingNode.PointPositionDefinedEvent, self.onPointPlaced)
+            self._placingNode = None
+            slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+
+    def onPointPlaced(self, caller, event) -> None:
+        node = caller
+        if self._placingCount == 3:
+            for i, label in enumerate("ABC"[: node.GetNumberOfControlPoints()]):
+                node.SetNthControlPointLabel(i, label)
+        if node.GetNumberOfDefinedControlPoints() >= self._placingCount:
+            self.stopPlacing()
+            self.measureTriangles()
+
+    def onPlacePoints(self) -> None:
+        self.startPlacing(self.trianglePointList("Kambin A-B-C", "points"), 3, TriangleMode.POINTS)
+
+    def onPlaceSeed(self) -> None:
+        self.startPlacing(self.trianglePointList("Kambin seed", "seed"), 1, TriangleMode.SEED)
+
+    def onAuto(self) -> None:
+        self.stopPlacing()
+        self._triangleMode = TriangleMode.AUTO
+        self.measureTriangles()
+
+    def measureTriangles(self, optimize: bool = False) -> None:
+        """Run the backend for the current mode and view (queued if a run is going on)."""
+        if self._triangleMode is None:
+            return
+        if self._triangleJob is not None:
+            self._triangleRerun = not optimize
+            return
+        params = self._parameterNode
+        if self._triangleMode == TriangleMode.POINTS:
+            node = self.trianglePointList("Kambin A-B-C", "points")
+        elif self._triangleMode == TriangleMode.SEED:
+            node = self.trianglePointList("Kambin seed", "seed")
+        else:
+            node = None
+        with slicer.util.tryWithErrorDisplay(_("Could not start the triangle measurement."), waitCursor=True):
+            self._triangleJob = self.logic.startTriangles(
+                params.outputSegmentation, params.inputVolume, level=params.triangleLevel, side=params.triangleSide,
+                mode=self._triangleMode, pointsNode=node, structuresVolume=params.structuresVolume,
+                thetaDeg=params.thetaDeg, phiDeg=params.phiDeg, optimize=optimize,
+            )
+            self.setStatus(_("Searching the best view (about a minute)...") if optimize else _("Measuring..."))
+            self._triangleTimer.start()
+        self.updateButtons()
+
+    def onPollTriangles(self) -> None:
+        job = self._triangleJob
+        if job is None:
+            self._triangleTimer.stop()
+            return
+        for event in job.poll():
+            self.ui.logTextEdit.appendPlainText(event.line)
+            if event.progress is not None:
+                self.ui.statusLabel.text = f"{event.progress.stage}: {event.progress.message}"
+        if job.running:
+            return
+        self._triangleTimer.stop()
+        self._triangleJob = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Triangle measurement failed."), waitCursor=False):
+                report = job.finish()
+                self._triangleReport = report
+                self._triangleTable = self.logic.showTriangles(report).table
+                trajectory = report.get("trajectory")
+                if trajectory:  # move the sliders to the best view without measuring again
+                    params = self._parameterNode
+                    wasBlocked = [s.blockSignals(True) for s in (self.ui.thetaSliderWidget, self.ui.phiSliderWidget)]
+                    params.thetaDeg, params.phiDeg = trajectory["theta_deg"], trajectory["phi_deg"]
+                    for slider, was in zip((self.ui.thetaSliderWidget, self.ui.phiSliderWidget), wasBlocked):
+                        slider.blockSignals(was)
+                    self.logic.lookAlongView(report, trajectory["theta_deg"], trajectory["phi_deg"])
+                else:
+                    self.logic.lookAlongView(report, self._parameterNode.thetaDeg, self._parameterNode.phiDeg)
+                self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(report)
+                self.setStatus(_("Triangle measured."))
+        finally:
+            job.cleanup()
+            self.updateButtons()
+            if self._triangleRerun:
+                self._triangleRerun = False
+                self.measureTriangles()
+
+    def onViewAngleChanged(self, value) -> None:
+        """Move the camera now; measure again once the slider rests."""
+        if self._triangleReport is None:
+            return
+        # The sliders' values, not the parameter node's: it may be updated after this slot runs.
+        theta, phi = self.ui.thetaSliderWidget.value, self.ui.phiSliderWidget.value
+        with slicer.util.tryWithErrorDisplay(_("Could not move the 3D view."), waitCursor=False):
+            self.logic.lookAlongView(self._triangleReport, theta, phi)
+        self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(self._triangleReport, stale=True)
+        self._remeasureTimer.start()
+
+    def onRemeasure(self) -> None:
+        self.measureTriangles()
+
+    def onSquareEndplate(self) -> None:
+        self._parameterNode.phiDeg = 0.0  # the endplate projects to a line
+
+    def onOptimize(self) -> None:
+        self.measureTriangles(optimize=True)
+
+    def onExportTable(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export triangle measurements"),
+                                              "triangle_measurements.csv", _("CSV files (*.csv)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            written = self.logic.exportTableCsv(self._triangleTable, path)
+            self.setStatus(_("Wrote {path}").format(path=written))
 
     # Export for training
 
@@ -304,6 +537,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._triangleInputs = None
 
     def getParameterNode(self):
         return SpineCTSegmentationParameterNode(super().getParameterNode())
@@ -323,11 +557,16 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         """Install PyTorch, MONAI and the other backend packages after ``confirm(message)``."""
         return dependencies.ensure_dependencies(confirm=confirm)
 
-    def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM):
-        """Export ``inputVolume`` and start the backend; returns a running ``SegmentationJob``."""
+    def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
+                          uncertainty=False):
+        """Export ``inputVolume`` and start the backend; returns a running ``SegmentationJob``.
+
+        ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``).
+        """
         job = SegmentationJob(
             inputVolume, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
             device=device, model_path=modelPath, smoothing_mm=smoothingMm, work_dir=slicer.app.temporaryPath,
+            uncertainty=uncertainty,
         )
         logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
         job.start()
@@ -339,13 +578,30 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         self.placeInSubjectHierarchy(job.volume_node, segmentationNode)
         return segmentationNode
 
+    @staticmethod
+    def loadUncertainty(job):
+        """After a run with ``uncertainty``: (uncertainty volume overlaid in the slice views, review
+        table node); (None, None) otherwise."""
+        return job.load_uncertainty()
+
+    @staticmethod
+    def jumpToReviewRegion(tableNode, row: int) -> None:
+        """Centre the slice views on the centroid of a review table row."""
+        r, a, s = review_row_centroid_ras(tableNode, row)
+        slicer.util.getModuleLogic("Markups").JumpSlicesToLocation(r, a, s, True)
+
     def segment(self, inputVolume, outputSegmentation=None, *, device=Device.AUTO, modelPath=None,
-                smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None):
-        """Blocking segmentation (scripts and tests); returns the segmentation node."""
+                smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False):
+        """Blocking segmentation (scripts and tests); returns the segmentation node.
+
+        With ``uncertainty`` the uncertainty map is also loaded as a colour overlay and the review
+        list as a table node (named after the CT).
+        """
         conflicts = conflicting_segment_ids(outputSegmentation)
         if conflicts and existing == ExistingSegments.ASK:
             raise ValueError(f"segments {conflicts} exist; pass existing=ExistingSegments.REPLACE or NEW_NODE")
-        job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm)
+        job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm,
+                                     uncertainty=uncertainty)
         try:
             start = time.monotonic()
             while job.running:
@@ -358,9 +614,102 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
                 time.sleep(0.1)
             for event in job.poll():
                 logging.info(event.line)
-            return self.finishSegmentation(job, outputSegmentation, existing=existing)
+            segmentationNode = self.finishSegmentation(job, outputSegmentation, existing=existing)
+            self.loadUncertainty(job)
+            return segmentationNode
         finally:
             job.cleanup()
+
+    # Triangles
+
+    def startTriangles(self, segmentationNode, ctVolume, *, level=Level.L5S1, side=Side.LEFT, mode=TriangleMode.POINTS,
+                       pointsNode=None, structuresVolume=None, thetaDeg=0.0, phiDeg=0.0, optimize=False):
+        """Start ``spinect triangles`` on the segmentation; returns a running ``TrianglesJob``.
+
+        The label map (and level map, CT) files are written once and reused while only the view
+        changes; a different segmentation, CT or level map writes them again.
+        """
+        if mode == TriangleMode.AUTO and structuresVolume is None:
+            raise ValueError("automatic mode needs a level/structure map volume")
+        points = control_points_ras(pointsNode) if pointsNode is not None and mode != TriangleMode.AUTO else None
+        need = 3 if mode == TriangleMode.POINTS else 1
+        if mode != TriangleMode.AUTO and points is None:
+            raise ValueError(f"{mode.value} mode needs a point list")
+        if points is not None and len(points) != need:
+            raise ValueError(f"place {need} point(s) in '{pointsNode.GetName()}' first ({len(points)} placed)")
+        inputs = self._triangleInputs
+        if inputs is None or not inputs.matches(segmentationNode, ctVolume, structuresVolume):
+            self.cleanupTriangles()
+            inputs = self._triangleInputs = TriangleInputs(
+                segmentationNode, ctVolume, structures_volume=structuresVolume, work_dir=slicer.app.temporaryPath)
+        job = TrianglesJob(
+            inputs, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
+            level=level.value, side=side.value, points_ras=points if mode == TriangleMode.POINTS else None,
+            seed_ras=points[0] if mode == TriangleMode.SEED else None, theta_deg=thetaDeg, phi_deg=phiDeg, optimize=optimize,
+        )
+        logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
+        job.start()
+        return job
+
+    def measureTriangles(self, segmentationNode, ctVolume, *, timeoutS=None, **kwargs) -> dict:
+        """Blocking measurement (scripts and tests): returns the backend's JSON report and shows it."""
+        job = self.startTriangles(segmentationNode, ctVolume, **kwargs)
+        try:
+            for event in job.wait(timeoutS):
+                logging.info(event.line)
+            report = job.finish()
+        finally:
+            job.cleanup()
+        self.showTriangles(report)
+        return report
+
+    def cleanupTriangles(self) -> None:
+        """Remove the triangle input files."""
+        if self._triangleInputs is not None:
+            self._triangleInputs.cleanup()
+            self._triangleInputs = None
+
+    @staticmethod
+    def showTriangles(report):
+        """Window outlines, projected triangle, plane, path and table of a report; returns the nodes."""
+        return update_window_nodes(report, slicer.mrmlScene)
+
+    @staticmethod
+    def exportTableCsv(tableNode, path) -> pathlib.Path:
+        return write_table_csv(tableNode, path)
+
+    @staticmethod
+    def lookAlongView(report, thetaDeg: float, phiDeg: float, *, parallelScaleMm: float = 40.0) -> None:
+        """Turn the first 3D view to look along d(θ, φ) at the target, orthographic, cranial up."""
+        from SpineCTSegmentationLib.triangles import displayed_measurement
+
+        m = displayed_measurement(report)
+        target = m.get("target_lps_mm") or m["plane_origin_lps_mm"]
+        camera = camera_for_view(m["frame"], thetaDeg, phiDeg, m["side"], focal_point_ras=lps_to_ras(target),
+                                 parallel_scale_mm=parallelScaleMm)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None or layoutManager.threeDWidget(0) is None:
+            return
+        view = layoutManager.threeDWidget(0).threeDView()
+        apply_camera(view.cameraNode(), view.mrmlViewNode(), camera)
+
+    @staticmethod
+    def readoutHtml(report, *, stale: bool = False) -> str:
+        """The report's numbers as the readout shows them (always the backend's, never Slicer's curve area)."""
+        from SpineCTSegmentationLib.triangles import displayed_measurement, measurement_rows
+
+        m = displayed_measurement(report)
+        view = m["view"]
+        head = (f"<b>{m['triangle']} {m['level']} {m['side']}</b> ({m['mode']}), measured at "
+                f"θ={view['theta_deg']:.1f}°, φ={view['phi_deg']:.1f}°")
+        if stale:
+            head += " <i>(view changed: measuring again...)</i>"
+        lines = [head]
+        for row in measurement_rows(report):
+            value = "undefined" if row["value"] is None else f"{row['value']:.2f} {row['unit']}"
+            lines.append(f"{row['quantity']}: <b>{value}</b> [{row['kind']}]")
+        lines += [f"<i>note: {note}</i>" for note in m.get("notes", [])]
+        return "<br>".join(lines)
 
     @staticmethod
     def placeInSubjectHierarchy(volumeNode, segmentationNode) -> None:

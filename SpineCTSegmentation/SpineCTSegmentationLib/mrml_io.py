@@ -30,6 +30,7 @@ __all__ = [
     "new_segmentation_node",
     "import_labelmap_segments",
     "segment_label_array",
+    "write_segment_labels",
     "export_for_training",
 ]
 
@@ -234,6 +235,42 @@ def _find_segment_id(segmentation_node, segment_id: str) -> str:
     )
 
 
+def write_segment_labels(
+    segmentation_node,
+    reference_volume,
+    path: str | os.PathLike,
+    *,
+    specs: Sequence[SegmentSpec] = SEGMENTS,
+    labels: np.ndarray | None = None,
+    compress: bool = False,
+) -> Path:
+    """Write the bone/nerve segments as a label map file on ``reference_volume``'s grid.
+
+    Args:
+        segmentation_node: node with the ``bone``/``nerve`` segments (by ID or name).
+        reference_volume: the grid (usually the CT).
+        path: ``.nrrd``/``.nii.gz`` file to write (atomically).
+        specs: the classes (values ``spec.label_value``; nerve wins where they overlap).
+        labels: the array if already computed by :func:`segment_label_array`.
+        compress: compress the file.
+
+    Raises:
+        ValueError: a segment is missing. OSError: the file could not be written.
+    """
+    if labels is None:
+        labels = segment_label_array(segmentation_node, reference_volume, specs)
+    scene = reference_volume.GetScene()
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        matrix = vtk.vtkMatrix4x4()
+        reference_volume.GetIJKToRASMatrix(matrix)
+        label_node.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(label_node, labels)
+        return write_volume(label_node, path, compress=compress)
+    finally:
+        scene.RemoveNode(label_node)
+
+
 def export_for_training(
     volume_node,
     segmentation_node,
@@ -262,15 +299,7 @@ def export_for_training(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     labels = segment_label_array(segmentation_node, volume_node, specs)
-    scene = volume_node.GetScene()
-    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
-        matrix = vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASMatrix(matrix)
-        label_node.SetIJKToRASMatrix(matrix)
-        slicer.util.updateVolumeFromArray(label_node, labels)
-        image_path = write_volume(volume_node, folder / f"{case_id}_ct.nii.gz", compress=True)
-        label_path = write_volume(label_node, folder / f"{case_id}_labels.nii.gz", compress=True)
-    finally:
-        scene.RemoveNode(label_node)
+    image_path = write_volume(volume_node, folder / f"{case_id}_ct.nii.gz", compress=True)
+    label_path = write_segment_labels(segmentation_node, volume_node, folder / f"{case_id}_labels.nii.gz",
+                                      specs=specs, labels=labels, compress=True)
     return add_case(folder, DatasetCase(id=case_id, image=image_path, label=label_path, source="slicer-export"))

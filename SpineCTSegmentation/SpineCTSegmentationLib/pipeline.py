@@ -39,6 +39,8 @@ class SegmentationJob:
         smoothing_mm: median smoothing kernel in mm (``None``: the model's default).
         work_dir: parent of the private temporary folder (default: the system temp folder).
         backend_dir: folder containing the ``spinect`` package.
+        uncertainty: flip test-time augmentation with the uncertainty map and review list
+            (``--tta --uncertainty U --review R.json``); :meth:`load_uncertainty` reads them.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class SegmentationJob:
         smoothing_mm: float | None = None,
         work_dir: str | os.PathLike | None = None,
         backend_dir: str | os.PathLike = BACKEND_DIR,
+        uncertainty: bool = False,
     ):
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("select a CT volume that has image data")
@@ -61,9 +64,12 @@ class SegmentationJob:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="SpineCTSegmentation-", dir=work_dir))
         self.input_path = self.temp_dir / "input.nrrd"
         self.output_path = self.temp_dir / "labels.nrrd"
+        self.uncertainty_path = self.temp_dir / "uncertainty.nii.gz" if uncertainty else None
+        self.review_path = self.temp_dir / "review.json" if uncertainty else None
         command = build_segment_command(
             python_executable, self.input_path, self.output_path,
             model_path=model_path, device=device.value, smoothing_mm=smoothing_mm,
+            tta=uncertainty, uncertainty_path=self.uncertainty_path, review_path=self.review_path,
         )
         env = backend_environment(base_env, backend_dir=backend_dir, device=device.value)
         self.process = BackendProcess(command, env=env, cwd=str(self.temp_dir))
@@ -132,6 +138,28 @@ class SegmentationJob:
             )
         finally:
             scene.RemoveNode(labelmap)
+
+    def load_uncertainty(self, *, name: str | None = None):
+        """Load the uncertainty map (colour overlay in the slice views) and the review table.
+
+        Returns:
+            (scalar volume node, table node), or (None, None) if the run had no uncertainty.
+
+        Raises:
+            BackendFailed: the backend has not succeeded.
+        """
+        if self.uncertainty_path is None:
+            return None, None
+        if not self.succeeded:
+            raise BackendFailed("no uncertainty map: the segmentation did not finish")
+        from SpineCTSegmentationLib.uncertainty import read_review, read_scalar_volume, review_table, show_uncertainty_overlay
+
+        scene = self.volume_node.GetScene()
+        base = name or self.volume_node.GetName()
+        volume = read_scalar_volume(self.uncertainty_path, scene, name=f"{base} uncertainty")
+        show_uncertainty_overlay(volume)
+        table = review_table(read_review(self.review_path), scene, name=f"{base} uncertain regions")
+        return volume, table
 
     def cleanup(self) -> None:
         """Stop the backend if needed and remove the temporary folder."""

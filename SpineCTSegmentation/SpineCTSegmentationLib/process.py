@@ -1,4 +1,4 @@
-"""Run the ``spinect segment`` CLI in a child process without blocking Slicer's GUI.
+"""Run the ``spinect segment`` / ``spinect triangles`` CLI in a child process without blocking Slicer's GUI.
 
 The child is started with :class:`subprocess.Popen`, the way ``slicer.util.launchConsoleProcess``
 starts it (Slicer's startup environment, hidden console on Windows, stderr merged into stdout),
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -27,17 +28,26 @@ from typing import Mapping, Sequence
 __all__ = [
     "PROGRESS_TOKEN",
     "ERROR_PREFIX",
+    "is_error_line",
     "Progress",
     "ProcessEvent",
     "parse_progress_line",
     "build_segment_command",
+    "build_triangles_command",
     "backend_environment",
     "BackendProcess",
 ]
 
 PROGRESS_TOKEN = "SPINECT_PROGRESS"
-#: Start of the one-line error message the CLI prints on failure.
+#: Start of the one-line error message ``spinect segment`` prints on failure (every verb
+#: prints ``spinect <verb>: error: ...``; :func:`is_error_line` accepts all of them).
 ERROR_PREFIX = "spinect segment: error:"
+_ERROR_LINE = re.compile(r"^spinect [a-z]+: error: ")
+
+
+def is_error_line(line: str) -> bool:
+    """True for the one-line error message of any ``spinect`` verb."""
+    return bool(_ERROR_LINE.match(line))
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,9 @@ def build_segment_command(
     device: str = "auto",
     smoothing_mm: float | None = None,
     verbose: bool = False,
+    tta: bool = False,
+    uncertainty_path: str | os.PathLike | None = None,
+    review_path: str | os.PathLike | None = None,
 ) -> list[str]:
     """Argument list of ``python -m spinect segment`` with progress lines on.
 
@@ -96,17 +109,94 @@ def build_segment_command(
         device: ``auto``, ``cuda`` or ``cpu``.
         smoothing_mm: median smoothing kernel in mm; ``None`` keeps the model's default.
         verbose: ask the backend for detailed log lines.
+        tta: flip test-time augmentation (4 predictions fused; needed for the uncertainty outputs).
+        uncertainty_path: write the voxel-wise uncertainty map (vote entropy, nats) here.
+        review_path: write the review list of the most uncertain regions (JSON) here.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
+    if (uncertainty_path is not None or review_path is not None) and not tta:
+        raise ValueError("the uncertainty map and review list need tta=True")
     command = [str(python_executable), "-m", "spinect", "segment", str(input_path), str(output_path)]
     command += ["--device", device, "--progress-lines"]
     if model_path is not None:
         command += ["--model", str(model_path)]
     if smoothing_mm is not None:
         command += ["--smoothing-mm", f"{float(smoothing_mm):g}"]
+    if tta:
+        command.append("--tta")
+    if uncertainty_path is not None:
+        command += ["--uncertainty", str(uncertainty_path)]
+    if review_path is not None:
+        command += ["--review", str(review_path)]
     if verbose:
         command.append("--verbose")
+    return command
+
+
+def _coordinates(points) -> list[str]:
+    return [f"{float(v):.6g}" for point in points for v in point]
+
+
+def build_triangles_command(
+    python_executable: str,
+    seg_path: str | os.PathLike,
+    json_path: str | os.PathLike,
+    *,
+    level: str,
+    side: str,
+    points_ras: Sequence[Sequence[float]] | None = None,
+    seed_ras: Sequence[float] | None = None,
+    structures_path: str | os.PathLike | None = None,
+    ct_path: str | os.PathLike | None = None,
+    theta_deg: float = 0.0,
+    phi_deg: float = 0.0,
+    optimize: bool = False,
+    heatmap_path: str | os.PathLike | None = None,
+) -> list[str]:
+    """Argument list of ``python -m spinect triangles`` (coordinates RAS mm, as Slicer gives them).
+
+    Exactly one mode: ``points_ras`` (three points A, B, C), ``seed_ras`` (one point), or neither
+    (automatic: needs ``structures_path``). A level map given in the other modes still gives the
+    endplate frame.
+
+    Args:
+        python_executable: ``PythonSlicer`` in Slicer.
+        seg_path: bone/nerve label map file (0 background, 1 bone, 2 nerve).
+        json_path: the JSON report to write (the readout's source of truth).
+        level: ``L4L5`` or ``L5S1``; side: ``left`` or ``right``.
+        points_ras: (3, 3) A, B, C in RAS mm; seed_ras: (3,) RAS mm.
+        structures_path: level/structure map (codes of docs/phantom.md).
+        ct_path: CT file (skin entry point of the path).
+        theta_deg, phi_deg: the view measured (degrees).
+        optimize: also search the best view; heatmap_path: where its heat map PNG goes.
+
+    Raises:
+        ValueError: no mode, two modes, or a wrong number of points.
+    """
+    if points_ras is not None and seed_ras is not None:
+        raise ValueError("give three points or one seed, not both")
+    command = [str(python_executable), "-m", "spinect", "triangles", str(seg_path), "--json", str(json_path)]
+    command += ["--level", str(level), "--side", str(side), "--progress-lines"]
+    if points_ras is not None:
+        if len(points_ras) != 3:
+            raise ValueError(f"the triangle needs exactly three points A, B, C; {len(points_ras)} are placed")
+        command += ["--ras", "--points"] + _coordinates(points_ras)
+    elif seed_ras is not None:
+        command += ["--ras", "--seed"] + _coordinates([seed_ras])
+    elif structures_path is None:
+        raise ValueError("automatic mode needs a level map: choose the structure map volume")
+    else:
+        command.append("--auto")
+    if structures_path is not None:
+        command += ["--structures", str(structures_path)]
+    if ct_path is not None:
+        command += ["--ct", str(ct_path)]
+    command += ["--theta", f"{float(theta_deg):g}", "--phi", f"{float(phi_deg):g}"]
+    if optimize:
+        command.append("--optimize")
+        if heatmap_path is not None:
+            command += ["--heatmap", str(heatmap_path)]
     return command
 
 
@@ -200,7 +290,7 @@ class BackendProcess:
                 if self._proc is not None:
                     self._proc.wait()
                 break
-            if line.startswith(ERROR_PREFIX):
+            if is_error_line(line):
                 self.error_line = line
             events.append(ProcessEvent(line, parse_progress_line(line)))
         return events

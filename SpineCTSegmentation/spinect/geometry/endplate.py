@@ -1,0 +1,223 @@
+"""Find the lower vertebra's superior endplate from labels: the frame every view is built on.
+
+Two sources:
+
+* :func:`endplate_frame_near`: a bone/nerve label map only (0/1/2): the cranially facing bone
+  surface within a radius of a hint point on the endplate (e.g. the midpoint of the triangle's
+  base B–C, or a click), fitted by RANSAC.
+* :func:`endplate_frame_from_structures`: a level map (one code per vertebra): the cranially facing
+  surface of the lower vertebra, fitted by RANSAC (the endplate is its largest flat part).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spinect.errors import InputError
+from spinect.geometry.frame import EndplateFrame, fit_plane, frame_from_endplate_points, frame_from_plane
+from spinect.geometry.projection import ObstacleFields
+
+__all__ = ["cranial_surface_points", "endplate_frame_near", "endplate_frame_from_structures", "MAX_TILT_DEG"]
+
+#: Surfaces whose outward normal is within this angle of the superior axis count as "facing up".
+MAX_TILT_DEG = 40.0
+#: Cranially facing points farther than this from the vertebra's midline (LPS x) are not endplate.
+BODY_HALF_WIDTH_MM = 22.0
+#: Widest tilt of a lower vertebra's endplate normal from +S that the level-map fit accepts.
+STEEP_TILT_DEG = 70.0
+_SUPERIOR = np.array([0.0, 0.0, 1.0])
+
+
+def cranial_surface_points(
+    mask_zyx: np.ndarray,
+    index_to_lps: np.ndarray,
+    *,
+    max_tilt_deg: float = MAX_TILT_DEG,
+    return_normals: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """LPS centres of mask voxels on a cranially facing surface.
+
+    A voxel counts when it is in the mask, a neighbour a little above it (in world +S) is not, and
+    the local outward normal (minus the gradient of the smoothed mask) is within
+    ``max_tilt_deg`` of +S.
+
+    Args:
+        mask_zyx: (Z, Y, X) bool mask.
+        index_to_lps: (4, 4) voxel index (x, y, z) → LPS mm affine.
+        max_tilt_deg: largest angle between the outward normal and +S.
+        return_normals: also return the (N, 3) unit outward normals.
+
+    Returns:
+        (N, 3) LPS mm points (and their normals).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask_zyx, bool)
+    if not mask.any():
+        return (np.zeros((0, 3)), np.zeros((0, 3))) if return_normals else np.zeros((0, 3))
+    smooth = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)
+    grad_zyx = np.stack(np.gradient(smooth), axis=-1)
+    border = mask & ~ndimage.binary_erosion(mask)
+    idx = np.argwhere(border)
+    g = grad_zyx[tuple(idx.T)]  # d/d(index z, y, x)
+    # world gradient: chain rule through the affine (x, y, z) order
+    linear = index_to_lps[:3, :3]
+    g_world = g[:, ::-1] @ np.linalg.inv(linear)
+    outward = -g_world / np.maximum(np.linalg.norm(g_world, axis=1, keepdims=True), 1e-12)
+    keep = outward @ _SUPERIOR >= np.cos(np.radians(max_tilt_deg))
+    points = idx[keep][:, ::-1] @ linear.T + index_to_lps[:3, 3]
+    return (points, outward[keep]) if return_normals else points
+
+
+def endplate_frame_near(
+    fields: ObstacleFields,
+    labels_zyx: np.ndarray,
+    hint_lps_mm: np.ndarray,
+    *,
+    radius_mm: float = 12.0,
+    bone_label: int = 1,
+) -> EndplateFrame:
+    """Endplate frame from a 0/1/2 label map, near a point on the endplate.
+
+    Args:
+        fields: the obstacle fields (their grid geometry is used).
+        labels_zyx: (Z, Y, X) labels on the fields' grid.
+        hint_lps_mm: (3,) a point on (or within a few mm of) the endplate.
+        radius_mm: cranially facing bone surface within this distance of the hint is fitted.
+        bone_label: the bone label value.
+
+    Raises:
+        InputError: too few cranially facing bone points near the hint.
+    """
+    hint = np.asarray(hint_lps_mm, float)
+    points = cranial_surface_points(np.asarray(labels_zyx) == bone_label, fields.index_to_lps)
+    points = points[np.linalg.norm(points - hint, axis=1) <= radius_mm]
+    if len(points) < 10:
+        raise InputError(
+            f"found only {len(points)} cranially facing bone surface voxels within {radius_mm:g} mm of "
+            f"{np.round(hint, 1).tolist()} (LPS mm); place the point on the lower vertebra's superior endplate"
+        )
+    frame = frame_from_endplate_points(points)
+    # keep the hint's position on the plane as the centre: the local fit is only trusted near it
+    centre = hint - ((hint - frame.centre_lps_mm) @ frame.normal) * frame.normal
+    return EndplateFrame(centre, frame.normal, frame.left, frame.anterior)
+
+
+def endplate_frame_from_structures(
+    structures_zyx: np.ndarray, index_to_lps: np.ndarray, lower_code: int, *, inlier_mm: float = 1.5
+) -> EndplateFrame:
+    """Endplate frame of a vertebra from a level map (the vertebra's own code).
+
+    The cranially facing surface of the vertebra within ``BODY_HALF_WIDTH_MM`` of its midline is
+    fitted by RANSAC; the endplate is the plane with the most support, and the centre is the
+    middle of the extent (left-right, antero-posterior) of its largest connected patch.
+
+    Args:
+        structures_zyx: (Z, Y, X) integer level/structure codes.
+        index_to_lps: (4, 4) voxel index (x, y, z) → LPS mm affine.
+        lower_code: the code of the lower vertebra (e.g. S1 at L5/S1).
+        inlier_mm: RANSAC inlier distance.
+
+    Raises:
+        InputError: the vertebra is missing or has too little cranially facing surface.
+    """
+    mask = np.asarray(structures_zyx) == lower_code
+    # S1's endplate can face 60 deg away from vertical (sacral slope 30-50 deg plus the patient's pose)
+    points, normals = cranial_surface_points(mask, index_to_lps, max_tilt_deg=STEEP_TILT_DEG, return_normals=True)
+    if len(points) >= 30:
+        # the body is central: drop lateral parts (the sacral alae, transverse processes)
+        voxels = np.argwhere(mask)[:, ::-1] @ index_to_lps[:3, :3].T + index_to_lps[:3, 3]
+        central = np.abs(points[:, 0] - np.median(voxels[:, 0])) <= BODY_HALF_WIDTH_MM
+        points, normals = points[central], normals[central]
+    if len(points) < 30:
+        raise InputError(
+            f"the level map has too little of vertebra code {lower_code} ({int(mask.sum())} voxels) to find "
+            "its superior endplate; check the level labels or give the endplate points"
+        )
+    frame = frame_from_endplate_points(points, inlier_mm=inlier_mm, iterations=400)
+    link = 2.5 * _voxel_size(index_to_lps)
+    for _ in range(3):  # least-squares refit on the connected patch, with a wider band
+        facing = normals @ frame.normal >= np.cos(np.radians(30.0))  # surfaces parallel to the plane
+        band = np.abs((points - frame.centre_lps_mm) @ frame.normal) <= 2.0 * inlier_mm
+        near = points[band & facing]
+        patch = _largest_cluster(near, link_mm=link)
+        if len(patch) < 3:
+            break
+        centroid, normal, _ = fit_plane(patch)
+        frame = frame_from_plane(centroid, normal)
+    frame = _lateral_from_patch(frame, patch)
+    rel = patch - frame.centre_lps_mm
+    axes = np.stack([frame.left, frame.anterior])
+    mid = _body_outline_middle(rel @ axes.T)
+    # surface voxel centres lie half a voxel inside the bone: lift the plane onto the surface
+    lift = 0.5 * float(np.linalg.norm(np.linalg.solve(index_to_lps[:3, :3], frame.normal)) ** -1)
+    centre = frame.centre_lps_mm + mid @ axes + (float(np.mean(rel @ frame.normal)) + lift) * frame.normal
+    return EndplateFrame(centre, frame.normal, frame.left, frame.anterior)
+
+
+def _lateral_from_patch(frame: EndplateFrame, patch: np.ndarray, *, max_turn_deg: float = 25.0) -> EndplateFrame:
+    """Turn the frame's left-right axis onto the endplate's long (left-right) axis.
+
+    The endplate is wider than deep, so its principal in-plane axis is the vertebra's own
+    left-right axis, which differs from the scanner's x when the patient lies rotated. Kept only
+    within ``max_turn_deg`` of the scanner-based axis (a round endplate has no reliable axis).
+    """
+    coords = (patch - patch.mean(axis=0)) @ np.stack([frame.left, frame.anterior]).T
+    lat = coords[:, 0]
+    # only the body: the antero-posterior run along the midline (pedicles join further back)
+    ap_lo, ap_hi = _longest_run(np.sort(coords[np.abs(lat - np.median(lat)) < 5.0, 1]), 3.0)
+    body = coords[(coords[:, 1] >= ap_lo) & (coords[:, 1] <= ap_hi)]
+    if len(body) < 10:
+        return frame
+    _, _, vt = np.linalg.svd(body - body.mean(axis=0), full_matrices=False)
+    major = vt[0] if vt[0][0] >= 0 else -vt[0]
+    if np.degrees(np.arccos(np.clip(major[0], -1.0, 1.0))) > max_turn_deg:
+        return frame
+    left = major[0] * frame.left + major[1] * frame.anterior
+    left /= np.linalg.norm(left)
+    return EndplateFrame(frame.centre_lps_mm, frame.normal, left, np.cross(left, frame.normal))
+
+
+def _body_outline_middle(coords_mm: np.ndarray, *, strip_mm: float = 5.0, gap_mm: float = 3.0) -> np.ndarray:
+    """Middle of the endplate's extent: (left-right, antero-posterior) in mm.
+
+    Antero-posterior: along the midline strip (|lateral − median| < ``strip_mm``), where no pedicle
+    joins the endplate, the longest run of points without a gap over ``gap_mm`` (the body; the
+    canal separates it from the lamina). Left-right: the extent of a strip across the middle of
+    that run (the pedicles join further back).
+    """
+    lat, ap = coords_mm[:, 0], coords_mm[:, 1]
+    centre_lat = float(np.median(lat))
+    ap_lo, ap_hi = _longest_run(np.sort(ap[np.abs(lat - centre_lat) < strip_mm]), gap_mm)
+    ap_mid = 0.5 * (ap_lo + ap_hi)
+    lat_lo, lat_hi = _longest_run(np.sort(lat[np.abs(ap - ap_mid) < strip_mm]), gap_mm)
+    return np.array([0.5 * (lat_lo + lat_hi), ap_mid])
+
+
+def _longest_run(values: np.ndarray, gap: float) -> tuple[float, float]:
+    """(first, last) of the longest stretch of sorted values without a step over ``gap``."""
+    if values.size == 0:
+        return 0.0, 0.0
+    breaks = np.flatnonzero(np.diff(values) > gap)
+    starts = np.r_[0, breaks + 1]
+    ends = np.r_[breaks, values.size - 1]
+    k = int(np.argmax(values[ends] - values[starts]))
+    return float(values[starts[k]]), float(values[ends[k]])
+
+
+def _voxel_size(index_to_lps: np.ndarray) -> float:
+    return float(np.max(np.linalg.norm(index_to_lps[:3, :3], axis=0)))
+
+
+def _largest_cluster(points: np.ndarray, *, link_mm: float) -> np.ndarray:
+    """The largest group of points linked within ``link_mm`` (single linkage)."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(points).query_pairs(link_mm, output_type="ndarray")
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    biggest = np.bincount(labels).argmax()
+    return points[labels == biggest]

@@ -1,0 +1,252 @@
+"""One call for ``spinect triangles``: label map (and CT) in, measurement (and best view) out.
+
+:func:`measure_triangle` reads or takes the images, crops a region around the target, builds the
+obstacle fields, finds the endplate frame, measures in the requested mode and view, optionally
+searches the best view, and writes the JSON report and PNGs atomically. A Slicer Logic can call
+it with markup positions converted to LPS mm and read :class:`TrianglesResult` (or its JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from spinect.errors import InputError
+from spinect.geometry.endplate import endplate_frame_from_structures, endplate_frame_near
+from spinect.geometry.frame import EndplateFrame, frame_from_endplate_points
+from spinect.geometry.projection import ObstacleFields
+from spinect.geometry.results import TriangleMeasurement
+from spinect.geometry.trajectory import SearchSettings, TrajectoryResult, search_trajectory
+from spinect.geometry.triangles import LEVELS, TRIANGLES, check_choice, measure_points, measure_seed
+from spinect.geometry.window import WindowSettings
+
+__all__ = ["TrianglesResult", "measure_triangle", "crop_around", "ROI_RADIUS_MM", "LOCAL_ROI_RADIUS_MM"]
+
+logger = logging.getLogger(__name__)
+
+#: Half-size of the region cropped around the target when the skin must be reached (search, or a
+#: reachable window): enough for oblique paths through the flank.
+ROI_RADIUS_MM = 110.0
+#: Half-size for an anatomical-window measurement (15 mm before the target, plus margins).
+LOCAL_ROI_RADIUS_MM = 50.0
+#: progress(stage, overall fraction 0..1, message), as ``spinect.commands.progress`` displays it.
+ProgressCallback = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class TrianglesResult:
+    """What :func:`measure_triangle` produced.
+
+    Attributes:
+        measurement: the measurement in the requested view (θ, φ).
+        trajectory: the best-view search result, or None without ``optimize``.
+        frame_source: where the endplate frame came from.
+        files: paths written (json, heatmap png).
+    """
+
+    measurement: TriangleMeasurement
+    trajectory: TrajectoryResult | None
+    frame_source: str
+    files: dict[str, Path]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "spinect_triangles_version": 1,
+            "coordinate_system": "LPS mm (SimpleITK/DICOM); RAS = (-x, -y, z)",
+            "frame_source": self.frame_source,
+            "measurement": self.measurement.to_dict(),
+            "trajectory": None if self.trajectory is None else self.trajectory.to_dict(),
+        }
+
+
+def crop_around(image: sitk.Image, centre_lps_mm: np.ndarray, radius_mm: float) -> sitk.Image:
+    """The part of ``image`` within a box of half-size ``radius_mm`` (mm) around a point."""
+    corners = [
+        np.asarray(centre_lps_mm, float) + np.array([sx, sy, sz]) * radius_mm
+        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)
+    ]
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(c)) for c in corners])
+    size = np.array(image.GetSize())
+    lo = np.clip(np.floor(index.min(axis=0)).astype(int), 0, size - 1)
+    hi = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, lo + 1, size)
+    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
+def measure_triangle(
+    seg: str | os.PathLike | sitk.Image,
+    *,
+    level: str,
+    side: str,
+    triangle: str = "kambin",
+    ct: str | os.PathLike | sitk.Image | None = None,
+    points_lps_mm: np.ndarray | None = None,
+    seed_lps_mm: np.ndarray | None = None,
+    auto: bool = False,
+    structures: str | os.PathLike | sitk.Image | None = None,
+    endplate_lps_mm: np.ndarray | None = None,
+    frame: EndplateFrame | None = None,
+    theta_deg: float = 0.0,
+    phi_deg: float = 0.0,
+    upper_line_lps_mm: np.ndarray | None = None,
+    settings: WindowSettings | None = None,
+    optimize: bool = False,
+    search: SearchSettings | None = None,
+    json_path: str | os.PathLike | None = None,
+    heatmap_path: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrianglesResult:
+    """Measure a Kambin or safe triangle and optionally find the best oblique view.
+
+    Exactly one of ``points_lps_mm`` (3, 3), ``seed_lps_mm`` (3,) or ``auto`` (needs
+    ``structures``) bounds the window.
+
+    The endplate frame comes from, in order: ``frame``; ``structures`` (the lower vertebra's
+    cranial surface); ``endplate_lps_mm`` ((3,) a point on the endplate → local fit; (N ≥ 3, 3)
+    points → plane fit); the midpoint of B and C (points mode: B and C lie on the endplate).
+
+    Args:
+        seg: label map (0 background, 1 bone, 2 nerve): file (incl. ``.seg.nrrd``) or image.
+        level: ``"L4L5"`` or ``"L5S1"``; side: ``"left"`` or ``"right"``; triangle: ``"kambin"``
+            or ``"safe"``.
+        ct: CT (file or image) for the skin entry point; optional.
+        points_lps_mm, seed_lps_mm, auto, structures: the bounding mode (see above).
+        endplate_lps_mm, frame: the endplate (see above).
+        theta_deg, phi_deg: the view measured (obliquity, cranio-caudal tilt; degrees).
+        upper_line_lps_mm: (3,) the pedicle's lowest point, bounding a seed window from above.
+        settings: window sampling; search: angle search settings.
+        optimize: also search the best view and plan the path.
+        json_path: write the JSON report here (atomically); heatmap_path: write the heat map PNG.
+        progress: called with (stage, overall fraction, message).
+
+    Returns:
+        The :class:`TrianglesResult`.
+
+    Raises:
+        InputError: bad mode, points, level, side or files.
+    """
+    from spinect.io import check_output_path
+
+    level = check_choice("level", level, tuple(LEVELS))
+    triangle = check_choice("triangle", triangle, TRIANGLES)
+    check_choice("side", side, ("left", "right"))
+    if sum(x is not None for x in (points_lps_mm, seed_lps_mm)) + bool(auto) != 1:
+        raise InputError("give exactly one of: three points (--points), one seed (--seed) or --auto")
+    for path in (json_path, heatmap_path):
+        if path is not None:
+            check_output_path(path)
+    report = progress or (lambda stage, fraction, message: None)
+    report("read", 0.0, "reading the label map")
+    labels = _read_labels(seg)
+    structures_image = _read_labels(structures, what="level map", any_values=True) if structures is not None else None
+    if auto:
+        if structures_image is None:
+            raise InputError("--auto needs a level map (--structures) to find the vertebrae and roots")
+        from spinect.geometry.landmarks import auto_landmarks
+
+        points_lps_mm = auto_landmarks(structures_image, level=level, side=side, triangle=triangle)
+    centre = np.asarray(points_lps_mm, float).reshape(-1, 3).mean(axis=0) if points_lps_mm is not None else np.asarray(seed_lps_mm, float).reshape(3)
+    reach_skin = optimize or (settings is not None and settings.depth_before_mm is None)
+    labels = crop_around(labels, centre, ROI_RADIUS_MM if reach_skin else LOCAL_ROI_RADIUS_MM)
+    ct_image = _read_ct(ct) if ct is not None else None
+    report("distance", 0.05, "signed distance maps of bone and nerve")
+    fields = ObstacleFields.from_image(labels, ct=ct_image)
+    frame, frame_source = _frame(frame, structures_image, endplate_lps_mm, points_lps_mm, fields, labels, level)
+    report("measure", 0.2, f"measuring at theta={theta_deg:g}, phi={phi_deg:g}")
+    common = dict(triangle=triangle, level=level, side=side, theta_deg=theta_deg, phi_deg=phi_deg, settings=settings)
+    if points_lps_mm is not None:
+        measurement = measure_points(fields, frame, np.asarray(points_lps_mm, float).reshape(3, 3), **common)
+    else:
+        measurement = measure_seed(fields, frame, seed_lps_mm, upper_line_lps_mm=upper_line_lps_mm, **common)
+    if auto:
+        measurement = _as_auto(measurement)
+    trajectory = None
+    if optimize:
+        trajectory = search_trajectory(
+            fields, frame, side=side, triangle=triangle, level=level,
+            points_lps_mm=None if points_lps_mm is None else np.asarray(points_lps_mm, float).reshape(3, 3),
+            seed_lps_mm=seed_lps_mm if points_lps_mm is None else None,
+            upper_line_lps_mm=upper_line_lps_mm, search=search, measure=settings,
+            progress=lambda done, total: report("search", 0.25 + 0.7 * done / max(total, 1), f"view {done}/{total}"),
+        )
+    result = TrianglesResult(measurement, trajectory, frame_source, {})
+    files = _write(result, json_path, heatmap_path)
+    report("done", 1.0, "done")
+    return TrianglesResult(measurement, trajectory, frame_source, files)
+
+
+def _read_labels(source, *, what: str = "label map", any_values: bool = False) -> sitk.Image:
+    if isinstance(source, sitk.Image):
+        return source
+    if any_values:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{what} {path} does not exist; check the path")
+        return sitk.ReadImage(str(path))
+    from spinect.io import read_labelmap
+
+    return read_labelmap(source)
+
+
+def _read_ct(source) -> sitk.Image:
+    if isinstance(source, sitk.Image):
+        return source
+    from spinect.io import read_ct
+
+    return read_ct(source)
+
+
+def _frame(frame, structures, endplate, points, fields, labels, level) -> tuple[EndplateFrame, str]:
+    if frame is not None:
+        return frame, "given"
+    if structures is not None:
+        lower = LEVELS[level][1]
+        code = _vertebra_code(lower)
+        resampled = sitk.Resample(structures, labels, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        array = sitk.GetArrayViewFromImage(resampled)
+        return endplate_frame_from_structures(array, fields.index_to_lps, code), f"level map ({lower} cranial surface)"
+    label_array = sitk.GetArrayViewFromImage(labels)
+    if endplate is not None:
+        pts = np.asarray(endplate, float).reshape(-1, 3)
+        if len(pts) >= 3:
+            return frame_from_endplate_points(pts), f"plane fit on {len(pts)} endplate points"
+        return endplate_frame_near(fields, label_array, pts[0]), "bone surface near the endplate point"
+    if points is not None:
+        pts = np.asarray(points, float).reshape(3, 3)
+        return endplate_frame_near(fields, label_array, 0.5 * (pts[1] + pts[2])), "bone surface near B-C"
+    raise InputError("the endplate is unknown: give --endplate (a point on the lower vertebra's endplate) or --structures")
+
+
+def _vertebra_code(name: str) -> int:
+    from spinect.phantom.structures import STRUCTURE_CODES
+
+    return STRUCTURE_CODES[name]
+
+
+def _as_auto(measurement: TriangleMeasurement) -> TriangleMeasurement:
+    from dataclasses import replace
+
+    return replace(measurement, mode="auto")
+
+
+def _write(result: TrianglesResult, json_path, heatmap_path) -> dict[str, Path]:
+    from spinect.io import atomic_output
+
+    files: dict[str, Path] = {}
+    if heatmap_path is not None and result.trajectory is not None:
+        from spinect.geometry.plot import save_objective_heatmap
+
+        files["heatmap_png"] = save_objective_heatmap(result.trajectory, heatmap_path)
+    if json_path is not None:
+        payload = result.to_dict()
+        payload["files"] = {k: str(v) for k, v in files.items()}
+        with atomic_output(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        files["json"] = Path(json_path)
+    return files
