@@ -1,5 +1,13 @@
 """Python API: one function per ``spinect`` CLI verb (TotalSegmentator's rule: one call = one command).
 
+=====================  ==================================================
+``spinect segment``    :func:`segment`
+``spinect phantom``    :func:`phantom`
+``spinect train``      :func:`train`
+``spinect evaluate``   :func:`evaluate`
+``spinect triangles``  :func:`triangles` (alias :func:`measure_kambin`)
+=====================  ==================================================
+
 >>> from spinect.api import segment
 >>> result = segment("ct.nii.gz", "ct.seg.nrrd")          # doctest: +SKIP
 >>> result.voxel_counts()                                   # doctest: +SKIP
@@ -20,7 +28,18 @@ import SimpleITK as sitk
 from spinect.errors import ModelError, SpinectError
 from spinect.plan import ModelPlan
 
-__all__ = ["segment", "SegmentationResult", "ProgressCallback", "resolve_model_path", "STAGE_WEIGHTS"]
+__all__ = [
+    "segment",
+    "phantom",
+    "train",
+    "evaluate",
+    "triangles",
+    "measure_kambin",
+    "SegmentationResult",
+    "ProgressCallback",
+    "resolve_model_path",
+    "STAGE_WEIGHTS",
+]
 
 log = logging.getLogger("spinect")
 
@@ -254,3 +273,85 @@ class _Reporter:
             return
         before = sum(STAGE_WEIGHTS[s] for s in self._order[: self._order.index(stage)])
         self._callback(stage, min(1.0, before + STAGE_WEIGHTS[stage] * fraction), message)
+
+
+def phantom(out_dir: str | os.PathLike, *, n: int = 1, seed: int = 0, **options) -> list[Path]:
+    """``spinect phantom OUT_DIR --n N --seed S ...``: write synthetic lumbosacral CT cases with truth.
+
+    ``options`` are those of :func:`spinect.phantom.make_phantom` (``shape_zyx``,
+    ``spacing_zyx_mm``, ``randomise_appearance``, ``preview``, ``degeneration``, ``progress``).
+    Returns the case folders written.
+    """
+    from spinect.phantom import make_phantom
+
+    return make_phantom(out_dir, n=n, seed=seed, **options)
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, **options):
+    """``spinect train DATA --out RUN_DIR ...``: train a SPINECT model (SPINECT's recipe by default).
+
+    ``options`` are the fields of :class:`spinect.train.TrainingConfig` (``fold``, ``folds``,
+    ``epochs``, ``iterations``, ``base_width``, ``device``, ``resume``, ...). Returns
+    :class:`spinect.train.TrainingResult` (``best_model`` is a model file :func:`segment` takes).
+    """
+    from spinect.train import TrainingConfig
+    from spinect.train import train as run_training
+
+    return run_training(TrainingConfig(data=Path(data), out=Path(out), **options))
+
+
+def evaluate(
+    out_dir: str | os.PathLike,
+    *,
+    pred: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    cases: Sequence[str] | None = None,
+    device: str = "auto",
+    class_names: Sequence[str] = ("background", "bone", "nerve"),
+    resample_prediction: bool = False,
+    show_progress: bool = False,
+):
+    """``spinect evaluate``: score predictions against labels, or a model on a dataset.
+
+    Give ``pred`` and ``labels`` (files or folders matched by case id), or ``data`` (a dataset
+    folder; ``model`` defaults to the shipped model). Writes the per-case CSV, the summary CSV,
+    the Table-2-style Markdown and a box plot into ``out_dir`` (refused if it already holds a
+    report). Returns ``(EvaluationResult, EvaluationFiles)`` of :mod:`spinect.metrics`.
+    """
+    from spinect.commands.evaluate import _model_pairs, run_evaluation
+    from spinect.errors import InputError
+    from spinect.metrics import check_report_folder, match_case_files
+
+    if data is not None or model is not None:
+        if pred is not None or labels is not None:
+            raise InputError("give either pred/labels (score files) or model/data (segment a dataset), not both")
+        if data is None:
+            raise InputError("model needs data=DATASET_FOLDER to segment")
+        pairs = _model_pairs(None if model is None else Path(model), Path(data),
+                             cases=",".join(cases) if cases else None, device=device)
+    elif pred is None or labels is None:
+        raise InputError("give pred= and labels=, or data= (and optionally model=)")
+    else:
+        pairs = match_case_files(pred, labels)
+    check_report_folder(Path(out_dir))
+    return run_evaluation(pairs, Path(out_dir), class_names=tuple(class_names),
+                          resample_prediction=resample_prediction, show_progress=show_progress)
+
+
+def triangles(seg, *, level: str, side: str, **options):
+    """``spinect triangles SEG --level L --side S ...``: Kambin / safe triangle and best oblique view.
+
+    ``options`` are those of :func:`spinect.geometry.measure.measure_triangle` (``triangle``,
+    ``ct``, ``points_lps_mm``, ``seed_lps_mm``, ``auto``, ``structures``, ``optimize``,
+    ``json_path``, ``heatmap_path``, ...). Returns its :class:`TrianglesResult`.
+    """
+    from spinect.geometry.measure import measure_triangle
+
+    return measure_triangle(seg, level=level, side=side, **options)
+
+
+def measure_kambin(seg, *, level: str, side: str, **options):
+    """:func:`triangles` with ``triangle="kambin"`` (the common case, named for readers of the papers)."""
+    return triangles(seg, level=level, side=side, triangle="kambin", **options)

@@ -15,6 +15,10 @@ __all__ = ["save_overlay_png", "LABEL_COLOURS_RGB"]
 #: Display colours (RGB 0..1) per label value: bone ivory, nerve yellow (as the .seg.nrrd writer).
 LABEL_COLOURS_RGB = {1: (0.945, 0.839, 0.569), 2: (0.95, 0.85, 0.10)}
 
+#: Overlay opacity per label value: nerves drawn nearly opaque so they stand out against bone.
+_LABEL_ALPHA = {1: 0.35, 2: 0.85}
+_LABEL_NAMES = {1: "bone", 2: "nerve"}
+
 
 def save_overlay_png(
     ct: sitk.Image,
@@ -62,13 +66,18 @@ def save_overlay_png(
             ax.imshow(img, cmap="gray", vmin=-400, vmax=1200, interpolation="nearest")
             overlay = np.zeros(lbl.shape + (4,))
             for value, rgb in LABEL_COLOURS_RGB.items():
-                overlay[lbl == value] = (*rgb, 0.55)
+                overlay[lbl == value] = (*rgb, _LABEL_ALPHA[value])
             ax.imshow(overlay, interpolation="nearest")
             ax.set_title(f"{name}: {view}")
             ax.axis("off")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=(*rgb, _LABEL_ALPHA[v]), edgecolor="black", label=_LABEL_NAMES[v])
+               for v, rgb in LABEL_COLOURS_RGB.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
