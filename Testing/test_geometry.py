@@ -303,3 +303,20 @@ def test_cli_ras_coordinates_give_the_lps_result(tmp_path):
     assert reports[0]["quantities"]["free_area_mm2"]["value"] == pytest.approx(
         reports[1]["quantities"]["free_area_mm2"]["value"])
     assert reports[0]["quantities"]["free_area_mm2"]["value"] == pytest.approx(48.0, rel=0.08)
+
+
+def test_points_mode_frame_falls_back_to_b_when_the_b_c_midpoint_misses_the_endplate():
+    from spinect.geometry.measure import measure_triangle
+
+    # Bone block below z = 0 for x in [-30, 0] mm: its top is the endplate (normal +z, LPS superior).
+    z, y, x, origin = _grid(1.0, 40.0)
+    labels = ((z < 0) & (z > -20) & (x > -30) & (x < 0) & (np.abs(y) < 20)).astype(np.uint8)
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin(origin)
+    # B on the endplate, C 30 mm lateral over nothing: the B-C midpoint is > 12 mm from any surface.
+    points = np.array([[-5.0, 0.0, 15.0], [-5.0, 0.0, 0.5], [30.0, 0.0, 0.5]])
+    result = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points)
+    report = result.to_dict()
+    text = json.dumps(report)
+    assert "near B" in text and "near B-C" not in text
+    assert abs(np.dot(result.measurement.frame.normal, [0.0, 0.0, 1.0])) > 0.99  # the block top, not a tilt

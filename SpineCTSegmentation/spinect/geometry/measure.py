@@ -109,7 +109,7 @@ def measure_triangle(
 
     The endplate frame comes from, in order: ``frame``; ``structures`` (the lower vertebra's
     cranial surface); ``endplate_lps_mm`` ((3,) a point on the endplate → local fit; (N ≥ 3, 3)
-    points → plane fit); the midpoint of B and C (points mode: B and C lie on the endplate).
+    points → plane fit); near the midpoint of B and C, else B, else C (points mode: B, C on the endplate).
 
     Args:
         seg: label map (0 background, 1 bone, 2 nerve): file (incl. ``.seg.nrrd``) or image.
@@ -219,7 +219,18 @@ def _frame(frame, structures, endplate, points, fields, labels, level) -> tuple[
         return endplate_frame_near(fields, label_array, pts[0]), "bone surface near the endplate point"
     if points is not None:
         pts = np.asarray(points, float).reshape(3, 3)
-        return endplate_frame_near(fields, label_array, 0.5 * (pts[1] + pts[2])), "bone surface near B-C"
+        # B and C lie on the endplate; their midpoint can miss it where the endplate is narrow or
+        # the clicks sit on its rim, so try B and C themselves before giving up.
+        hints = [("B-C", 0.5 * (pts[1] + pts[2])), ("B", pts[1]), ("C", pts[2])]
+        for name, hint in hints:
+            try:
+                return endplate_frame_near(fields, label_array, hint), f"bone surface near {name}"
+            except InputError:
+                continue
+        raise InputError(
+            "no cranially facing bone surface within 12 mm of B, C or their midpoint: place B and C on the "
+            "lower vertebra's superior endplate, or give --endplate / --structures"
+        )
     raise InputError("the endplate is unknown: give --endplate (a point on the lower vertebra's endplate) or --structures")
 
 
