@@ -102,6 +102,20 @@ def test_island_removal_keeps_anatomy_and_reports_what_it_removed():
     assert all(r.label_value != 1 for r in removed_aniso)
 
 
+def test_island_removal_keeps_a_detached_root_segment_but_not_a_small_hot_spot():
+    labels = np.zeros((60, 80, 80), np.uint8)
+    labels[5:55, 10:18, 10:18] = 2              # dural sac, 3,200 mm3
+    labels[20:45, 60:66, 60:66] = 2             # presacral root piece cut off by the FOV: 900 mm3, 40 mm away
+    labels[50:55, 70:75, 20:25] = 2             # hot spot: 125 mm3, 50 mm away
+    cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
+    assert (cleaned[20:45, 60:66, 60:66] == 2).all()
+    assert not cleaned[50:55, 70:75, 20:25].any()
+    assert [r.voxels for r in removed] == [125]
+    # The volume floor is a parameter: with 1,000 mm3 the root piece goes too, and is reported.
+    _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_nerve_volume_mm3=1000.0)
+    assert sorted(r.voxels for r in strict) == [125, 900]
+
+
 def test_review_regions_rank_the_most_uncertain_blob_first():
     u = np.zeros((20, 30, 30), np.float32)
     u[2:6, 2:6, 2:6] = 0.7      # 64 voxels x 0.7
