@@ -100,11 +100,14 @@ def test_stitching_equals_whole_volume_for_pointwise_network(blend, shape, patch
     rng = np.random.default_rng(1)
     volume = rng.normal(size=shape).astype(np.float32)
     network = _pointwise_network()
-    scores = predict_probabilities(volume, network, patch_size_zyx=patch, stride_zyx=stride, blend=blend, device="cpu")
+    # float32: this checks the stitching arithmetic, not the precision (CPUs with native bfloat16 default to it).
+    scores = predict_probabilities(volume, network, patch_size_zyx=patch, stride_zyx=stride, blend=blend, device="cpu",
+                                   amp=False)
     reference = _whole_volume_softmax(network, volume)
     assert scores.shape == (3, *shape) and scores.dtype == torch.float32 and scores.device.type == "cpu"
     torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-6)
-    labels = predict_labels(volume, network, patch_size_zyx=patch, stride_zyx=stride, blend=blend, device="cpu")
+    labels = predict_labels(volume, network, patch_size_zyx=patch, stride_zyx=stride, blend=blend, device="cpu",
+                            amp=False)
     assert labels.dtype == np.uint8 and labels.shape == shape
     np.testing.assert_array_equal(labels, torch.argmax(reference, dim=0).numpy())
 
@@ -229,8 +232,12 @@ def test_resolve_device_without_cuda(monkeypatch):
         resolve_device("gpu0")
 
 
-def test_autocast_dtype_rules():
+def test_autocast_dtype_rules(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setenv("SPINECT_CPU_BF16", "0")  # a CPU without native bfloat16: float32 by default
     assert autocast_dtype(cpu, None) is None
     assert autocast_dtype(cpu, False) is None
     assert autocast_dtype(cpu, True) == torch.bfloat16
+    monkeypatch.setenv("SPINECT_CPU_BF16", "1")  # native bfloat16 (AVX512-BF16, AMX): bfloat16 by default
+    assert autocast_dtype(cpu, None) == torch.bfloat16
+    assert autocast_dtype(cpu, False) is None

@@ -62,8 +62,9 @@ class SegmentationResult:
         output_path: the file written, or None when no output was requested.
         plan: the model's plan; ``model_path`` the model file used.
         device: the torch device the network ran on.
-        timings_s: seconds per stage (read, resample+normalise, infer, argmax, resample back,
-            smooth, write).
+        timings_s: seconds per stage (read, resample, normalise, windows, network, stitching,
+            argmax, islands, resample back, smooth, write).
+        window_counts: ``windows run`` and ``windows skipped`` (air) by the sliding window.
         peak_rss_mb / peak_vram_mb: peak host memory of the process and peak CUDA memory (None on CPU).
         removed_islands: false-positive islands removed (class, voxels, volume_mm3, centroid_lps_mm,
             distance_mm, reason); empty with ``keep_islands``.
@@ -86,6 +87,7 @@ class SegmentationResult:
     vvc: dict[str, float] | None = None
     review: list = field(default_factory=list)
     members: int = 1
+    window_counts: dict[str, int] = field(default_factory=dict)
 
     def voxel_counts(self) -> dict[str, int]:
         """Voxels per class name on the input grid."""
@@ -214,6 +216,7 @@ def segment(
         labels=out.labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
         timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram, removed_islands=islands,
         uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
+        window_counts=dict(timer.counts),
     )
 
 

@@ -4,10 +4,17 @@ read CT -> resample to the plan's spacing (1 mm) -> clip + z-score -> sliding-wi
 model, or an ensemble / flip TTA) -> argmax on the 1 mm grid -> false-positive island removal ->
 nearest-neighbour back to the input grid -> median smoothing (mm, Slicer's rule) -> labels
 0 background, 1 bone, 2 nerve on the input CT's grid.
+
+Windows that see only air (every voxel, and those within :data:`AIR_MARGIN_MM` around the
+window, below :data:`AIR_HU` on the resampled CT) are not run through the network; they count as
+background (``skip_air``). The network sees nothing outside its window, so this changes a label
+only where the network would call air voxels foreground; ``docs/benchmarks.md`` compares the
+labels with and without skipping and reports what it saves.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -15,12 +22,26 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from spinect.inference import predict_probabilities
+from spinect.inference import argmax_labels, predict_probabilities
 from spinect.plan import ModelPlan
 from spinect.postprocess import RemovedIsland, median_smooth_labels, suppress_islands
 from spinect.preprocess import normalise_hu, resample_to_reference, resample_to_spacing
 
-__all__ = ["prepare_network_input", "labels_to_input_grid", "segment_image", "PipelineOutput", "WindowProgress"]
+__all__ = [
+    "prepare_network_input",
+    "labels_to_input_grid",
+    "segment_image",
+    "air_threshold",
+    "PipelineOutput",
+    "WindowProgress",
+    "AIR_HU",
+    "AIR_MARGIN_MM",
+]
+
+#: CT values below this (HU) count as air when deciding which windows to skip.
+AIR_HU = -500.0
+#: A skipped window must also have only air within this distance (mm) around it.
+AIR_MARGIN_MM = 0.0
 
 #: ``progress(done_windows, total_windows)`` as the inference reports it.
 WindowProgress = Callable[[int, int], None]
@@ -48,17 +69,40 @@ class PipelineOutput:
     members: int = 1
 
 
-def prepare_network_input(ct: sitk.Image, plan: ModelPlan) -> tuple[sitk.Image, np.ndarray]:
+def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tuple[sitk.Image, np.ndarray]:
     """Resample ``ct`` (HU) to the plan's spacing and normalise it.
+
+    Args:
+        ct: CT image in HU.
+        plan: gives the spacing (mm), interpolation, HU window and z-score statistics.
+        timer: optional :class:`spinect.profiling.StageTimer` (stages ``resample``, ``normalise``).
 
     Returns:
         (the resampled CT image in HU, float32 (z, y, x) normalised array on that grid).
     """
+    from spinect.profiling import StageTimer
+
+    timer = timer or StageTimer()
     spacing_xyz = tuple(reversed(plan.spacing_zyx_mm))
-    resampled = resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0)
-    array_hu = sitk.GetArrayViewFromImage(resampled)
-    normalised = normalise_hu(array_hu, hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
+    with timer.stage("resample"):
+        resampled = resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0)
+    with timer.stage("normalise"):
+        array_hu = sitk.GetArrayViewFromImage(resampled)
+        normalised = normalise_hu(array_hu, hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
     return resampled, normalised
+
+
+def _geometry_only(image: sitk.Image) -> sitk.Image:
+    """A UInt8 image with ``image``'s size, spacing, origin and direction (its voxels dropped)."""
+    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(image)
+    return grid
+
+
+def air_threshold(plan: ModelPlan, air_hu: float = AIR_HU) -> float:
+    """``air_hu`` in the network's normalised intensities (after the plan's HU clipping and z-score)."""
+    clipped = float(np.clip(air_hu, plan.hu_window[0], plan.hu_window[1]))
+    return (clipped - plan.intensity_mean) / plan.intensity_std
 
 
 def labels_to_input_grid(labels_zyx: np.ndarray, network_grid: sitk.Image, ct: sitk.Image) -> sitk.Image:
@@ -82,32 +126,42 @@ def segment_image(
     remove_islands: bool = True,
     window_progress: WindowProgress | None = None,
     timer=None,
+    amp: bool | None = None,
+    skip_air: bool = True,
 ) -> PipelineOutput:
     """Segment one CT image already in memory.
 
     ``smoothing_mm``, ``blend`` and ``stride_zyx`` default to the plan's values. With several
     networks or ``tta`` the members' probabilities are fused (mean) and their disagreement is
-    returned as uncertainty. ``timer`` is an optional :class:`spinect.profiling.StageTimer`.
+    returned as uncertainty. ``timer`` is an optional :class:`spinect.profiling.StageTimer`; it
+    gets the stages resample, normalise, windows, network, stitching, (ensemble fusion,) argmax,
+    islands, resample back and smooth. ``amp``: see :func:`spinect.inference.predict_probabilities`
+    (None = bfloat16 where the device computes it natively). ``skip_air``: do not run windows that
+    see only air (see the module docstring).
     """
     from spinect.profiling import StageTimer
 
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     timer = timer or StageTimer()
-    with timer.stage("resample+normalise"):
-        network_grid, volume = prepare_network_input(ct, plan)
+    network_grid, volume = prepare_network_input(ct, plan, timer=timer)
+    network_grid = _geometry_only(network_grid)  # its HU voxels are no longer needed: ~150 MB less at the peak
+    margin_zyx = tuple(int(np.ceil(AIR_MARGIN_MM / s)) for s in plan.spacing_zyx_mm)
     options = dict(patch_size_zyx=plan.patch_size_zyx, stride_zyx=tuple(stride_zyx or plan.stride_zyx),
-                   blend=blend or plan.blend, batch_size=batch_size, device=device)
+                   blend=blend or plan.blend, batch_size=batch_size, device=device, amp=amp, timer=timer,
+                   skip_below=air_threshold(plan) if skip_air else None, skip_margin_zyx=margin_zyx)
     ensemble = None
-    with timer.stage("infer"):
-        if len(nets) == 1 and not tta:
-            scores = predict_probabilities(volume, nets[0], progress=window_progress, **options)
-        else:
-            from spinect.uncertainty import predict_ensemble
+    if len(nets) == 1 and not tta:
+        scores = predict_probabilities(volume, nets[0], progress=window_progress, **options)
+    else:
+        from spinect.uncertainty import predict_ensemble
 
-            ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
-            scores = torch.from_numpy(ensemble.probabilities)
+        started, before = time.perf_counter(), timer.total_s
+        ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
+        scores = torch.from_numpy(ensemble.probabilities)
+        timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
+    del volume
     with timer.stage("argmax"):
-        labels_grid = torch.argmax(scores, dim=0).to(torch.uint8).numpy()
+        labels_grid = argmax_labels(scores)
         del scores
     removed: list[RemovedIsland] = []
     if remove_islands:

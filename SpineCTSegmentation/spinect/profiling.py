@@ -6,16 +6,26 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 __all__ = ["StageTimer", "peak_rss_mb"]
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS).
+    """Peak resident memory of this process so far, MiB.
 
-    Returns NaN on Windows, which has no ``resource`` module.
+    On Linux, ``VmHWM`` from ``/proc/self/status``: unlike ``ru_maxrss`` it starts afresh at
+    ``exec``, so a backend started from a large process (3D Slicer, a benchmark) does not inherit
+    its parent's peak. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS); NaN on Windows,
+    which has no ``resource`` module.
     """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:
@@ -26,9 +36,15 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class StageTimer:
-    """Accumulates seconds per named stage, in first-seen order."""
+    """Accumulates seconds per named stage, in first-seen order, and named event counts.
+
+    Attributes:
+        seconds: stage name -> wall-clock seconds.
+        counts: name -> count (e.g. ``windows run``, ``windows skipped``).
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -37,6 +53,14 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to stage ``name`` (for time measured elsewhere)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the count ``name``."""
+        self.counts[name] = self.counts.get(name, 0) + int(n)
 
     @property
     def total_s(self) -> float:

@@ -10,14 +10,32 @@ reports windows through a ``progress(done_windows, total_windows)`` callback.
 Windows along an axis of ``n`` voxels (patch ``p``, stride ``s``) start at ``0, s, 2s, ...`` and
 the last one is shifted back to end at ``n``: ``1`` window if ``n <= p`` (the volume is padded to
 ``p`` and the result cropped back), else ``ceil((n - p) / s) + 1``.
+
+Speed (measurements and reasoning in ``docs/benchmarks.md``):
+
+* windows go through the network ``batch_size`` at a time, in ``channels_last_3d`` layout, in
+  bfloat16 where :func:`spinect.inference.autocast_dtype` says so (CUDA; CPUs with native bfloat16
+  instructions): a bfloat16 copy of the network with BatchNorm folded into the convolutions, or
+  autocast for networks with other normalisation layers;
+* with ``skip_below``, windows whose voxels (and a margin around them) are all below that
+  normalised intensity -- air outside the body -- are not run: they count as background with
+  probability 1. The network sees nothing but the window, so this only departs from running it
+  where the network would call air voxels foreground;
+* the blending accumulators live on the GPU when they fit (``_aggregation_device``);
+* out of GPU memory, the window batch is halved and retried down to one window, then the whole
+  volume is redone on the CPU with a warning (:func:`run_with_cpu_fallback`).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import math
+import time
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,7 +44,21 @@ from monai.inferers import sliding_window_inference
 from spinect.errors import InputError, SpinectError
 from spinect.inference.device import autocast_dtype, resolve_device
 
-__all__ = ["BLEND_MODES", "WindowProgress", "count_windows", "monai_overlap", "predict_probabilities", "predict_labels"]
+__all__ = [
+    "BLEND_MODES",
+    "WindowProgress",
+    "count_windows",
+    "monai_overlap",
+    "predict_probabilities",
+    "predict_labels",
+    "argmax_labels",
+    "run_with_cpu_fallback",
+    "is_out_of_memory",
+    "DeviceOutOfMemory",
+]
+
+log = logging.getLogger("spinect")
+_T = TypeVar("_T")
 
 #: ``progress(done_windows, total_windows)``, called after every batch of windows.
 WindowProgress = Callable[[int, int], None]
@@ -73,6 +105,10 @@ def predict_probabilities(
     amp: bool | None = None,
     padding_value: float | None = None,
     progress: WindowProgress | None = None,
+    skip_below: float | None = None,
+    skip_margin_zyx: Sequence[int] = (0, 0, 0),
+    channels_last: bool = True,
+    timer=None,
 ) -> torch.Tensor:
     """Per-class scores of a whole volume by sliding-window inference.
 
@@ -84,36 +120,181 @@ def predict_probabilities(
     Args:
         volume_zyx: normalised CT on the network's grid, (Z, Y, X) float; any size (axes
             shorter than the patch are padded with ``padding_value`` and cropped back).
-        network: maps (N, 1, z, y, x) to logits (N, C, z, y, x); moved to ``device``, run in
-            eval mode (its train/eval mode is restored afterwards).
+        network: maps (N, 1, z, y, x) to logits (N, C, z, y, x). A copy is moved to ``device`` and
+            run in eval mode; the caller's network is left as it was (device, mode, layout).
         patch_size_zyx: window (z, y, x) in voxels; each must suit the network (SPINECT: multiple of 16).
         stride_zyx: step between windows (z, y, x) in voxels, ``1 <= stride <= patch``.
         blend: ``"sum"`` or ``"gaussian"``.
-        batch_size: windows per network call.
+        batch_size: windows per network call (halved automatically when the device runs out of
+            memory, down to 1; then a CUDA run is redone on the CPU with a warning).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a torch.device.
-        amp: None = autocast (bfloat16, else float16) on CUDA and float32 on CPU; True/False forces.
+        amp: None = :func:`spinect.inference.autocast_dtype`'s automatic choice (bfloat16 or
+            float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32);
+            True/False forces mixed precision on/off. bfloat16 runs a bfloat16 copy of the
+            network with its BatchNorm folded into the convolutions when nothing else needs
+            float32, else autocast; softmax and blending stay float32.
         padding_value: value of padded voxels; None = the volume's minimum (air after HU clipping).
-        progress: ``progress(done_windows, total_windows)`` after every batch of windows.
+        progress: ``progress(done_windows, total_windows)`` after every batch of windows
+            (skipped windows count as done).
+        skip_below: normalised intensity; a window whose voxels, and those within
+            ``skip_margin_zyx`` of it, are all below this value is not run and gets probability
+            1 for class 0 (background). None = run every window.
+        skip_margin_zyx: margin (z, y, x) in voxels around each window that must be air too
+            (a box dilation of the "body" mask ``volume >= skip_below``).
+        channels_last: run the network and its inputs in ``torch.channels_last_3d`` layout
+            (faster with oneDNN on CPU and cuDNN on GPU; results differ only by rounding).
+        timer: optional :class:`spinect.profiling.StageTimer`; gets the stages ``windows``
+            (finding windows to skip), ``network`` (forward passes and softmax) and ``stitching``
+            (MONAI's window extraction, blending and normalisation) and the counts
+            ``windows run`` and ``windows skipped``.
 
     Returns:
         (C, Z, Y, X) float32 CPU tensor of blended softmax probabilities.
 
     Raises:
         InputError: the volume is not a non-empty 3D array of finite numbers.
-        SpinectError: bad patch, stride, blend, batch size or device.
+        SpinectError: bad patch, stride, blend, batch size, margin or device; out of memory on
+            the CPU even with one window per batch.
     """
     mode = _blend_mode(blend)
     if batch_size < 1:
         raise SpinectError(f"batch size must be >= 1, got {batch_size}")
+    margin = tuple(int(m) for m in skip_margin_zyx)
+    if len(margin) != 3 or min(margin) < 0:
+        raise SpinectError(f"skip margin needs 3 values >= 0 (z, y, x voxels), got {tuple(skip_margin_zyx)}")
+    compute_device = resolve_device(device)
     inputs = _as_input_tensor(volume_zyx)
     shape_zyx = tuple(inputs.shape[2:])
     total = count_windows(shape_zyx, patch_size_zyx, stride_zyx)
-    compute_device = resolve_device(device)
-    out_device = _aggregation_device(compute_device, shape_zyx, getattr(network, "num_classes", 8))
     cval = float(inputs.min()) if padding_value is None else float(padding_value)
-    predictor = _WindowPredictor(network, autocast_dtype(compute_device, amp), total, progress)
-    was_training = network.training
-    network.to(compute_device).eval()
+    started = time.perf_counter()
+    body = None
+    if skip_below is not None:
+        body = _WindowMask(inputs[0, 0].numpy() >= float(skip_below), patch_size_zyx, margin)
+    if timer is not None:
+        timer.add("windows", time.perf_counter() - started)
+
+    def attempt(compute_device: torch.device) -> torch.Tensor:
+        return _predict_on_device(
+            inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
+            batch_size=batch_size, amp=amp, cval=cval, progress=progress, body=body, channels_last=channels_last,
+            timer=timer, total=total,
+        )
+
+    return run_with_cpu_fallback(attempt, compute_device)
+
+
+def predict_labels(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Module, **options) -> np.ndarray:
+    """Argmax of :func:`predict_probabilities` (same keyword options): (Z, Y, X) uint8 labels."""
+    return argmax_labels(predict_probabilities(volume_zyx, network, **options))
+
+
+def argmax_labels(scores: torch.Tensor) -> np.ndarray:
+    """Index of the largest score per voxel, like ``torch.argmax(scores, 0)`` but much faster.
+
+    ``torch.argmax`` over the leading channel axis of a (C, Z, Y, X) tensor runs a strided
+    reduction (about 6 s for 3 x 300 x 358 x 358 voxels on one core); comparing whole channels
+    elementwise takes a few passes over memory. Ties go to the lowest index, as with ``argmax``.
+
+    Args:
+        scores: (C, Z, Y, X) finite scores on any device, C <= 256.
+
+    Returns:
+        (Z, Y, X) uint8 NumPy array of class indices.
+    """
+    if scores.dim() < 1 or scores.shape[0] < 1 or scores.shape[0] > 256:
+        raise SpinectError(f"need 1 to 256 channels of scores, got shape {tuple(scores.shape)}")
+    best = scores[0].clone()
+    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for index in range(1, scores.shape[0]):
+        better = scores[index] > best
+        labels.masked_fill_(better, index)
+        torch.maximum(best, scores[index], out=best)
+    return labels.cpu().numpy()
+
+
+def monai_overlap(patch_size_zyx: Sequence[int], stride_zyx: Sequence[int]) -> tuple[float, ...]:
+    """MONAI ``overlap`` per axis that makes MONAI step by exactly ``stride_zyx``.
+
+    MONAI steps by ``int(patch * (1 - overlap))``; the naive ``1 - stride / patch`` can land a
+    hair below ``stride`` in floating point (e.g. 19.999 -> 19), so we aim at ``stride + 0.5``.
+    """
+    _check_geometry(patch_size_zyx, stride_zyx)
+    return tuple(0.0 if s == p else (p - s - 0.5) / p for p, s in zip(patch_size_zyx, stride_zyx))
+
+
+class DeviceOutOfMemory(SpinectError):
+    """The device ran out of memory even with one window per network call."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for PyTorch's out-of-memory errors (CUDA, and allocator messages on other devices)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_with_cpu_fallback(attempt: Callable[[torch.device], _T], device: torch.device) -> _T:
+    """``attempt(device)``; if it runs out of device memory on a GPU, warn and return ``attempt(cpu)``.
+
+    Args:
+        attempt: does the whole job on the device it is given.
+        device: the device to try first.
+
+    Raises:
+        DeviceOutOfMemory: out of memory on the CPU (no further fallback).
+    """
+    try:
+        return attempt(device)
+    except DeviceOutOfMemory as exc:
+        if device.type == "cpu":
+            raise
+        failure = exc
+    # Outside the except block, so the GPU tensors the traceback holds can be freed first.
+    _release_cached_memory(device)
+    log.warning("%s; falling back to the CPU for this volume (much slower)", failure)
+    return attempt(torch.device("cpu"))
+
+
+def _predict_on_device(
+    inputs: torch.Tensor,
+    network: torch.nn.Module,
+    compute_device: torch.device,
+    *,
+    patch_size_zyx: Sequence[int],
+    stride_zyx: Sequence[int],
+    mode: str,
+    batch_size: int,
+    amp: bool | None,
+    cval: float,
+    progress: WindowProgress | None,
+    body: "_WindowMask | None",
+    channels_last: bool,
+    timer,
+    total: int,
+    host_blend: bool = False,
+) -> torch.Tensor:
+    """One complete sliding-window pass with the network on ``compute_device`` (see predict_probabilities).
+
+    ``host_blend`` keeps MONAI's output and count buffers in host memory even on a GPU.
+    """
+    shape_zyx = tuple(inputs.shape[2:])
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    amp_dtype = autocast_dtype(compute_device, amp)
+    try:
+        runner, cast_dtype = _inference_copy(network, compute_device, memory_format, amp_dtype)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise DeviceOutOfMemory(f"{compute_device} out of memory loading the network ({exc})") from exc
+        raise
+    num_classes = getattr(network, "num_classes", None)
+    out_device = torch.device("cpu") if host_blend else _aggregation_device(compute_device, shape_zyx, num_classes or 8)
+    predictor = _WindowPredictor(
+        runner, None if cast_dtype is not None else amp_dtype, batch_size=batch_size, memory_format=memory_format,
+        total=total, progress=progress, body=body, num_classes=num_classes, timer=timer, input_dtype=cast_dtype,
+    )
+    started = time.perf_counter()
     try:
         with torch.inference_mode():
             scores = sliding_window_inference(
@@ -128,66 +309,213 @@ def predict_probabilities(
                 cval=cval,
                 sw_device=compute_device,
                 device=out_device,
+                with_coord=True,
             )
-    finally:
-        network.train(was_training)
-    return scores[0].to("cpu", torch.float32).contiguous()
+            result = scores[0].to("cpu", torch.float32).contiguous()
+    except DeviceOutOfMemory:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if out_device.type != "cpu":
+            # The blending buffers did not fit after all: keep the network on the GPU, blend on the host.
+            del predictor, runner
+            _release_cached_memory(out_device)
+            log.warning("out of GPU memory while blending windows on %s; blending on the CPU instead", out_device)
+            return _predict_on_device(
+                inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
+                batch_size=batch_size, amp=amp, cval=cval, progress=progress, body=body,
+                channels_last=channels_last, timer=timer, total=total, host_blend=True,
+            )
+        raise DeviceOutOfMemory(f"{compute_device} out of memory outside the network ({exc})") from exc
+    if timer is not None:
+        elapsed = time.perf_counter() - started
+        timer.add("stitching", max(0.0, elapsed - predictor.network_s - predictor.skip_s))
+        timer.add("network", predictor.network_s)
+        timer.add("windows", predictor.skip_s)
+        timer.count("windows run", predictor.windows_run)
+        timer.count("windows skipped", predictor.windows_skipped)
+    return result
 
 
-def predict_labels(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Module, **options) -> np.ndarray:
-    """Argmax of :func:`predict_probabilities` (same keyword options): (Z, Y, X) uint8 labels."""
-    scores = predict_probabilities(volume_zyx, network, **options)
-    return torch.argmax(scores, dim=0).to(torch.uint8).numpy()
+class _WindowMask:
+    """Which windows hold any "body" voxel (``volume >= skip_below``) within a margin.
 
-
-def monai_overlap(patch_size_zyx: Sequence[int], stride_zyx: Sequence[int]) -> tuple[float, ...]:
-    """MONAI ``overlap`` per axis that makes MONAI step by exactly ``stride_zyx``.
-
-    MONAI steps by ``int(patch * (1 - overlap))``; the naive ``1 - stride / patch`` can land a
-    hair below ``stride`` in floating point (e.g. 19.999 -> 19), so we aim at ``stride + 0.5``.
+    Window slices come from MONAI in the coordinates of its padded volume; MONAI pads an axis
+    shorter than the patch by ``(p - n) // 2`` before and the rest after, so subtracting that
+    puts them back on the volume.
     """
-    _check_geometry(patch_size_zyx, stride_zyx)
-    return tuple(0.0 if s == p else (p - s - 0.5) / p for p, s in zip(patch_size_zyx, stride_zyx))
+
+    def __init__(self, body_zyx: np.ndarray, patch_size_zyx: Sequence[int], margin_zyx: Sequence[int]) -> None:
+        # NumPy, not torch: ``any`` over a strided window is ~10x faster (0.06 ms per window).
+        self.body = body_zyx
+        self.margin = tuple(int(m) for m in margin_zyx)
+        self.pad_before = tuple(max(int(p) - n, 0) // 2 for p, n in zip(patch_size_zyx, body_zyx.shape))
+
+    def has_body(self, window_slices: Sequence[slice]) -> bool:
+        region = []
+        for sl, before, margin, n in zip(window_slices, self.pad_before, self.margin, self.body.shape):
+            start = max(int(sl.start) - before - margin, 0)
+            stop = min(int(sl.stop) - before + margin, n)
+            if stop <= start:
+                return False
+            region.append(slice(start, stop))
+        return bool(self.body[tuple(region)].any())
 
 
 class _WindowPredictor:
-    """Softmax probabilities (float32) of a batch of windows; counts windows for progress."""
+    """Softmax probabilities (float32) of a batch of windows from MONAI.
+
+    Skips air windows (background probability 1), runs the rest ``batch_size`` at a time and
+    halves that on out-of-memory errors; counts windows for ``progress`` and times the network.
+    """
 
     def __init__(
         self,
         network: torch.nn.Module,
         amp_dtype: torch.dtype | None,
+        *,
+        batch_size: int,
+        memory_format: torch.memory_format,
         total: int,
         progress: WindowProgress | None,
+        body: _WindowMask | None = None,
+        num_classes: int | None = None,
+        timer=None,
+        input_dtype: torch.dtype | None = None,
     ) -> None:
         self.network = network
         self.amp_dtype = amp_dtype
+        self.input_dtype = input_dtype
+        self.batch_size = int(batch_size)
+        self.memory_format = memory_format
         self.total = total
         self.progress = progress
+        self.body = body
+        self.num_classes = num_classes
+        self.timed = timer is not None
         self.done = 0
+        self.windows_run = 0
+        self.windows_skipped = 0
+        self.network_s = 0.0
+        self.skip_s = 0.0
 
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        windows = windows.to(memory_format=_memory_format(self.network))
+    def __call__(self, windows: torch.Tensor, window_slices: Sequence[Sequence[slice]] | None = None) -> torch.Tensor:
+        count = windows.shape[0]
+        run = list(range(count))
+        if self.body is not None and window_slices is not None and self.num_classes is not None:
+            started = time.perf_counter()
+            run = [i for i, sl in enumerate(window_slices) if self.body.has_body(sl[2:])]
+            self.skip_s += time.perf_counter() - started
+        if len(run) == count:
+            probabilities = self._run_network(windows)
+        else:
+            probabilities = torch.zeros((count, self.num_classes, *windows.shape[2:]), dtype=torch.float32,
+                                        device=windows.device)
+            probabilities[:, 0] = 1.0  # skipped windows: background, surely
+            if run:
+                index = torch.tensor(run, device=windows.device)
+                probabilities[index] = self._run_network(windows[index])
+        self.windows_run += len(run)
+        self.windows_skipped += count - len(run)
+        self.done += count
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return probabilities
+
+    def _run_network(self, windows: torch.Tensor) -> torch.Tensor:
+        """Probabilities of ``windows`` in chunks of ``batch_size``, halving it on out-of-memory."""
+        chunks: list[torch.Tensor] = []
+        start = 0
+        while start < windows.shape[0]:
+            chunk = windows[start : start + self.batch_size]
+            try:
+                chunks.append(self._forward(chunk))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.batch_size == 1:
+                    raise DeviceOutOfMemory(
+                        f"{windows.device} out of memory even with one window per network call ({exc})"
+                    ) from exc
+                self.batch_size //= 2
+                _release_cached_memory(windows.device)
+                log.warning("out of memory on %s: retrying with %d windows per batch", windows.device, self.batch_size)
+                continue
+            start += chunk.shape[0]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        count = windows.shape[0]
+        if count == 1 and windows.device.type == "cpu" and self.amp_dtype is None and self.input_dtype is None:
+            # PyTorch runs float32 3D convolutions of a batch of one through its slow native kernel
+            # (about 5x slower than oneDNN here); a batch of two takes the oneDNN path.
+            windows = windows.expand(2, *windows.shape[1:])
+        windows = windows.to(dtype=self.input_dtype, memory_format=self.memory_format)
         autocast = (
             torch.autocast(windows.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
         with autocast:
             logits = self.network(windows)
-        probabilities = torch.softmax(logits.float(), dim=1)
-        self.done += windows.shape[0]
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+        probabilities = torch.softmax(logits[:count].float(), dim=1)
+        if self.num_classes is None:
+            self.num_classes = int(probabilities.shape[1])
+        if self.timed:
+            if probabilities.device.type == "cuda":
+                torch.cuda.synchronize(probabilities.device)
+            self.network_s += time.perf_counter() - started
         return probabilities
 
 
-def _memory_format(network: torch.nn.Module) -> torch.memory_format:
-    """channels_last_3d when the network's first 5D weight is stored that way, else contiguous."""
-    for parameter in network.parameters():
-        if parameter.dim() == 5:
-            if parameter.is_contiguous(memory_format=torch.channels_last_3d) and not parameter.is_contiguous():
-                return torch.channels_last_3d
-            break
-    return torch.contiguous_format
+def _inference_copy(
+    network: torch.nn.Module,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """An eval-mode copy of ``network`` on ``device`` in ``memory_format``; the original is untouched.
+
+    For bfloat16, BatchNorm layers that follow a convolution are folded into it (in float32, with
+    the running statistics) and, when no normalisation layer is left, the whole copy is cast to
+    bfloat16: the same bfloat16 convolutions as under autocast without re-casting the weights at
+    every call (about 10 % faster on CPU).
+
+    Returns:
+        (the copy, the dtype its inputs must be cast to, or None to run it under autocast).
+    """
+    runner = copy.deepcopy(network)
+    runner.eval()
+    cast_dtype = None
+    if amp_dtype == torch.bfloat16:
+        _fold_batch_norms(runner)
+        if not any(isinstance(m, _NORM_LAYERS) for m in runner.modules()):
+            cast_dtype = torch.bfloat16
+    return runner.to(device=device, dtype=cast_dtype, memory_format=memory_format), cast_dtype
+
+
+_CONV_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _fold_batch_norms(module: torch.nn.Module) -> None:
+    """Fold eval-mode BatchNorm layers directly after a convolution (in an ``nn.Sequential``) into it."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for sequence in module.modules():
+        if not isinstance(sequence, torch.nn.Sequential):
+            continue
+        for index in range(len(sequence) - 1):
+            conv, norm = sequence[index], sequence[index + 1]
+            if (isinstance(conv, _CONV_LAYERS) and isinstance(norm, torch.nn.modules.batchnorm._BatchNorm)
+                    and norm.track_running_stats and norm.running_mean is not None):
+                sequence[index] = fuse_conv_bn_eval(conv, norm)
+                sequence[index + 1] = torch.nn.Identity()
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_geometry(patch_size_zyx: Sequence[int], stride_zyx: Sequence[int]) -> None:

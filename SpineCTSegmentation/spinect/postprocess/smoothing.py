@@ -63,7 +63,12 @@ def median_smooth_labels(
 
 
 def _bounding_box(mask: np.ndarray, *, margin: Sequence[int]) -> tuple[slice, ...]:
-    coords = np.nonzero(mask)
-    return tuple(
-        slice(max(0, int(c.min()) - m), min(n, int(c.max()) + m + 1)) for c, m, n in zip(coords, margin, mask.shape)
-    )
+    """Bounding box of a non-empty mask grown by ``margin`` voxels per axis (clipped).
+
+    Found from ``any`` projections onto each axis, not ``np.nonzero`` (which lists every voxel).
+    """
+    box = []
+    for axis, (m, n) in enumerate(zip(margin, mask.shape)):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(0, int(present[0]) - m), min(n, int(present[-1]) + m + 1)))
+    return tuple(box)

@@ -1,0 +1,270 @@
+"""Speed features that must not change results: air-window skipping, OOM halving and CPU fallback,
+the fast argmax, the island-removal crop, and a smoke run of the pipeline benchmark."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spinect.errors import SpinectError
+from spinect.inference import (
+    DeviceOutOfMemory,
+    argmax_labels,
+    is_out_of_memory,
+    predict_probabilities,
+    run_with_cpu_fallback,
+)
+from spinect.inference import sliding_window
+from spinect.profiling import StageTimer
+
+REPO = Path(__file__).resolve().parents[1]
+PATCH = (16, 32, 32)
+STRIDE = (10, 20, 20)
+# Windows small enough (96 mm on the 6 mm phantom grid) that some see only air.
+PHANTOM_PATCH = (16, 16, 16)
+PHANTOM_STRIDE = (12, 12, 12)
+MEAN_HU, STD_HU = 145.0, 473.0
+
+
+class _AirAwareNetwork(nn.Module):
+    """Tiny model with spatial context whose logits favour background in air, bone in dense tissue.
+
+    A random 3x3x3 convolution (context, edge effects at window borders) plus an intensity term,
+    so that, like a trained model, it calls air background.
+    """
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.context = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+        for layer in self.context:
+            if isinstance(layer, nn.Conv3d):
+                nn.init.normal_(layer.weight, std=0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intensity = torch.cat([-4.0 * x, 4.0 * x - 2.0, 2.0 * x - 3.0], dim=1)
+        return self.context(x) + intensity
+
+
+def _phantom_volume() -> np.ndarray:
+    """Normalised CT of a small phantom case on a coarse grid: body in the middle, air around it."""
+    from spinect.phantom import generate_case
+    import SimpleITK as sitk
+
+    case = generate_case(3, shape_zyx=(40, 80, 80), spacing_zyx_mm=(6.0, 6.0, 6.0))
+    hu = sitk.GetArrayFromImage(case.ct).astype(np.float32)
+    assert (hu < -500).mean() > 0.3, "the phantom should leave air around the body"
+    return (np.clip(hu, -1000, 2000) - MEAN_HU) / STD_HU
+
+
+def _air_level() -> float:
+    return (-500.0 - MEAN_HU) / STD_HU
+
+
+def test_air_window_skipping_keeps_the_argmax_on_a_phantom():
+    volume = _phantom_volume()
+    network = _AirAwareNetwork()
+    options = dict(patch_size_zyx=PHANTOM_PATCH, stride_zyx=PHANTOM_STRIDE, device="cpu", amp=False, batch_size=16)
+    reference = predict_probabilities(volume, network, **options)
+    timer = StageTimer()
+    skipped = predict_probabilities(volume, network, skip_below=_air_level(), timer=timer, **options)
+    assert timer.counts["windows skipped"] > 0 and timer.counts["windows run"] > 0
+    assert timer.counts["windows skipped"] + timer.counts["windows run"] == sliding_window.count_windows(
+        volume.shape, PHANTOM_PATCH, PHANTOM_STRIDE
+    )
+    assert {"windows", "network", "stitching"} <= set(timer.seconds)
+    np.testing.assert_array_equal(argmax_labels(skipped), argmax_labels(reference))
+    # Skipped windows are air, where the network is sure of background anyway.
+    torch.testing.assert_close(skipped, reference, rtol=0, atol=1e-3)
+    # A wide margin only keeps more windows, and the result stays the same.
+    margin_timer = StageTimer()
+    wide = predict_probabilities(volume, network, skip_below=_air_level(), skip_margin_zyx=(4, 4, 4),
+                                 timer=margin_timer, **options)
+    assert margin_timer.counts["windows skipped"] < timer.counts["windows skipped"]
+    np.testing.assert_array_equal(argmax_labels(wide), argmax_labels(reference))
+
+
+def test_windows_of_pure_air_are_background_without_running_the_network():
+    class Refuses(_AirAwareNetwork):
+        def forward(self, x):  # pragma: no cover - must not be called
+            raise AssertionError("an air window reached the network")
+
+    volume = np.full((20, 40, 50), -2.5, np.float32)  # smaller than nothing: padded axes too
+    scores = predict_probabilities(volume, Refuses(), patch_size_zyx=(32, 64, 64), stride_zyx=(20, 40, 40),
+                                   device="cpu", skip_below=_air_level())
+    assert scores.shape == (3, 20, 40, 50)
+    assert bool((scores[0] == 1).all()) and bool((scores[1:] == 0).all())
+
+
+def test_skipping_on_padded_volumes_keeps_windows_that_see_the_body():
+    volume = np.full((20, 40, 50), -2.5, np.float32)
+    volume[10, 35, 45] = 1.0  # one dense voxel near a corner of a volume smaller than the patch
+    timer = StageTimer()
+    scores = predict_probabilities(volume, _AirAwareNetwork(), patch_size_zyx=(32, 64, 64),
+                                   stride_zyx=(20, 40, 40), device="cpu", skip_below=_air_level(), timer=timer)
+    assert timer.counts == {"windows run": 1, "windows skipped": 0}
+    assert argmax_labels(scores)[10, 35, 45] == 1
+
+
+class _OutOfMemoryAbove(nn.Module):
+    """Pointwise model that raises PyTorch's out-of-memory error for batches larger than ``limit``."""
+
+    num_classes = 3
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.limit = limit
+        self.calls: list[int] = []
+        self.layer = nn.Conv3d(1, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self.layer(x)
+
+
+def test_out_of_memory_halves_the_window_batch_and_keeps_results(caplog):
+    volume = np.random.default_rng(5).normal(size=(33, 50, 61)).astype(np.float32)
+    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu", amp=False)
+    expected = predict_probabilities(volume, _OutOfMemoryAbove(limit=100), batch_size=1, **options)
+    network = _OutOfMemoryAbove(limit=2)
+    with caplog.at_level(logging.WARNING, logger="spinect"):
+        result = predict_probabilities(volume, network, batch_size=8, **options)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+    assert [r.getMessage() for r in caplog.records if "windows per batch" in r.getMessage()] == [
+        "out of memory on cpu: retrying with 4 windows per batch",
+        "out of memory on cpu: retrying with 2 windows per batch",
+    ]
+    # The predictor's original network is untouched; its copy stopped trying large batches.
+    assert network.calls == []
+
+
+def test_out_of_memory_with_one_window_on_the_cpu_raises_a_clear_error():
+    volume = np.zeros((20, 40, 40), np.float32)
+    with pytest.raises(DeviceOutOfMemory, match="even with one window"):
+        predict_probabilities(volume, _OutOfMemoryAbove(limit=0), patch_size_zyx=PATCH, stride_zyx=STRIDE,
+                              batch_size=4, device="cpu", amp=True)
+    assert issubclass(DeviceOutOfMemory, SpinectError)
+
+
+def test_gpu_out_of_memory_falls_back_to_the_cpu(caplog):
+    tried: list[str] = []
+
+    def attempt(device: torch.device) -> str:
+        tried.append(device.type)
+        if device.type == "cuda":
+            raise DeviceOutOfMemory("cuda:0 out of memory even with one window per network call")
+        return "cpu result"
+
+    with caplog.at_level(logging.WARNING, logger="spinect"):
+        assert run_with_cpu_fallback(attempt, torch.device("cuda:0")) == "cpu result"
+    assert tried == ["cuda", "cpu"]
+    assert "falling back to the CPU" in caplog.text
+    with pytest.raises(DeviceOutOfMemory):
+        run_with_cpu_fallback(lambda device: attempt(torch.device("cuda")), torch.device("cpu"))
+
+
+def test_predict_probabilities_redoes_a_gpu_volume_on_the_cpu(monkeypatch, caplog):
+    """The whole chain on a CPU-only machine: a 'CUDA' device whose network copy cannot be allocated."""
+    volume = np.random.default_rng(6).normal(size=(20, 40, 40)).astype(np.float32)
+    network = _OutOfMemoryAbove(limit=100)
+    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, amp=False)
+    expected = predict_probabilities(volume, network, device="cpu", **options)
+    original_copy = sliding_window._inference_copy
+
+    def copy_or_fail(net, device, *args):
+        if device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original_copy(net, device, *args)
+
+    monkeypatch.setattr(sliding_window, "resolve_device", lambda device: torch.device("cuda:0"))
+    monkeypatch.setattr(sliding_window, "_inference_copy", copy_or_fail)
+    with caplog.at_level(logging.WARNING, logger="spinect"):
+        result = predict_probabilities(volume, network, device="cuda", **options)
+    torch.testing.assert_close(result, expected)
+    assert "falling back to the CPU" in caplog.text
+
+
+def test_is_out_of_memory_recognises_pytorch_errors():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("HIP out of memory. Tried to allocate"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_argmax_labels_matches_torch_argmax_including_ties():
+    generator = torch.Generator().manual_seed(7)
+    scores = torch.randint(0, 4, (3, 9, 11, 13), generator=generator).float()  # many ties
+    np.testing.assert_array_equal(argmax_labels(scores), torch.argmax(scores, dim=0).numpy())
+    scores = torch.rand((5, 4, 6, 7), generator=generator)
+    labels = argmax_labels(scores)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, torch.argmax(scores, dim=0).numpy())
+
+
+def test_stage_timer_adds_seconds_and_counts():
+    timer = StageTimer()
+    timer.add("network", 1.5)
+    timer.add("network", 0.5)
+    timer.count("windows run", 3)
+    timer.count("windows run")
+    assert timer.seconds == {"network": 2.0} and timer.counts == {"windows run": 4}
+
+
+def test_pipeline_benchmark_smoke(tmp_path):
+    """The benchmark script runs end to end on a tiny phantom and writes its Markdown report."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny.pt")
+    report = tmp_path / "bench.md"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_pipeline.py"), "--model", str(model),
+        "--shape", "24", "48", "48", "--spacing", "2.0", "1.5", "1.5", "--runs", "1", "--threads", "1",
+        "--wide-shape", "32", "64", "64", "--max-wait", "0", "--output", str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text(encoding="utf-8")
+    for stage in ("read", "resample", "normalise", "windows", "network", "stitching", "argmax", "islands",
+                  "resample back", "smooth", "write", "end to end"):
+        assert f"| {stage} |" in text, stage
+    assert "faster than the naive baseline" in text
+    assert "×" in text and "argmax agreement" in text
+    assert "peak RAM" in text
+
+
+def test_island_removal_in_class_boxes_does_not_depend_on_empty_space_around():
+    """Islands are found in each class's bounding box: padding the volume only shifts the report."""
+    from spinect.postprocess import suppress_islands
+
+    rng = np.random.default_rng(8)
+    labels = np.zeros((30, 40, 50), np.uint8)
+    labels[8:22, 10:30, 12:36] = 1
+    labels[10:20, 18:22, 36:46] = 2
+    spots = rng.random(labels.shape)
+    labels[spots > 0.995] = 1
+    labels[spots < 0.004] = 2
+    labels[0, 0, 0] = 2  # islands touching the volume's edge
+    labels[-1, -1, -1] = 1
+    cleaned, removed = suppress_islands(labels, (1.0, 0.8, 0.8))
+    offset = (5, 7, 9)
+    padded = np.pad(labels, [(o, 3) for o in offset])
+    cleaned_padded, removed_padded = suppress_islands(padded, (1.0, 0.8, 0.8))
+    crop = tuple(slice(o, o + n) for o, n in zip(offset, labels.shape))
+    np.testing.assert_array_equal(cleaned_padded[crop], cleaned)
+    assert len(removed) == len(removed_padded) > 100
+    for a, b in zip(removed, removed_padded):
+        assert (a.label_value, a.voxels, a.reason) == (b.label_value, b.voxels, b.reason)
+        assert a.distance_mm == pytest.approx(b.distance_mm)
+        np.testing.assert_allclose(np.add(a.centroid_zyx, offset), b.centroid_zyx)
