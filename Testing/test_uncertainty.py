@@ -116,6 +116,22 @@ def test_island_removal_keeps_a_detached_root_segment_but_not_a_small_hot_spot()
     assert sorted(r.voxels for r in strict) == [125, 900]
 
 
+def test_island_removal_keeps_root_fragments_near_the_sac_or_a_detached_root_piece():
+    labels = np.zeros((60, 90, 90), np.uint8)
+    labels[5:55, 10:18, 10:18] = 2              # dural sac, 3,200 mm3
+    labels[30:33, 26:29, 12:15] = 2             # 27-voxel root fragment 8 mm from the sac: kept
+    labels[20:45, 60:66, 60:66] = 2             # root piece cut off by the FOV: 900 mm3, far from the sac
+    labels[30:32, 60:62, 74:76] = 2             # its 8-voxel fragment, 8 mm beyond it: kept
+    labels[30:33, 45:48, 12:15] = 2             # 27-voxel hot spot 28 mm from the sac, 17 from the fragment
+    cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
+    assert (cleaned[30:33, 26:29, 12:15] == 2).all() and (cleaned[30:32, 60:62, 74:76] == 2).all()
+    assert not cleaned[30:33, 45:48, 12:15].any()
+    assert [(r.voxels, round(r.distance_mm)) for r in removed] == [(27, 17)]  # to the kept anatomy
+    # The distance is a parameter: at 5 mm both fragments go too, and are reported.
+    _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), nerve_max_distance_mm=5.0)
+    assert sorted(r.voxels for r in strict) == [8, 27, 27]
+
+
 def test_review_regions_rank_the_most_uncertain_blob_first():
     u = np.zeros((20, 30, 30), np.float32)
     u[2:6, 2:6, 2:6] = 0.7      # 64 voxels x 0.7

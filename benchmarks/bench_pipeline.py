@@ -179,6 +179,7 @@ def naive_segment(input_path: Path, output_path: Path, model_path: Path) -> tupl
         write_labelmap(result, output_path, class_names=plan.class_names)
     seconds = dict(timer.seconds)
     seconds["end to end"] = time.perf_counter() - started
+    seconds["other"] = seconds["end to end"] - sum(seconds.get(stage, 0.0) for stage in STAGES)
     return seconds, result
 
 
@@ -200,6 +201,7 @@ def fast_segment(input_path: Path, output_path: Path, model_path: Path, *, devic
         result, counts = _segment_without_skipping(input_path, output_path, model_path, device, batch_size)
     seconds = dict(result.timings_s)
     seconds["end to end"] = time.perf_counter() - started
+    seconds["other"] = seconds["end to end"] - sum(seconds.get(stage, 0.0) for stage in STAGES)
     return seconds, counts, result.labels
 
 
@@ -441,6 +443,17 @@ def machine(device: torch.device, threads: int) -> dict:
     return info
 
 
+def remeasure_ceiling(report: dict, device: torch.device, threads: int, max_wait: float) -> None:
+    """Measure the CPU ceiling again on a quiet machine and keep the best figure seen."""
+    m = report["machine"]
+    if device.type == "cuda" or m.get("peak_note", "").startswith("given"):
+        return
+    wait_for_quiet(max_wait)
+    value, note = _peak_tflops(device, m, set(), threads)
+    if value and value > (m.get("peak_tflops_bf16") or 0.0):
+        m["peak_tflops_bf16"], m["peak_note"] = value, note
+
+
 def _peak_tflops(device, info, flags, threads) -> tuple[float | None, str]:
     """A bfloat16 ceiling for the "share of peak" figures.
 
@@ -468,7 +481,7 @@ def _peak_tflops(device, info, flags, threads) -> tuple[float | None, str]:
             best = min(best, time.perf_counter() - started)
     tflops = 2 * size**3 * repeats / best / 1e12
     return tflops, (f"measured: a {size}×{size} bfloat16 matrix multiply on {threads} thread(s) runs at "
-                    f"{tflops:.3f} TFLOP/s")
+                    f"{tflops:.3f} TFLOP/s (best of the measurements taken on a quiet machine)")
 
 
 def git_commit() -> str:
@@ -533,7 +546,9 @@ def render(r: dict) -> str:
         f"(median of {r['runs']} run{'s' if r['runs'] != 1 else ''}, phantom CT, {r['date']})"
         + (f", **{quoted:.1f}×** faster than the naive SPINECT baseline in the same process "
            f"({(naive_estimate or naive['end to end']):.1f} s{quoted_note})" if ratio else "")
-        + f"; peak memory {peak_mb / 1024:.2f} GiB.")
+        + f"; peak memory {peak_mb / 1024:.2f} GiB"
+        + (" (the 15 s target of issue 7 is not met on this 2-core machine: see Targets)." if target_shape and e2e > 15.0
+           else "."))
     add("What makes it fast: windows batched 4 at a time in `channels_last_3d` layout in bfloat16 "
         "(BatchNorm folded into the convolutions; on CPUs with native bfloat16 and on GPUs), windows that see "
         "only air skipped "
@@ -607,7 +622,8 @@ def render(r: dict) -> str:
     for stage in STAGES + ("other (model load, checks)", "end to end"):
         key = stage
         if stage.startswith("other"):
-            values = [d["end to end"] - sum(d.get(s, 0.0) for s in STAGES) if d else None for d in (fast, naive, noskip)]
+            values = [d.get("other", d["end to end"] - sum(d.get(s, 0.0) for s in STAGES)) if d else None
+                      for d in (fast, naive, noskip)]
         else:
             values = [d.get(key) if d else None for d in (fast, naive, noskip)]
         name = stage if stage != "end to end" else "end to end"
@@ -677,7 +693,9 @@ def render(r: dict) -> str:
     add(f"{r['ablation_windows']} windows holding body, the model above ({r['flops'] / 1e9:.2f} GFLOP/window), "
         f"softmax included; median of {ABLATION_ROUNDS} passes per row, the rows interleaved, after one warm-up call "
         "per row; agreement = share of the windows' voxels whose argmax "
-        "equals the first row's (per window, before stitching).")
+        "equals the first row's (per window, before stitching). On this shared virtual machine single rows vary by "
+        "up to ±30 % between runs of the script (short passes of 16 windows); the end-to-end network rate above is "
+        "the steadier figure.")
     add("")
     add("| configuration | ms / window | windows / s | TFLOP/s | share of ceiling | argmax agreement |")
     add("|---|---|---|---|---|---|")
@@ -717,8 +735,9 @@ def render(r: dict) -> str:
 
 
 NOTES = (
-    "Why bfloat16 on this CPU: Zen 4 executes `VDPBF16PS`, so oneDNN's bfloat16 3D convolutions run about twice "
-    "as fast as float32 (table above) while the argmax agrees with float32 to the figure in the agreement table. "
+    "Why bfloat16 on this CPU: Zen 4 executes `VDPBF16PS`, so oneDNN's bfloat16 3D convolutions run about "
+    "1.5-2x as fast as float32 (table above) while the argmax agrees with float32 to the figure in the agreement "
+    "table. "
     "`spinect.inference.autocast_dtype` chooses bfloat16 automatically only on CPUs with native bfloat16 "
     "(AVX512-BF16 or AMX) and on GPUs; elsewhere it stays float32. `amp=False` forces float32.",
     "Why the naive baseline is so slow per window: for a batch of one window, PyTorch's heuristic sends most "
@@ -736,7 +755,9 @@ NOTES = (
     "bfloat16 weights rather than autocast: with BatchNorm folded into the preceding convolutions (in float32, "
     "from the running statistics) the network has no layer left that needs float32, so the copy used for "
     "inference is cast to bfloat16 once; autocast re-casts every weight at every call and runs BatchNorm in "
-    "float32 (the network table shows both). Networks with other normalisation layers keep autocast.",
+    "float32. On one core this measured 11 % faster per window during development (31.7 vs 35.5 ms); with two "
+    "threads the two are within the run-to-run noise of the network table, and the argmax agreement with float32 "
+    "is the same to 0.001 %. Networks with other normalisation layers keep autocast.",
     "Not adopted: tuning glibc's allocator (`mallopt` mmap/trim thresholds) -- in a tight loop over the "
     "network it removed ~15 % kernel time (page faults on re-mapped activation buffers), but end to end it "
     "gained nothing measurable (25.4 vs 25.7 s) and raised the peak memory by ~100 MB.",
@@ -812,6 +833,7 @@ def main() -> None:
         sitk.WriteImage(case.ct, str(input_path), False)
         report["input_mb"] = input_path.stat().st_size / 2**20
         del case
+        remeasure_ceiling(report, device, args.threads, args.max_wait)
         small = tmp / "small.nrrd"
         warm = generate_case(args.seed + 1, shape_zyx=(40, 96, 96), spacing_zyx_mm=args.spacing).ct
         sitk.WriteImage(warm, str(small), False)
@@ -861,6 +883,7 @@ def main() -> None:
         report["grid_shape"] = list(volume.shape)
         windows = _body_windows(volume, plan, air_threshold(plan), args.ablation_windows)
         report["ablation_windows"] = int(windows.shape[0])
+        remeasure_ceiling(report, device, args.threads, args.max_wait)
         wait_for_quiet(args.max_wait)
         with CpuMonitor() as monitor:
             report["ablation"] = network_ablation(network, windows, flops, device)

@@ -479,7 +479,7 @@ def _inference_copy(
     For bfloat16, BatchNorm layers that follow a convolution are folded into it (in float32, with
     the running statistics) and, when no normalisation layer is left, the whole copy is cast to
     bfloat16: the same bfloat16 convolutions as under autocast without re-casting the weights at
-    every call (about 10 % faster on CPU).
+    every call (11 % faster per window on one CPU core; within noise on two, docs/benchmarks.md).
 
     Returns:
         (the copy, the dtype its inputs must be cast to, or None to run it under autocast).
