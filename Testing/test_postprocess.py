@@ -52,3 +52,21 @@ def test_anisotropic_grid_smooths_in_plane_only():
     for cls in (1, 2):
         reference = ndimage.median_filter((labels == cls).astype(np.uint8), size=(1, 3, 3), mode="nearest").astype(bool)
         np.testing.assert_array_equal(smoothed == cls, reference)
+
+
+@pytest.mark.parametrize("spacing_zyx_mm", [(0.7, 0.7, 0.7), (1.0, 0.7, 0.7), (0.5, 0.3, 0.3)])
+def test_median_smoothing_equals_scipys_binary_median_per_class(spacing_zyx_mm):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((24, 40, 48), np.uint8)
+    labels[4:20, 8:30, 10:40] = 1
+    labels[8:14, 12:20, 15:25] = 2
+    noise = rng.random(labels.shape)
+    labels[noise < 0.08] = 0
+    labels[(noise > 0.95) & (labels == 0)] = 2
+    kernel = median_kernel_voxels(1.5, spacing_zyx_mm)
+    expected = np.zeros_like(labels)
+    for cls in (1, 2):
+        expected[ndimage.median_filter((labels == cls).astype(np.uint8), size=kernel, mode="nearest") == 1] = cls
+    np.testing.assert_array_equal(median_smooth_labels(labels, spacing_zyx_mm, kernel_mm=1.5), expected)

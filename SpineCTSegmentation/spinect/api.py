@@ -122,6 +122,7 @@ def segment(
     tta: bool = False,
     ensemble: Sequence[str | os.PathLike] = (),
     keep_islands: bool = False,
+    whole_volume: bool = False,
     uncertainty_output: str | os.PathLike | None = None,
     review_output: str | os.PathLike | None = None,
     review_top_k: int = 20,
@@ -144,6 +145,9 @@ def segment(
         tta: flip test-time augmentation (4 in-plane flips per model) for uncertainty.
         ensemble: further model files; their predictions are fused with ``model``'s.
         keep_islands: keep isolated false-positive islands (removed and reported by default).
+        whole_volume: run every window inside the body; by default windows farther than 30 mm from
+            any bone-dense voxel (>= 150 HU) are skipped (the same labels within 30 mm of bone;
+            on a 512×512×300 CT 40 % fewer windows; see :mod:`spinect.pipeline`).
         uncertainty_output: write the vote-entropy map here (needs ``tta`` or ``ensemble``).
         review_output: write the top uncertain regions here (``.csv`` or ``.json``).
         review_top_k: how many regions the review list holds.
@@ -159,7 +163,7 @@ def segment(
     from spinect.inference import resolve_device
     from spinect.io import check_output_path, read_ct
     from spinect.model_file import load_model
-    from spinect.pipeline import segment_image
+    from spinect.pipeline import BONE_MARGIN_MM, segment_image
     from spinect.profiling import StageTimer, peak_rss_mb
 
     report = _Reporter(progress)
@@ -190,6 +194,7 @@ def segment(
     out = segment_image(
         ct, networks, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx,
         batch_size=batch_size, tta=tta, remove_islands=not keep_islands, window_progress=on_window, timer=timer,
+        bone_margin_mm=None if whole_volume else BONE_MARGIN_MM,
     )
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
     islands = [_island_dict(r, lps, plan) for r, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]

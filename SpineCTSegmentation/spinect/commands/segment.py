@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", default=None, metavar="OUT_MAP", help="write the voxel-wise uncertainty (vote entropy, nats) here; needs --tta or --ensemble")
     p.add_argument("--review", default=None, metavar="OUT.csv", help="write the top uncertain regions (CSV or JSON) here; needs --tta or --ensemble")
     p.add_argument("--keep-islands", action="store_true", help="keep isolated false-positive islands (removed and reported by default)")
+    p.add_argument("--whole-volume", action="store_true",
+                   help="run the network on every window in the body (default: skip windows > 30 mm from bone-dense tissue)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout (for Slicer)")
     p.add_argument("--verbose", action="store_true", help="print per-stage timings and peak memory")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             args.input, args.output, model=args.model, device=args.device, smoothing_mm=args.smoothing_mm,
             blend=args.blend, stride_zyx=tuple(args.stride) if args.stride else None,
             batch_size=args.batch_size, tta=args.tta, ensemble=args.ensemble, keep_islands=args.keep_islands,
+            whole_volume=args.whole_volume,
             uncertainty_output=args.uncertainty, review_output=args.review,
             overwrite=not args.no_overwrite, progress=progress,
         )

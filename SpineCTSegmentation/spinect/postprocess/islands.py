@@ -128,16 +128,19 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     large = sizes * voxel_mm3 >= min_volume_mm3
     large[0] = False
     large[int(np.argmax(sizes[1:]) + 1)] = True  # the main component anchors even when small
-    anchors = large[components]
-    box = _box_around(anchors, margin_vox=[int(np.ceil(max_distance_mm / s)) + 1 for s in spacing])
-    # Distance to the anchors, only evaluated near them (islands outside the box are far).
-    near = ndimage.distance_transform_edt(~anchors[box], sampling=spacing)
-    in_box = components[box]
-    nerve = in_box > 0
-    # Closest voxel of each component to an anchor (inf: no voxel in the box); a scatter-min over
-    # the nerve voxels instead of ndimage.minimum's sort of the whole volume.
+    candidates = np.flatnonzero(~large[1:]) + 1
     min_distance = np.full(count + 1, np.inf)
-    np.minimum.at(min_distance, in_box[nerve], near[nerve])
+    if len(candidates):
+        # Closest voxel of each small component to an anchor: a KD-tree over the anchors' surface
+        # voxels (the closest anchor voxel is always on its surface), queried with the small
+        # components' voxels only -- far fewer than a distance transform over the nerve's box.
+        anchors = large[components]
+        surface = anchors & ~ndimage.binary_erosion(anchors, structure=_STRUCTURE_26)
+        small = ~large[components] & (components > 0)
+        points = np.argwhere(small) * np.asarray(spacing, dtype=float)
+        distance = cKDTree(np.argwhere(surface) * np.asarray(spacing, dtype=float)).query(
+            points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
+        np.minimum.at(min_distance, components[small], distance)
     keep = (min_distance <= max_distance_mm) | large
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
@@ -154,11 +157,10 @@ def _remove(labels, components, keep, value, voxel_mm3, spacing, reason) -> list
     drop_ids = np.flatnonzero(~keep[1:]) + 1
     if len(drop_ids) == 0:
         return []
-    coords = np.nonzero(components)  # the class's voxels, C order
+    dropped = ~keep[components]  # background (id 0) is never kept: masked out below
+    dropped &= components > 0
+    coords = np.nonzero(dropped)  # the removed voxels only, C order
     owner = components[coords]
-    dropped = ~keep[owner]
-    coords = tuple(c[dropped] for c in coords)
-    owner = owner[dropped]
     labels[coords] = 0
     kept = labels == value  # the class's voxels left = the kept components
     spacing = np.asarray(spacing, dtype=float)
@@ -175,8 +177,3 @@ def _remove(labels, components, keep, value, voxel_mm3, spacing, reason) -> list
     np.minimum.at(nearest, owner, distance)
     return [RemovedIsland(value, int(counts[i]), float(counts[i] * voxel_mm3), tuple(float(v) for v in sums[i] / counts[i]),
                           float(nearest[i]), reason) for i in drop_ids]
-
-
-def _box_around(mask: np.ndarray, *, margin_vox: Sequence[int]) -> tuple[slice, ...]:
-    coords = np.nonzero(mask)
-    return tuple(slice(max(0, int(c.min()) - m), min(n, int(c.max()) + m + 1)) for c, m, n in zip(coords, margin_vox, mask.shape))
