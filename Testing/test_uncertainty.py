@@ -111,8 +111,9 @@ def test_island_removal_keeps_a_detached_root_segment_but_not_a_small_hot_spot()
     assert (cleaned[20:45, 60:66, 60:66] == 2).all()
     assert not cleaned[50:55, 70:75, 20:25].any()
     assert [r.voxels for r in removed] == [125]
-    # The volume floor is a parameter: with 1,000 mm3 the root piece goes too, and is reported.
-    _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_nerve_volume_mm3=1000.0)
+    # The volume floors are parameters: with 1,000 mm3 the root piece goes too, and is reported.
+    _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_nerve_volume_mm3=1000.0,
+                                 min_root_piece_volume_mm3=1000.0)
     assert sorted(r.voxels for r in strict) == [125, 900]
 
 
@@ -130,6 +131,19 @@ def test_island_removal_keeps_root_fragments_near_the_sac_or_a_detached_root_pie
     # The distance is a parameter: at 5 mm both fragments go too, and are reported.
     _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), nerve_max_distance_mm=5.0)
     assert sorted(r.voxels for r in strict) == [8, 27, 27]
+
+
+def test_island_removal_keeps_a_small_tube_shaped_root_piece_but_not_a_blob_of_the_same_volume():
+    labels = np.zeros((60, 120, 120), np.uint8)
+    labels[5:55, 10:18, 10:18] = 2              # dural sac
+    labels[30:33, 60:63, 40:60] = 2             # 180 mm3 root piece, 3 x 3 x 20 mm, 40 mm away: a tube
+    labels[30:36, 90:96, 90:95] = 2             # 180 mm3 blob, 6 x 6 x 5 mm, far away
+    cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
+    assert (cleaned[30:33, 60:63, 40:60] == 2).all()
+    assert not cleaned[30:36, 90:96, 90:95].any() and [r.voxels for r in removed] == [180]
+    # Elongation is a parameter: a 3 x 3 x 20 voxel bar has sqrt(var_x / var_y) = sqrt(33.25 / 0.67) = 7.1.
+    _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_root_piece_elongation=7.5)
+    assert sorted(r.voxels for r in strict) == [180, 180]
 
 
 def test_review_regions_rank_the_most_uncertain_blob_first():

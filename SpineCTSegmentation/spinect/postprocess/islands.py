@@ -6,15 +6,19 @@ clinician time and inflate HD95. Rules (connected components, 26-connectivity, s
 - bone: keep every component of at least ``min_bone_volume_mm3`` (vertebrae, sacrum and ilium are
   tens of cm³; a disconnected process fragment is still hundreds of mm³); the largest bone
   component is always kept.
-- nerve: anchors are the largest nerve component (dural sac with its roots) and every component of
-  at least ``min_nerve_volume_mm3`` wherever it is: a root's extraforaminal or presacral course can
-  be cut off from the sac by the field of view or the foramen (the phantom's own truth has such
-  pieces, 400-550 mm³, 15-20 mm from the sac), while the U-Net's hot spots are small. A 5 mm root
-  is 300 mm³ per 15 mm. Every component whose closest voxel lies within ``nerve_max_distance_mm``
-  of an anchor is kept too: where a predicted root thins in the foramen or leaves the field of view
-  it breaks into fragments a few mm from the rest (validation, benchmarks/validate_uncertainty.py:
-  true fragments of 6-52 voxels 6-8 mm from the sac; a 5 mm rule removed them and raised HD95),
-  whereas Ua-Net's hot spots lie far from the anatomy (the validation's were 22-50 mm away).
+- nerve: anchors are the largest nerve component (dural sac with its roots), every component of
+  at least ``min_nerve_volume_mm3`` wherever it is (a root's extraforaminal or presacral course can
+  be cut off from the sac by the field of view or the foramen: the phantom's own truth has such
+  pieces, 400-600 mm³, 15-20 mm from the sac; a 5 mm root is 300 mm³ per 15 mm), and every
+  tube-shaped component of at least ``min_root_piece_volume_mm3`` (elongation at least
+  ``min_root_piece_elongation``: a root piece, where the U-Net's hot spots are compact blobs).
+  Every component whose closest voxel lies within ``nerve_max_distance_mm`` of a kept one is kept
+  too, repeatedly (a chain): where a predicted root thins in the foramen or leaves the field of
+  view it breaks into a dotted line of fragments a few mm apart, whereas Ua-Net's hot spots lie far
+  from the anatomy. The numbers were set on development phantoms and checked on others
+  (benchmarks/validate_uncertainty.py, docs/uncertainty_validation.md): there, true fragments of
+  6-218 voxels lay 6-20 mm from the sac, and a 5 mm rule without chaining or tubes removed them
+  and raised HD95; false islands were blobs (elongation 1.1-1.7) 10-60 mm from the sac.
 
 Removed voxels become background, and each removed island is reported (class, voxels, volume,
 centroid, distance to the kept anatomy) so that nothing disappears silently.
@@ -64,12 +68,16 @@ def suppress_islands(
     min_bone_volume_mm3: float = 200.0,
     nerve_max_distance_mm: float = 10.0,
     min_nerve_volume_mm3: float = 300.0,
+    min_root_piece_volume_mm3: float = 100.0,
+    min_root_piece_elongation: float = 3.0,
 ) -> tuple[np.ndarray, list[RemovedIsland]]:
     """Remove bone and nerve islands per the module's rules.
 
     Args:
         labels_zyx: (z, y, x) integer label map.
         spacing_zyx_mm: voxel size (z, y, x), mm.
+        min_bone_volume_mm3, nerve_max_distance_mm, min_nerve_volume_mm3, min_root_piece_volume_mm3,
+            min_root_piece_elongation: the rules' thresholds (module docstring).
 
     Returns:
         (cleaned uint8 label map, removed islands sorted by decreasing volume).
@@ -79,7 +87,8 @@ def suppress_islands(
     removed: list[RemovedIsland] = []
     for value, rule in ((bone_label, lambda v: _filter_bone(v, bone_label, voxel_mm3, spacing_zyx_mm, min_bone_volume_mm3)),
                         (nerve_label, lambda v: _filter_nerve(v, nerve_label, voxel_mm3, spacing_zyx_mm, nerve_max_distance_mm,
-                                                                  min_nerve_volume_mm3))):
+                                                                  min_nerve_volume_mm3, min_root_piece_volume_mm3,
+                                                                  min_root_piece_elongation))):
         # Work inside the class's bounding box (plus one voxel for the 26-neighbourhood): the same
         # components, surfaces and distances as on the whole volume, on a fraction of the voxels.
         box = _class_box(labels, value)
@@ -121,31 +130,65 @@ def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[Remo
     return _remove(labels, components, keep, value, voxel_mm3, spacing, f"bone island < {min_volume_mm3:g} mm³")
 
 
-def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3) -> list[RemovedIsland]:
+def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
+                  tube_elongation) -> list[RemovedIsland]:
     components, count, sizes = _components(labels == value)
     if count <= 1:
         return []
     large = sizes * voxel_mm3 >= min_volume_mm3
     large[0] = False
     large[int(np.argmax(sizes[1:]) + 1)] = True  # the main component anchors even when small
-    candidates = np.flatnonzero(~large[1:]) + 1
-    min_distance = np.full(count + 1, np.inf)
-    if len(candidates):
-        # Closest voxel of each small component to an anchor: a KD-tree over the anchors' surface
-        # voxels (the closest anchor voxel is always on its surface), queried with the small
-        # components' voxels only -- far fewer than a distance transform over the nerve's box.
+    # Root-shaped pieces anchor too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
+    large |= _tubular(components, count, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
+                      min_elongation=tube_elongation)
+    keep = large.copy()
+    small = ~large[components] & (components > 0)
+    if small.any():
+        # Kept pieces grow outwards: a small piece within ``max_distance_mm`` of a kept one is kept,
+        # then pieces near it, and so on -- a root predicted as a dotted line of fragments stays
+        # whole, while islands far from all of them go. Distances by KD-trees: over the anchors'
+        # surface voxels (the closest anchor voxel is always on its surface) and then over each
+        # round's newly kept pieces, queried with the small pieces' voxels only.
+        spacing_mm = np.asarray(spacing, dtype=float)
         anchors = large[components]
-        surface = anchors & ~ndimage.binary_erosion(anchors, structure=_STRUCTURE_26)
-        small = ~large[components] & (components > 0)
-        points = np.argwhere(small) * np.asarray(spacing, dtype=float)
-        distance = cKDTree(np.argwhere(surface) * np.asarray(spacing, dtype=float)).query(
-            points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
-        np.minimum.at(min_distance, components[small], distance)
-    keep = (min_distance <= max_distance_mm) | large
+        frontier = np.argwhere(anchors & ~ndimage.binary_erosion(anchors, structure=_STRUCTURE_26)) * spacing_mm
+        owner = components[small]
+        points = np.argwhere(small) * spacing_mm
+        while len(frontier) and len(points):
+            distance = cKDTree(frontier).query(points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
+            reached = np.unique(owner[distance <= max_distance_mm])
+            if len(reached) == 0:
+                break
+            keep[reached] = True
+            joined = keep[owner]
+            frontier, points, owner = points[joined], points[~joined], owner[~joined]
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
-                   f"nerve island < {min_volume_mm3:g} mm³ and > {max_distance_mm:g} mm from the dural sac/main nerve "
-                   f"and from every nerve piece ≥ {min_volume_mm3:g} mm³")
+                   f"nerve island < {min_volume_mm3:g} mm³ and > {max_distance_mm:g} mm from every kept nerve piece "
+                   f"(dural sac/main nerve, pieces ≥ {min_volume_mm3:g} mm³ and the fragments chained to them)")
+
+
+def _tubular(components, count, volumes_mm3, spacing, *, min_volume_mm3, min_elongation) -> np.ndarray:
+    """Which components (by id) are root-like tubes: at least ``min_volume_mm3`` and elongated.
+
+    Elongation = sqrt(largest / second eigenvalue) of the voxel positions' covariance (mm): for a
+    cylinder of length L and radius r it is L / (r sqrt 3), so 3 means about 13 mm of a 5 mm root;
+    a compact blob is near 1.
+    """
+    tubular = np.zeros(count + 1, dtype=bool)
+    candidates = [int(i) for i in np.flatnonzero(volumes_mm3 >= min_volume_mm3) if i > 0]
+    if not candidates:
+        return tubular
+    boxes = ndimage.find_objects(components)
+    for index in candidates:
+        box = boxes[index - 1]
+        offset = np.array([sl.start for sl in box])
+        points = (np.argwhere(components[box] == index) + offset) * np.asarray(spacing, dtype=float)
+        if len(points) < 4:
+            continue
+        eigenvalues = np.linalg.eigvalsh(np.cov(points.T))
+        tubular[index] = eigenvalues[-1] >= min_elongation**2 * max(eigenvalues[-2], 1e-9)
+    return tubular
 
 
 def _remove(labels, components, keep, value, voxel_mm3, spacing, reason) -> list[RemovedIsland]:
