@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage, spatial
 from skimage import measure
 
-__all__ = ["voxel_signed_distance_mm", "subvoxel_signed_distance_mm", "FAR_MM"]
+__all__ = ["voxel_signed_distance_mm", "subvoxel_signed_distance_mm", "subvoxel_surface_mm", "mask_box", "surface_lps_mm", "FAR_MM"]
 
 FAR_MM = 1.0e3  #: distance given everywhere when a mask is empty
 
@@ -70,12 +70,9 @@ def subvoxel_signed_distance_mm(
     sdf = voxel_signed_distance_mm(mask, spacing_zyx_mm)
     if not mask.any() or mask.all():
         return sdf, np.zeros((0, 3))
-    occupancy = ndimage.gaussian_filter(mask.astype(np.float32), smoothing_voxels, mode="nearest")
-    if occupancy.max() <= 0.5 or occupancy.min() >= 0.5:
-        return sdf, np.zeros((0, 3))  # structure thinner than the smoothing: keep voxel faces
-    verts, _, normals, _ = measure.marching_cubes(occupancy, 0.5, spacing=tuple(spacing))
-    outward = _outward_normals(occupancy, verts, normals, spacing)
-    verts = verts + _blur_shift_mm(occupancy, verts, outward, spacing, smoothing_voxels)[:, None] * outward
+    verts, outward = subvoxel_surface_mm(mask, spacing_zyx_mm, smoothing_voxels=smoothing_voxels)
+    if len(verts) == 0:
+        return sdf, verts  # structure thinner than the smoothing: keep voxel faces
     band = np.abs(sdf) <= band_voxels * spacing.max()
     centres = np.argwhere(band) * spacing
     _, nearest = spatial.cKDTree(verts).query(centres, workers=-1)
@@ -84,6 +81,74 @@ def subvoxel_signed_distance_mm(
     distance = np.linalg.norm(offset, axis=1)
     sdf[band] = np.clip(plane, -distance, distance).astype(np.float32)
     return sdf, verts
+
+
+def subvoxel_surface_mm(
+    mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float], *, smoothing_voxels: float = 0.7
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-voxel surface of a mask: iso-surface vertices and their outward unit normals.
+
+    The mask is smoothed (Gaussian, ``smoothing_voxels``), its 0.5 level is extracted by marching
+    cubes and each vertex is moved back by the blur's curvature shift (σ²/2)(κ1 + κ2), so that a
+    voxelised smooth surface is recovered to a few hundredths of a voxel.
+
+    Args:
+        mask_zyx: (Z, Y, X) bool mask.
+        spacing_zyx_mm: voxel size (z, y, x) in mm.
+        smoothing_voxels: Gaussian sigma, in voxels.
+
+    Returns:
+        (vertices, outward): (N, 3) float64 points in (z, y, x) mm from the centre of voxel
+        (0, 0, 0) and (N, 3) unit normals pointing out of the mask; N = 0 for an empty, full or
+        too thin mask.
+    """
+    mask = np.asarray(mask_zyx, bool)
+    spacing = np.asarray(spacing_zyx_mm, float)
+    none = (np.zeros((0, 3)), np.zeros((0, 3)))
+    if not mask.any() or mask.all():
+        return none
+    occupancy = ndimage.gaussian_filter(mask.astype(np.float32), smoothing_voxels, mode="nearest")
+    if occupancy.max() <= 0.5 or occupancy.min() >= 0.5:
+        return none
+    verts, _, normals, _ = measure.marching_cubes(occupancy, 0.5, spacing=tuple(spacing))
+    outward = _outward_normals(occupancy, verts, normals, spacing)
+    verts = verts + _blur_shift_mm(occupancy, verts, outward, spacing, smoothing_voxels)[:, None] * outward
+    return verts, outward
+
+
+def mask_box(
+    mask_zyx: np.ndarray, index_to_lps: np.ndarray, around_lps_mm: np.ndarray, margin_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The part of a mask in the box around some points, and that box's geometry.
+
+    Args:
+        mask_zyx: (Z, Y, X) bool mask.
+        index_to_lps: (4, 4) voxel index (x, y, z) → LPS mm.
+        around_lps_mm: (K, 3) LPS points the box must hold.
+        margin_mm: extra margin on every side.
+
+    Returns:
+        (box (z, y, x) bool, its (4, 4) index → LPS affine, spacing (z, y, x) mm).
+    """
+    mask = np.asarray(mask_zyx, bool)
+    inverse = np.linalg.inv(index_to_lps)
+    idx = (np.asarray(around_lps_mm, float).reshape(-1, 3) @ inverse[:3, :3].T + inverse[:3, 3])[:, ::-1]
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)[::-1]
+    pad = np.ceil(margin_mm / spacing).astype(int)
+    lo = np.clip(np.floor(idx.min(axis=0)).astype(int) - pad, 0, np.array(mask.shape) - 1)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + pad + 1, lo + 1, mask.shape)
+    affine = np.array(index_to_lps, float)
+    affine[:3, 3] = index_to_lps[:3, :3] @ lo[::-1] + index_to_lps[:3, 3]
+    return mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], affine, spacing
+
+
+def surface_lps_mm(mask_zyx: np.ndarray, index_to_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`subvoxel_surface_mm` in LPS: (N, 3) vertices (mm) and (N, 3) outward unit normals."""
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)[::-1]
+    verts, normals = subvoxel_surface_mm(mask_zyx, tuple(spacing))
+    direction = index_to_lps[:3, :3] / spacing[::-1]  # unit index axes (x, y, z) in LPS
+    vertices = (verts / spacing)[:, ::-1] @ index_to_lps[:3, :3].T + index_to_lps[:3, 3]
+    return vertices, normals[:, ::-1] @ direction.T
 
 
 def _blur_shift_mm(

@@ -26,6 +26,7 @@ BODY_HALF_WIDTH_MM = 22.0
 #: Widest tilt of a lower vertebra's endplate normal from +S that the level-map fit accepts.
 STEEP_TILT_DEG = 70.0
 _SUPERIOR = np.array([0.0, 0.0, 1.0])
+_FLAT_DEG = 12.0  # sub-voxel endplate: surface normals within this of the plane's (not the rim)
 
 
 def cranial_surface_points(
@@ -145,14 +146,51 @@ def endplate_frame_from_structures(
             break
         centroid, normal, _ = fit_plane(patch)
         frame = frame_from_plane(centroid, normal)
+    refit = _subvoxel_plane(mask, index_to_lps, frame, patch)
+    if refit is not None:
+        frame = frame_from_plane(*refit)
     frame = _lateral_from_patch(frame, patch)
     rel = patch - frame.centre_lps_mm
     axes = np.stack([frame.left, frame.anterior])
     mid = _body_outline_middle(rel @ axes.T)
-    # surface voxel centres lie half a voxel inside the bone: lift the plane onto the surface
-    lift = 0.5 * float(np.linalg.norm(np.linalg.solve(index_to_lps[:3, :3], frame.normal)) ** -1)
-    centre = frame.centre_lps_mm + mid @ axes + (float(np.mean(rel @ frame.normal)) + lift) * frame.normal
+    if refit is not None:  # the plane already lies on the sub-voxel surface
+        height = 0.0
+    else:  # surface voxel centres lie half a voxel inside the bone: lift the plane onto the surface
+        lift = 0.5 * float(np.linalg.norm(np.linalg.solve(index_to_lps[:3, :3], frame.normal)) ** -1)
+        height = float(np.mean(rel @ frame.normal)) + lift
+    centre = frame.centre_lps_mm + mid @ axes + height * frame.normal
     return EndplateFrame(centre, frame.normal, frame.left, frame.anterior)
+
+
+def _subvoxel_plane(
+    mask_zyx: np.ndarray, index_to_lps: np.ndarray, frame: EndplateFrame, patch: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Least-squares plane (point (3,), unit normal (3,), LPS) through the endplate's sub-voxel surface.
+
+    Voxel centres sit between 0 and 1 voxel inside the bone depending on the plane's tilt to the
+    grid, and the rounded rim falls away from the plane; the iso-surface vertices
+    (:func:`spinect.geometry.distance.surface_lps_mm`) by the voxel patch whose normals lie within
+    ``_FLAT_DEG`` of the plane's are on the flat endplate itself. None when fewer than 30 remain.
+    """
+    from scipy import spatial
+
+    from spinect.geometry.distance import mask_box, surface_lps_mm
+
+    box, affine, _ = mask_box(mask_zyx, index_to_lps, patch, 3.0)
+    verts, normals = surface_lps_mm(box, affine)
+    if len(verts) < 30:
+        return None
+    near, _ = spatial.cKDTree(patch).query(verts, distance_upper_bound=1.5 * _voxel_size(index_to_lps))
+    candidates = np.isfinite(near)
+    centre, normal = frame.centre_lps_mm, frame.normal
+    for band in (1.5, 1.0):
+        keep = candidates & (np.abs((verts - centre) @ normal) <= band)
+        keep &= normals @ normal >= np.cos(np.radians(_FLAT_DEG))
+        if keep.sum() < 30:
+            return None
+        centre, fitted, _ = fit_plane(verts[keep])
+        normal = fitted if fitted @ normal >= 0 else -fitted
+    return centre, normal
 
 
 def _lateral_from_patch(frame: EndplateFrame, patch: np.ndarray, *, max_turn_deg: float = 25.0) -> EndplateFrame:
