@@ -149,7 +149,14 @@ removed true root fragments: pieces of the phantom's detached roots (6-218 voxel
 sac) that the model predicted as a dotted line. On those seeds the model's own false islands are
 compact blobs (elongation 1.1-1.7) 2-5 mm from bone and 10-60 mm from the sac. The table above is
 from the seeds named at the top; the report of record uses seeds the rule was not tuned on
-(`--seed 880010`)."""
+(`--seed 880010`).
+
+On the held-out seeds removal still made nerve HD95 worse in two cases (1.41 -> 2.00 mm and 2.00 ->
+2.24 mm): there the phantom's detached roots were predicted as compact blobs of 26-123 voxels
+(elongation 1.7-2.9) 23-26 mm from every other nerve piece. From the label map alone these look
+exactly like the injected hot spots (blobs >= 15 mm from everything), so no size, shape or distance
+rule can keep one and remove the other; the next step is to use the network's own evidence (mean
+probability or ensemble uncertainty of each island), which the label-only rule does not see."""
 
 
 def _plot(levels_fg, path: Path) -> None:
