@@ -90,3 +90,42 @@ def test_lower_border_crossing_other_tilts(tilt_deg):
     found = lower_border_crossing(nerve, root, np.array([15.0, 20.0, 25.0]), _frame())
     expected = np.array([20.0 - RADIUS / np.tan(alpha), 20.0, 20.0])
     assert np.linalg.norm(found - expected) < 0.3
+
+
+# --- exact inscribed circle of outline polygons --------------------------------------------------
+
+
+def test_inscribed_circle_of_a_triangle_is_its_incircle():
+    from spinect.geometry.polygons import outlines_inscribed_circle, triangle_inradius_mm
+
+    tri = np.array([[0.0, 0.0], [9.0, 1.0], [2.0, 7.0]])
+    circle = outlines_inscribed_circle([tri])
+    sides = np.linalg.norm(np.roll(tri, -1, axis=0) - np.roll(tri, 1, axis=0), axis=1)  # side opposite each vertex
+    incentre = sides @ tri / sides.sum()
+    assert abs(circle.radius_mm - triangle_inradius_mm(*tri)) < 0.01
+    assert np.linalg.norm(circle.centre_uv_mm - incentre) < 0.05
+
+
+def test_inscribed_circle_avoids_a_hole():
+    from spinect.geometry.polygons import outlines_inscribed_circle
+
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])  # counter-clockwise
+    t = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    hole = np.stack([5.0 + 2.0 * np.cos(-t), 5.0 + 2.0 * np.sin(-t)], 1)  # clockwise, radius 2
+    circle = outlines_inscribed_circle([square, hole])
+    # the best circles sit in the corners' diagonal gaps: r = (5√2 − 2) / (1 + √2)
+    expected = (5.0 * np.sqrt(2.0) - 2.0) / (1.0 + np.sqrt(2.0))
+    assert abs(circle.radius_mm - expected) < 0.02
+
+
+def test_inscribed_circle_of_a_rasterised_window_is_sub_pixel():
+    """A disc of radius 3.1 mm sampled as a clearance image on a 0.25 mm grid: the outline-based r*
+    is within 0.02 mm although a pixel distance transform is quantised to 0.25 mm."""
+    from spinect.geometry.polygons import field_contours_mm, outlines_inscribed_circle
+
+    axis = np.arange(-5.0, 5.0 + 1e-9, 0.25)
+    uu, vv = np.meshgrid(axis, axis)
+    clearance = 3.1 - np.hypot(uu - 0.37, vv + 0.21)
+    circle = outlines_inscribed_circle(field_contours_mm(clearance, axis, axis))
+    assert abs(circle.radius_mm - 3.1) < 0.02
+    assert np.linalg.norm(circle.centre_uv_mm - [0.37, -0.21]) < 0.05

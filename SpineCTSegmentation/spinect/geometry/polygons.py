@@ -23,6 +23,8 @@ __all__ = [
     "clip_polygon_convex",
     "Circle",
     "inscribed_circle",
+    "outlines_signed_distance_mm",
+    "outlines_inscribed_circle",
     "triangle_inradius_mm",
 ]
 
@@ -220,3 +222,102 @@ def inscribed_circle(
     if -res.fun > radius:
         return Circle(np.asarray(res.x, float), float(-res.fun))
     return Circle(best, radius)
+
+
+def _outline_edges(outlines_uv_mm: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end points (E, 2) of every edge of a set of closed outlines (closure included)."""
+    starts, ends = [], []
+    for poly in outlines_uv_mm:
+        p = np.asarray(poly, float)
+        if len(p) > 1 and np.allclose(p[0], p[-1]):
+            p = p[:-1]
+        if len(p) < 2:
+            continue
+        starts.append(p)
+        ends.append(np.roll(p, -1, axis=0))
+    if not starts:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    return np.concatenate(starts), np.concatenate(ends)
+
+
+def outlines_signed_distance_mm(
+    points_uv_mm: np.ndarray, outlines_uv_mm: list[np.ndarray], *, chunk: int = 4_000_000
+) -> np.ndarray:
+    """Signed distance (mm, positive inside) from points to a region given by its outlines.
+
+    The region is the even-odd interior of all outlines together (outer outlines and holes);
+    the distance is the exact distance to the nearest edge segment.
+
+    Args:
+        points_uv_mm: (N, 2) query points (u, v), mm.
+        outlines_uv_mm: closed polygons (K_i, 2), closing vertex repeated or not.
+        chunk: bound on points × edges evaluated at once (memory).
+
+    Returns:
+        (N,) float64 signed distance; −inf everywhere when there are no edges.
+    """
+    pts = np.asarray(points_uv_mm, float).reshape(-1, 2)
+    a, b = _outline_edges(outlines_uv_mm)
+    if len(a) == 0:
+        return np.full(len(pts), -np.inf)
+    edge = b - a
+    length2 = np.maximum(np.sum(edge * edge, axis=1), 1e-30)
+    out = np.empty(len(pts))
+    step = max(1, chunk // len(a))
+    for first in range(0, len(pts), step):
+        q = pts[first : first + step, None, :]  # (n, 1, 2)
+        rel = q - a
+        t = np.clip(np.sum(rel * edge, axis=-1) / length2, 0.0, 1.0)
+        dist = np.sqrt(np.min(np.sum((rel - t[..., None] * edge) ** 2, axis=-1), axis=1))
+        y = q[..., 1]
+        crosses = (a[:, 1] > y) != (b[:, 1] > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = a[:, 0] + (y - a[:, 1]) * edge[:, 0] / edge[:, 1]
+        inside = (np.sum(crosses & (q[..., 0] < x_cross), axis=1) % 2) == 1
+        out[first : first + step] = np.where(inside, dist, -dist)
+    return out
+
+
+def outlines_inscribed_circle(
+    outlines_uv_mm: list[np.ndarray], *, precision_mm: float = 0.005, start_uv_mm: np.ndarray | None = None
+) -> Circle:
+    """Largest circle inside a region given by its outlines (outer outlines and holes), exactly.
+
+    The "pole of inaccessibility" search (polylabel, Agafonkin 2016) on the exact signed distance
+    to the outline segments (:func:`outlines_signed_distance_mm`): square cells covering the
+    region are split while a cell could still hold a centre better than the best found by more
+    than ``precision_mm`` (a cell of half-size h cannot beat its centre's distance by more than
+    h·√2). Unlike a distance transform on pixels, the radius is not rounded to the pixel size and
+    interpolation does not flatten the ridge it sits on.
+
+    Args:
+        outlines_uv_mm: closed polygons (K_i, 2), (u, v) mm.
+        precision_mm: the radius found is within this of the true maximum.
+        start_uv_mm: (2,) an optional first guess (e.g. the best pixel).
+
+    Returns:
+        The :class:`Circle` (radius −inf, centre NaN when there is no outline).
+    """
+    a, _ = _outline_edges(outlines_uv_mm)
+    if len(a) == 0:
+        return Circle(np.array([np.nan, np.nan]), float("-inf"))
+    lo, hi = a.min(axis=0), a.max(axis=0)
+    half = 0.5 * float(min(hi[0] - lo[0], hi[1] - lo[1]))
+    if half <= 0:
+        return Circle(np.array([np.nan, np.nan]), 0.0)
+    us = np.arange(lo[0] + half, hi[0] + half, 2 * half)
+    vs = np.arange(lo[1] + half, hi[1] + half, 2 * half)
+    cells = np.stack(np.meshgrid(us, vs), axis=-1).reshape(-1, 2)
+    guesses = [0.5 * (lo + hi)] + ([np.asarray(start_uv_mm, float)] if start_uv_mm is not None else [])
+    values = outlines_signed_distance_mm(np.array(guesses), outlines_uv_mm)
+    best_value, best = float(values.max()), np.array(guesses[int(np.argmax(values))])
+    while len(cells):
+        d = outlines_signed_distance_mm(cells, outlines_uv_mm)
+        k = int(np.argmax(d))
+        if d[k] > best_value:
+            best_value, best = float(d[k]), cells[k].copy()
+        keep = d + half * np.sqrt(2.0) > best_value + precision_mm
+        half *= 0.5
+        offsets = np.array([[-half, -half], [half, -half], [-half, half], [half, half]])
+        cells = (cells[keep][:, None, :] + offsets).reshape(-1, 2)
+    return Circle(best, best_value)

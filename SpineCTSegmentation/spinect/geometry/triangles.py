@@ -91,7 +91,7 @@ def measure_points(
     uv = window.triangle_uv_mm
     outlines = window.free_outlines_uv()
     usable = window.free_outlines_uv(inset_mm=settings.instrument_radius_mm)
-    circle = window.inscribed_circle()
+    circle = window.inscribed_circle(outlines=outlines)
     quantities = {
         "projected_triangle_area_mm2": Quantity.of("projected_triangle_area_mm2", abs(shoelace_area_mm2(uv))),
         "true_triangle_area_mm2": Quantity.of(
@@ -158,7 +158,7 @@ def measure_seed(
         )
     outlines = window.free_outlines_uv(region) if bounded else []
     usable = window.free_outlines_uv(region, inset_mm=settings.instrument_radius_mm) if bounded else []
-    circle = window.inscribed_circle(region) if bounded else None
+    circle = window.inscribed_circle(region, outlines=outlines) if bounded else None
     quantities = {
         "free_area_mm2": Quantity.of("free_area_mm2", _area(outlines) if bounded else None),
         "usable_area_mm2": Quantity.of("usable_area_mm2", _area(usable) if bounded else None),

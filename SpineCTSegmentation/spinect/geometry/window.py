@@ -20,6 +20,7 @@ from spinect.geometry.polygons import (
     clip_polygon_halfplane,
     field_contours_mm,
     inscribed_circle,
+    outlines_inscribed_circle,
     polygon_signed_distance_mm,
     shoelace_area_mm2,
 )
@@ -236,20 +237,26 @@ class BoundedWindow:
                 outlines.append(poly)
         return outlines
 
-    def inscribed_circle(self, region: np.ndarray | None = None) -> Circle:
-        """Largest circle inside the bounded free window (r* and its centre), refined off-grid."""
+    def inscribed_circle(self, region: np.ndarray | None = None, outlines: list[np.ndarray] | None = None) -> Circle:
+        """Largest circle inside the bounded free window (r* and its centre).
+
+        Found exactly on the window's outline polygons (:func:`outlines_inscribed_circle`), i.e.
+        on the clearance's 0-contour clipped by the bounds, the same outline the free area is
+        measured on: the interpolated clearance inside the window flattens the ridge r* sits on,
+        and distances to discrete surface points overshoot between them.
+
+        Args:
+            region: (H, W) bool pixels to keep (a connected component); None keeps all.
+            outlines: the free outlines of that region, if already computed.
+        """
+        if outlines is None:
+            outlines = self.free_outlines_uv(region)
         values = self.field_mm()
         mask = values >= 0 if region is None else region & (values >= 0)
         start = inscribed_circle(values, self.image.u_mm, self.image.v_mm, mask=mask)
-        if not np.isfinite(start.radius_mm) or start.radius_mm <= 0:
+        if not outlines or not np.isfinite(start.radius_mm) or start.radius_mm <= 0:
             return start
-        surface = self.exact_clearance_fn(start.centre_uv_mm, start.radius_mm + 2.0 * self.settings.pixel_mm + 1.0)
-        ray = surface if surface is not None else self.clearance_at
-
-        def exact(uv: np.ndarray) -> np.ndarray:
-            return np.minimum(ray(uv), self.bound_mm(uv))
-
-        return inscribed_circle(values, self.image.u_mm, self.image.v_mm, mask=mask, exact=exact)
+        return outlines_inscribed_circle(outlines, start_uv_mm=start.centre_uv_mm)
 
     def to_lps(self, uv_mm: np.ndarray, depth_mm: float | np.ndarray = 0.0) -> np.ndarray:
         """Image points (and depths) back to LPS mm."""
