@@ -320,3 +320,32 @@ def test_points_mode_frame_falls_back_to_b_when_the_b_c_midpoint_misses_the_endp
     text = json.dumps(report)
     assert "near B" in text and "near B-C" not in text
     assert abs(np.dot(result.measurement.frame.normal, [0.0, 0.0, 1.0])) > 0.99  # the block top, not a tilt
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_bounded_rays_only_leaves_the_objective_unchanged(seeded):
+    """The search casts rays only near the bounds: J must be the same as with the whole image."""
+    from dataclasses import replace
+
+    from spinect.geometry.trajectory import view_objective
+    from spinect.geometry.triangles import points_window, seed_window
+
+    labels, origin, frame, target = _tunnel(30.0, 10.0)
+    fields = _fields(labels, 1.0, origin)
+    base = WindowSettings(pixel_mm=0.5, depth_step_mm=1.0, guard_radius_mm=6.0, separate_structures=False,
+                          depth_before_mm=None)
+    points = target + np.array([[0.0, 0.0, 4.0], [3.0, 0.0, -3.0], [-4.0, 1.0, -2.0]])
+    seen = []
+    for theta, phi in ((30.0, 10.0), (20.0, 0.0), (40.0, 15.0)):
+        view = frame.view(theta, phi, "left")
+        values = []
+        for only in (False, True):
+            settings = replace(base, bounded_rays_only=only)
+            if seeded:
+                window = seed_window(fields, frame, view, target, settings, upper_line_lps_mm=target + [0, 0, 4.0])
+            else:
+                window = points_window(fields, view, points, settings)
+            values.append([view_objective(window, j, seeded=seeded) for j in ("radius", "free_area", "usable_area")])
+        assert np.allclose(values[0], values[1], rtol=0, atol=1e-9), (theta, phi, values)
+        seen += values[1]
+    assert max(seen) > 1.0  # the windows are not empty

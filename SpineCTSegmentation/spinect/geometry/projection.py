@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _FAR_MM = FAR_MM  # clearance given to samples outside the volume (free)
+INACTIVE_MM = -1.0  #: clearance of pixels whose rays were not cast (project_window's ``active``)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -343,6 +344,7 @@ def project_window(
     target_depth_mm: np.ndarray | float | None = 0.0,
     depth_step_mm: float = 0.5,
     separate: bool = True,
+    active: np.ndarray | None = None,
 ) -> ProjectedWindow:
     """Project bone and nerve along ``view`` onto a square image centred on the plane origin.
 
@@ -361,6 +363,8 @@ def project_window(
         depth_step_mm: sampling step along depth.
         separate: also project bone and nerve separately (for display); False projects only
             their union (half the work), and ``bone_mm``/``nerve_mm`` then hold the union too.
+        active: (H, W) bool pixels whose rays are cast; the others get ``INACTIVE_MM``
+            (blocked). None casts every ray.
 
     Returns:
         The :class:`ProjectedWindow`.
@@ -378,10 +382,15 @@ def project_window(
         start = np.minimum(np.full(uu.shape, entry), end)
     else:
         start = target - depth_before_mm
-    if separate:
-        bone, nerve = _ray_minima(fields, view, origin_lps_mm, uv, start, end, ("bone", "nerve"), depth_step_mm)
+    names = ("bone", "nerve") if separate else ("both",)
+    if active is None:
+        minima = _ray_minima(fields, view, origin_lps_mm, uv, start, end, names, depth_step_mm)
     else:
-        bone = nerve = _ray_minima(fields, view, origin_lps_mm, uv, start, end, ("both",), depth_step_mm)[0]
+        keep = np.asarray(active, bool)
+        minima = np.full((len(names),) + uu.shape, INACTIVE_MM, np.float32)
+        if keep.any():
+            minima[:, keep] = _ray_minima(fields, view, origin_lps_mm, uv[keep], start[keep], end[keep], names, depth_step_mm)
+    bone, nerve = (minima[0], minima[1]) if separate else (minima[0], minima[0])
     return ProjectedWindow(
         view=view,
         origin_lps_mm=np.asarray(origin_lps_mm, float),

@@ -212,7 +212,8 @@ def search_trajectory(
     side_sign(side)
     if (points_lps_mm is None) == (seed_lps_mm is None):
         raise InputError("give either three triangle points or one seed point for the trajectory search")
-    coarse = replace(search.window, depth_before_mm=None) if search.reachable else search.window
+    coarse = replace(search.window, bounded_rays_only=True)  # same J, fewer rays (WindowSettings)
+    coarse = replace(coarse, depth_before_mm=None) if search.reachable else coarse
     seeded = points_lps_mm is None
     cache: dict[tuple[float, float], float] = {}
 

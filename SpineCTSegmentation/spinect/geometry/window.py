@@ -28,6 +28,10 @@ from spinect.geometry.projection import ObstacleFields, ProjectedWindow, project
 
 __all__ = ["HalfPlane", "WindowSettings", "BoundedWindow", "ANATOMICAL_DEPTH_MM"]
 
+#: With ``bounded_rays_only``, rays are cast this many pixels beyond the bounds (marching squares
+#: and the seed region's growth look 2 pixels outside).
+BOUND_MARGIN_PX = 3
+
 #: Depth range before the target of the "anatomical" window (triangles-research.md §3.2), mm.
 ANATOMICAL_DEPTH_MM = 15.0
 
@@ -62,6 +66,10 @@ class WindowSettings:
         guard_radius_mm: a seed region reaching this far from the seed is "unbounded".
         separate_structures: project bone and nerve separately too (pictures); the search turns
             it off to halve its work.
+        bounded_rays_only: cast rays only for pixels within ``BOUND_MARGIN_PX`` pixels of the
+            bounds (the rest of the image reads as blocked). Area, r* and the seed region are
+            unchanged (they only look at pixels inside the bounds and their 2-pixel margin); the
+            search turns it on, pictures need the whole image.
     """
 
     pixel_mm: float = 0.25
@@ -72,6 +80,7 @@ class WindowSettings:
     instrument_radius_mm: float = 0.36
     guard_radius_mm: float = 15.0
     separate_structures: bool = True
+    bounded_rays_only: bool = False
 
     @property
     def window_kind(self) -> str:
@@ -127,6 +136,9 @@ class BoundedWindow:
             count = int(round(2 * s.half_size_mm / s.pixel_mm)) + 1
             axis = (np.arange(count) - (count - 1) / 2) * s.pixel_mm
             uu, vv = np.meshgrid(axis, axis)
+            active = None
+            if s.bounded_rays_only and (self.triangle_uv_mm is not None or self.half_planes):
+                active = self.bound_mm(np.stack([uu, vv], -1)) >= -BOUND_MARGIN_PX * s.pixel_mm
             self._image = project_window(
                 self.fields,
                 self.view,
@@ -138,6 +150,7 @@ class BoundedWindow:
                 target_depth_mm=self.target_depth_mm(np.stack([uu, vv], -1)),
                 depth_step_mm=s.depth_step_mm,
                 separate=s.separate_structures,
+                active=active,
             )
         return self._image
 
