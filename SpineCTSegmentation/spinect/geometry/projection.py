@@ -59,8 +59,7 @@ class ObstacleFields:
         index_to_lps: (4, 4) affine mapping (x, y, z, 1) voxel index (SimpleITK order) to LPS mm.
         ct_hu: (Z, Y, X) float32 CT on the same grid, or None (used to find the skin).
         surface_lps_mm: (N, 3) LPS points on the bone and nerve surfaces: sub-voxel iso-surface
-            vertices, or the centres of boundary voxels (``subvoxel=False``); distances to them
-            give r* without the interpolation bias of the maps.
+            vertices, or the centres of boundary voxels (``subvoxel=False``).
         surface_offset_mm: subtracted from distances to those points (half a voxel for voxel
             centres, 0 for iso-surface vertices).
     """

@@ -3,7 +3,7 @@
 :class:`BoundedWindow` joins the projected clearance (:mod:`spinect.geometry.projection`) with
 2D bounds in the image plane (a projected triangle, or half-planes such as the endplate line)
 and answers the questions every measurement mode asks: the free outline, its area, and the
-largest inscribed circle, evaluated off-grid by casting rays where the pixel grid is too coarse.
+largest inscribed circle, found exactly on that outline's polygons.
 """
 
 from __future__ import annotations
@@ -176,44 +176,6 @@ class BoundedWindow:
         return ray_clearance_mm(
             self.fields, self.view, self.origin_lps_mm, uv, start, end, depth_step_mm=self.settings.depth_step_mm
         )
-
-    def exact_clearance_fn(self, centre_uv_mm: np.ndarray, radius_mm: float):
-        """Clearance near a point from distances to surface voxel centres (no interpolation bias).
-
-        Trilinear interpolation of a distance map flattens its ridges, so the grid clearance
-        underestimates r* by up to ~0.3 voxel; the distance from a ray to the nearest projected
-        surface voxel centre, minus half a voxel, does not. Valid on free rays only.
-
-        Args:
-            centre_uv_mm: (2,) where the function will be evaluated (within ``radius_mm``).
-            radius_mm: search radius (the clearance expected there plus a margin).
-
-        Returns:
-            Function (N, 2) image points → (N,) clearance (mm); None when the fields carry no
-            surface points.
-        """
-        pts = self.fields.surface_lps_mm
-        if pts is None:
-            return None
-        uv, depth = self.view.project(pts, self.origin_lps_mm)
-        near = np.linalg.norm(uv - centre_uv_mm, axis=1) <= radius_mm + 2.0
-        uv, depth = uv[near], depth[near]
-        half = self.fields.surface_offset_mm
-        entry = float(self.image.depth_start_mm.min())
-
-        def clearance(points_uv: np.ndarray) -> np.ndarray:
-            q = np.asarray(points_uv, float).reshape(-1, 2)
-            target = self.target_depth_mm(q)
-            end = target + self.settings.depth_after_mm
-            start = np.full_like(end, entry) if self.settings.depth_before_mm is None else target - self.settings.depth_before_mm
-            out = np.full(len(q), radius_mm + 2.0 - half)
-            for k in range(len(q)):
-                keep = (depth >= start[k]) & (depth <= end[k])
-                if keep.any():
-                    out[k] = min(out[k], float(np.min(np.linalg.norm(uv[keep] - q[k], axis=1))) - half)
-            return out
-
-        return clearance
 
     def field_mm(self) -> np.ndarray:
         """(H, W) min(clearance, bound distance): ≥ 0 inside the bounded free window."""
