@@ -155,8 +155,12 @@ On the held-out seeds removal still made nerve HD95 worse in two cases (1.41 -> 
 2.24 mm): there the phantom's detached roots were predicted as compact blobs of 26-123 voxels
 (elongation 1.7-2.9) 23-26 mm from every other nerve piece. From the label map alone these look
 exactly like the injected hot spots (blobs >= 15 mm from everything), so no size, shape or distance
-rule can keep one and remove the other; the next step is to use the network's own evidence (mean
-probability or ensemble uncertainty of each island), which the label-only rule does not see."""
+rule can keep one and remove the other. The network's own evidence does not separate them either:
+the mean nerve probability over an island is 0.56-0.82 for true fragments and 0.49-0.82 for false
+islands (seeds 880002-880010, 880019). What does separate them for this model is the distance to
+bone (its false islands hug bone surfaces, <= 5 mm; the phantom's detached roots run in soft
+tissue, >= 6 mm), but Ua-Net-type hot spots such as the injected ones lie in soft tissue too, so a
+rule built on that would keep them."""
 
 
 def _plot(levels_fg, path: Path) -> None:
