@@ -329,3 +329,24 @@ def test_island_removal_in_class_boxes_does_not_depend_on_empty_space_around():
         assert (a.label_value, a.voxels, a.reason) == (b.label_value, b.voxels, b.reason)
         assert a.distance_mm == pytest.approx(b.distance_mm)
         np.testing.assert_allclose(np.add(a.centroid_zyx, offset), b.centroid_zyx)
+
+
+def test_a_ct_without_bone_density_warns_and_runs_no_window(caplog):
+    import SimpleITK as sitk
+
+    from spinect.pipeline import segment_image
+    from spinect.plan import ModelPlan
+
+    soft_tissue = sitk.GetImageFromArray(np.full((24, 48, 48), 40, np.int16))  # water-like, no bone
+    soft_tissue.SetSpacing((4.0, 4.0, 4.0))
+    plan = ModelPlan(architecture={}, spacing_zyx_mm=(4.0, 4.0, 4.0), intensity_mean=MEAN_HU, intensity_std=STD_HU,
+                     patch_size_zyx=(8, 16, 16), stride_zyx=(5, 10, 10), training_status="trained")
+    timer = StageTimer()
+    with caplog.at_level(logging.WARNING, logger="spinect"):
+        out = segment_image(soft_tissue, _AirAwareNetwork(), plan, timer=timer, smoothing_mm=0)
+    assert "reaches 150 HU" in caplog.text and "--whole-volume" in caplog.text
+    assert timer.counts["windows run"] == 0
+    assert not sitk.GetArrayFromImage(out.labels).any()
+    whole = StageTimer()
+    segment_image(soft_tissue, _AirAwareNetwork(), plan, timer=whole, smoothing_mm=0, bone_margin_mm=None)
+    assert whole.counts["windows run"] == whole.counts["windows run"] + whole.counts.get("windows skipped", 0) > 0

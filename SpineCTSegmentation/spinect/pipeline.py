@@ -25,6 +25,7 @@ window in the body.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -51,6 +52,8 @@ __all__ = [
     "BONE_HU",
     "BONE_MARGIN_MM",
 ]
+
+log = logging.getLogger("spinect")
 
 #: CT values below this (HU) count as air when deciding which windows to skip.
 AIR_HU = -500.0
@@ -178,6 +181,10 @@ def segment_image(
     if skip_air and bone_margin_mm is not None:
         if bone_margin_mm < 0:
             raise SpinectError(f"bone margin must be >= 0 mm, got {bone_margin_mm}")
+        if not bool((volume >= normalised_hu(plan, BONE_HU)).any()):
+            log.warning("no voxel of the CT reaches %g HU (bone): no window near bone, so nothing is segmented. "
+                        "Is the image a CT in Hounsfield units? --whole-volume (whole_volume=True) runs every window.",
+                        BONE_HU)
         options.update(roi_above=normalised_hu(plan, BONE_HU),
                        roi_margin_zyx=tuple(int(np.ceil(bone_margin_mm / s)) for s in plan.spacing_zyx_mm))
     ensemble = None
