@@ -84,6 +84,8 @@ class SpineCTSegmentationParameterNode:
     smoothingMm - median smoothing kernel (mm); 0 = off.
     existingSegments - what to do when the output already has bone/nerve segments.
     uncertainty - flip test-time augmentation with an uncertainty map and review list.
+    keepIslands - keep isolated false-positive islands (removed and reported by default).
+    wholeVolume - run the network on every window in the body, not only within 30 mm of bone.
     trainingFolder, caseId - where "Export for training" writes.
     triangleLevel, triangleSide - the Kambin triangle measured.
     structuresVolume - optional level/structure map (automatic mode and endplate frame).
@@ -98,6 +100,8 @@ class SpineCTSegmentationParameterNode:
     smoothingMm: Annotated[float, WithinRange(0.0, 5.0)] = DEFAULT_SMOOTHING_MM
     existingSegments: ExistingSegments = ExistingSegments.ASK
     uncertainty: bool = False
+    keepIslands: bool = False
+    wholeVolume: bool = False
     trainingFolder: pathlib.Path = pathlib.Path()
     caseId: str = ""
     triangleLevel: Level = Level.L5S1
@@ -278,7 +282,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._job = self.logic.startSegmentation(
                 params.inputVolume, device=params.device,
                 modelPath=modelPathOrNone(params.modelPath), smoothingMm=params.smoothingMm,
-                uncertainty=params.uncertainty,
+                uncertainty=params.uncertainty, keepIslands=params.keepIslands, wholeVolume=params.wholeVolume,
             )
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -558,15 +562,17 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         return dependencies.ensure_dependencies(confirm=confirm)
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
-                          uncertainty=False):
+                          uncertainty=False, keepIslands=False, wholeVolume=False):
         """Export ``inputVolume`` and start the backend; returns a running ``SegmentationJob``.
 
-        ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``).
+        ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``);
+        ``keepIslands`` keeps isolated false-positive islands; ``wholeVolume`` runs every window in
+        the body (by default windows more than 30 mm from bone-dense tissue are skipped).
         """
         job = SegmentationJob(
             inputVolume, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
             device=device, model_path=modelPath, smoothing_mm=smoothingMm, work_dir=slicer.app.temporaryPath,
-            uncertainty=uncertainty,
+            uncertainty=uncertainty, keep_islands=keepIslands, whole_volume=wholeVolume,
         )
         logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
         job.start()
@@ -591,7 +597,8 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         slicer.util.getModuleLogic("Markups").JumpSlicesToLocation(r, a, s, True)
 
     def segment(self, inputVolume, outputSegmentation=None, *, device=Device.AUTO, modelPath=None,
-                smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False):
+                smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False,
+                keepIslands=False, wholeVolume=False):
         """Blocking segmentation (scripts and tests); returns the segmentation node.
 
         With ``uncertainty`` the uncertainty map is also loaded as a colour overlay and the review
@@ -601,7 +608,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         if conflicts and existing == ExistingSegments.ASK:
             raise ValueError(f"segments {conflicts} exist; pass existing=ExistingSegments.REPLACE or NEW_NODE")
         job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm,
-                                     uncertainty=uncertainty)
+                                     uncertainty=uncertainty, keepIslands=keepIslands, wholeVolume=wholeVolume)
         try:
             start = time.monotonic()
             while job.running:

@@ -565,3 +565,13 @@ def _requirement_name(requirement: str) -> str:
     import re
 
     return re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement).group(0).lower()
+
+
+def test_segment_command_passes_island_and_whole_volume_choices_to_the_backend():
+    from spinect.cli import build_parser
+
+    default = build_parser().parse_args(build_segment_command("py", "a.nrrd", "b.nrrd")[3:])
+    assert default.keep_islands is False and default.whole_volume is False
+    chosen = build_parser().parse_args(
+        build_segment_command("py", "a.nrrd", "b.nrrd", keep_islands=True, whole_volume=True)[3:])
+    assert chosen.keep_islands is True and chosen.whole_volume is True

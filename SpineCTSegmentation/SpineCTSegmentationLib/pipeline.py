@@ -41,6 +41,8 @@ class SegmentationJob:
         backend_dir: folder containing the ``spinect`` package.
         uncertainty: flip test-time augmentation with the uncertainty map and review list
             (``--tta --uncertainty U --review R.json``); :meth:`load_uncertainty` reads them.
+        keep_islands: keep isolated false-positive islands (``--keep-islands``).
+        whole_volume: run every window in the body, not only near bone (``--whole-volume``).
     """
 
     def __init__(
@@ -55,6 +57,8 @@ class SegmentationJob:
         work_dir: str | os.PathLike | None = None,
         backend_dir: str | os.PathLike = BACKEND_DIR,
         uncertainty: bool = False,
+        keep_islands: bool = False,
+        whole_volume: bool = False,
     ):
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("select a CT volume that has image data")
@@ -70,6 +74,7 @@ class SegmentationJob:
             python_executable, self.input_path, self.output_path,
             model_path=model_path, device=device.value, smoothing_mm=smoothing_mm,
             tta=uncertainty, uncertainty_path=self.uncertainty_path, review_path=self.review_path,
+            keep_islands=keep_islands, whole_volume=whole_volume,
         )
         env = backend_environment(base_env, backend_dir=backend_dir, device=device.value)
         self.process = BackendProcess(command, env=env, cwd=str(self.temp_dir))

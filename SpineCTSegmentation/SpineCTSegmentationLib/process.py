@@ -98,6 +98,8 @@ def build_segment_command(
     tta: bool = False,
     uncertainty_path: str | os.PathLike | None = None,
     review_path: str | os.PathLike | None = None,
+    keep_islands: bool = False,
+    whole_volume: bool = False,
 ) -> list[str]:
     """Argument list of ``python -m spinect segment`` with progress lines on.
 
@@ -112,6 +114,8 @@ def build_segment_command(
         tta: flip test-time augmentation (4 predictions fused; needed for the uncertainty outputs).
         uncertainty_path: write the voxel-wise uncertainty map (vote entropy, nats) here.
         review_path: write the review list of the most uncertain regions (JSON) here.
+        keep_islands: keep isolated false-positive islands (removed and reported by default).
+        whole_volume: run the network on every window in the body, not only near bone.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
@@ -129,6 +133,10 @@ def build_segment_command(
         command += ["--uncertainty", str(uncertainty_path)]
     if review_path is not None:
         command += ["--review", str(review_path)]
+    if keep_islands:
+        command.append("--keep-islands")
+    if whole_volume:
+        command.append("--whole-volume")
     if verbose:
         command.append("--verbose")
     return command
