@@ -181,11 +181,12 @@ def segment_image(
     if skip_air and bone_margin_mm is not None:
         if bone_margin_mm < 0:
             raise SpinectError(f"bone margin must be >= 0 mm, got {bone_margin_mm}")
-        if not bool((volume >= normalised_hu(plan, BONE_HU)).any()):
+        bone_level = normalised_hu(plan, BONE_HU)
+        if float(volume.max()) < bone_level:
             log.warning("no voxel of the CT reaches %g HU (bone): no window near bone, so nothing is segmented. "
                         "Is the image a CT in Hounsfield units? --whole-volume (whole_volume=True) runs every window.",
                         BONE_HU)
-        options.update(roi_above=normalised_hu(plan, BONE_HU),
+        options.update(roi_above=bone_level,
                        roi_margin_zyx=tuple(int(np.ceil(bone_margin_mm / s)) for s in plan.spacing_zyx_mm))
     ensemble = None
     if len(nets) == 1 and not tta:

@@ -139,19 +139,7 @@ def polygon_signed_distance_mm(points_uv_mm: np.ndarray, polygon_uv_mm: np.ndarr
         (...) float64 signed distance, mm.
     """
     pts = np.asarray(points_uv_mm, float)
-    poly = np.asarray(polygon_uv_mm, float)
-    a, b = poly, np.roll(poly, -1, axis=0)
-    rel = pts[..., None, :] - a  # (..., K, 2)
-    edge = b - a
-    t = np.clip(np.sum(rel * edge, -1) / np.maximum(np.sum(edge * edge, -1), 1e-30), 0.0, 1.0)
-    dist = np.linalg.norm(rel - t[..., None] * edge, axis=-1).min(axis=-1)
-    # even-odd rule: a horizontal ray from the point crosses the outline an odd number of times
-    y = pts[..., None, 1]
-    crosses = (a[:, 1] > y) != (b[:, 1] > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = a[:, 0] + (y - a[:, 1]) * edge[:, 0] / edge[:, 1]
-    inside = (np.sum(crosses & (pts[..., None, 0] < x_cross), axis=-1) % 2) == 1
-    return np.where(inside, dist, -dist)
+    return outlines_signed_distance_mm(pts.reshape(-1, 2), [polygon_uv_mm]).reshape(pts.shape[:-1])
 
 
 def triangle_inradius_mm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:

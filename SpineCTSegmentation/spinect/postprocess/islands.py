@@ -34,6 +34,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from spinect.postprocess.boxes import bounding_box
+
 __all__ = ["RemovedIsland", "suppress_islands"]
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -91,7 +93,7 @@ def suppress_islands(
                                                                   min_root_piece_elongation))):
         # Work inside the class's bounding box (plus one voxel for the 26-neighbourhood): the same
         # components, surfaces and distances as on the whole volume, on a fraction of the voxels.
-        box = _class_box(labels, value)
+        box = bounding_box(labels == value, margin=(1,) * labels.ndim)
         if box is None:
             continue
         offset = np.array([sl.start for sl in box], dtype=float)
@@ -99,18 +101,6 @@ def suppress_islands(
                     for r in rule(labels[box])]  # a view: removals land in ``labels``
     removed.sort(key=lambda r: -r.volume_mm3)
     return labels, removed
-
-
-def _class_box(labels: np.ndarray, value: int) -> tuple[slice, ...] | None:
-    """Bounding box of ``labels == value`` grown by one voxel (clipped), or None if absent."""
-    mask = labels == value
-    box = []
-    for axis in range(labels.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
-        if len(present) == 0:
-            return None
-        box.append(slice(max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, labels.shape[axis])))
-    return tuple(box)
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from spinect.postprocess.boxes import bounding_box
+
 __all__ = ["median_kernel_voxels", "median_smooth_labels"]
 
 
@@ -52,18 +54,17 @@ def median_smooth_labels(
         return labels.astype(np.uint8, copy=True)
     out = np.zeros(labels.shape, dtype=np.uint8)
     margin = [k // 2 + 1 for k in kernel]
-    foreground = labels != 0
-    if not foreground.any():
-        return out
     # Everything happens inside the foreground's box: a median of background is background.
-    outer = _bounding_box(foreground, margin=margin)
+    outer = bounding_box(labels != 0, margin=margin)
+    if outer is None:
+        return out
     inner_labels, inner_out = labels[outer], out[outer]
     half = int(np.prod(kernel)) // 2  # odd kernel: "more than half" is "more than half rounded down"
     for cls in range(1, num_classes):
         mask = inner_labels == cls
-        if not mask.any():
+        box = bounding_box(mask, margin=margin)
+        if box is None:
             continue
-        box = _bounding_box(mask, margin=margin)
         # Voxels of this class in the kernel neighbourhood; more than half is the binary median.
         np.copyto(inner_out[box], np.uint8(cls), where=_box_counts(mask[box], kernel) > half)
     return out
@@ -73,39 +74,12 @@ def _box_counts(mask: np.ndarray, kernel: Sequence[int]) -> np.ndarray:
     """Number of True voxels in the ``kernel`` box around each voxel (edges replicated).
 
     The same as ``ndimage.uniform_filter(mask, kernel, mode="nearest") * prod(kernel)`` but exact
-    and in small integers: separable sums of shifted slices (a 3-voxel kernel is two additions
-    per axis), about 5x faster than the float filter on the 0.7 mm grids this runs on.
+    and in small integers: separable integer sums (``ndimage.correlate1d`` with unit weights),
+    several times faster than the float filter on the 0.7 mm grids this runs on.
     """
     dtype = np.uint8 if int(np.prod(kernel)) < 256 else np.uint16
     counts = mask.astype(dtype)
     for axis, size in enumerate(kernel):
-        if size == 1:
-            continue
-        half = size // 2
-        pad = [(0, 0)] * counts.ndim
-        pad[axis] = (half, half)
-        padded = np.pad(counts, pad, mode="edge")
-        n = counts.shape[axis]
-        total = padded[_slice(axis, 0, n, counts.ndim)].copy()
-        for shift in range(1, size):
-            total += padded[_slice(axis, shift, shift + n, counts.ndim)]
-        counts = total
+        if size > 1:
+            counts = ndimage.correlate1d(counts, np.ones(size, dtype), axis=axis, mode="nearest")
     return counts
-
-
-def _slice(axis: int, start: int, stop: int, ndim: int) -> tuple[slice, ...]:
-    index = [slice(None)] * ndim
-    index[axis] = slice(start, stop)
-    return tuple(index)
-
-
-def _bounding_box(mask: np.ndarray, *, margin: Sequence[int]) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask grown by ``margin`` voxels per axis (clipped).
-
-    Found from ``any`` projections onto each axis, not ``np.nonzero`` (which lists every voxel).
-    """
-    box = []
-    for axis, (m, n) in enumerate(zip(margin, mask.shape)):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(0, int(present[0]) - m), min(n, int(present[-1]) + m + 1)))
-    return tuple(box)
