@@ -350,3 +350,67 @@ def test_a_ct_without_bone_density_warns_and_runs_no_window(caplog):
     whole = StageTimer()
     segment_image(soft_tissue, _AirAwareNetwork(), plan, timer=whole, smoothing_mm=0, bone_margin_mm=None)
     assert whole.counts["windows run"] == whole.counts["windows run"] + whole.counts.get("windows skipped", 0) > 0
+
+
+def _monai_reference_with_skipping(volume, network, *, patch, stride, blend, skip_below, margin, cval):
+    """MONAI's own inferer, visiting every window; a skipped window returns background with certainty.
+
+    The skip decision is made independently of spinect: the window box grown by ``margin``
+    (clipped to the volume, MONAI's padding undone) must hold a voxel >= ``skip_below``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    pad_before = [max(p - n, 0) // 2 for p, n in zip(patch, volume.shape)]
+
+    def predictor(windows, slices):
+        out = torch.zeros((windows.shape[0], 3, *windows.shape[2:]))
+        out[:, 0] = 1.0
+        for k, window in enumerate(slices):
+            region = tuple(slice(max(sl.start - b - m, 0), max(min(sl.stop - b + m, n), 0))
+                           for sl, b, m, n in zip(window[2:], pad_before, margin, volume.shape))
+            if (volume[region] >= skip_below).any():
+                out[k] = torch.softmax(network(windows[k:k + 1]), dim=1)[0]
+        return out
+
+    with torch.inference_mode():
+        return sliding_window_inference(
+            torch.from_numpy(volume)[None, None], roi_size=patch, sw_batch_size=3, predictor=predictor,
+            overlap=sliding_window.monai_overlap(patch, stride), mode=sliding_window.BLEND_MODES[blend],
+            sigma_scale=0.125, padding_mode="constant", cval=cval, with_coord=True,
+        )[0]
+
+
+@pytest.mark.parametrize("blend", ["sum", "gaussian"])
+@pytest.mark.parametrize("shape", [(40, 70, 90), (20, 30, 75)])  # the second is padded on two axes
+def test_stitching_only_the_windows_that_run_equals_monais_inferer(blend, shape):
+    rng = np.random.default_rng(11)
+    volume = np.full(shape, -2.5, np.float32)  # air ...
+    volume[5:12, 8:20, 30:60] = rng.normal(1.0, 0.5, size=(7, 12, 30))  # ... with one body region
+    margin = (2, 3, 4)
+    network = _AirAwareNetwork().eval()
+    ours = predict_probabilities(volume, network, patch_size_zyx=PATCH, stride_zyx=STRIDE, blend=blend,
+                                 device="cpu", amp=False, batch_size=3, skip_below=0.0, skip_margin_zyx=margin,
+                                 padding_value=-2.5)
+    reference = _monai_reference_with_skipping(volume, network, patch=PATCH, stride=STRIDE, blend=blend,
+                                               skip_below=0.0, margin=margin, cval=-2.5)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(argmax_labels(ours), argmax_labels(reference))
+
+
+def test_window_grid_decisions_equal_a_box_search_per_window():
+    rng = np.random.default_rng(12)
+    for shape, margin in (((45, 70, 90), (0, 0, 0)), ((45, 70, 90), (3, 5, 7)), ((10, 25, 90), (2, 2, 2))):
+        mask = np.zeros(shape, bool)
+        mask[tuple(rng.integers(0, n, size=3) for n in shape)] = True  # three dense voxels
+        if shape[0] < PATCH[0]:
+            mask[:] = False
+            mask[4, 20, 2] = True  # padded z and y; only the first x window (grown by 2) reaches it
+        grid = sliding_window._WindowGrid(shape, PATCH, STRIDE)
+        grid.require(mask, margin)
+        expected = []
+        for window in grid.slices:
+            region = tuple(slice(max(sl.start - b - m, 0), max(min(sl.stop - b + m, n), 0))
+                           for sl, b, m, n in zip(window, grid.pad_before, margin, shape))
+            expected.append(bool(mask[region].any()))
+        assert 0 < sum(expected) < len(expected)
+        assert [i for i, e in enumerate(expected) if e] == grid.run_indices()

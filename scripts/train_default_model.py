@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "auto", "bf16"), default="fp32",
+                   help="training precision (see spinect train --precision)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training phase")
     p.add_argument("--models-dir", type=Path, default=REPO / "SpineCTSegmentation" / "spinect" / "models")
@@ -119,6 +121,7 @@ def run_training(args: argparse.Namespace, command: str):
         data=args.work / "data" / "fit", out=args.work / "run", iterations=args.iterations, val_every=args.val_every,
         base_width=args.base_width, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         resume=args.resume, num_threads=args.threads, command=command, model_version="1",
+        amp={"auto": None, "bf16": True, "fp32": False}[args.precision],
     )
     tic = time.time()
     result = train(config)
@@ -233,7 +236,7 @@ def model_card(plan, metrics, *, counts: dict[str, int], digest: str, size_mb: f
         f"{n_test} held-out test phantoms generated from other seeds.",
         "",
         "## Training",
-        f"- {prov.get('iterations')} iterations, batch {prov.get('batch_size')}, Adam lr {prov.get('lr')}, seed {prov.get('seed')}, on CPU.",
+        f"- {prov.get('iterations')} iterations, batch {prov.get('batch_size')}, Adam lr {prov.get('lr')}, seed {prov.get('seed')}, on {prov.get('device', 'cpu').upper()} in {prov.get('precision', 'float32')}.",
         f"- Loss: {prov.get('loss')}.",
         "- Augmentation: white noise, y/x flips (p = 0.5), voxel-size jitter +-0.2 mm; class-aware patch sampling.",
         f"- Best validation checkpoint: step {val.get('step')}, Dice bone {val.get('dice_bone')}, nerve {val.get('dice_nerve')}.",

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="patches per iteration and process (default 4)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--precision", choices=("fp32", "auto", "bf16"), default="fp32",
+                   help="fp32 (default; reproducible); auto: bfloat16 mixed precision where the GPU/CPU computes it "
+                        "natively (about 1.6x faster per step on such CPUs, not bit-reproducible); bf16: always")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -65,6 +68,7 @@ def config_from_args(args: argparse.Namespace):
         iterations=args.iterations, val_every=args.val_every, max_val_cases=args.max_val_cases,
         base_width=args.base_width, norm=args.norm, device=args.device, resume=args.resume, stop_at=args.stop_at, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, num_threads=args.threads, show_progress=not args.no_progress,
+        amp={"auto": None, "bf16": True, "fp32": False}[getattr(args, "precision", "fp32")],
         command="spinect " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 

@@ -2,10 +2,15 @@
 
 SPINECT (paper, Table 1) slides a 32 x 64 x 64 window with stride 20 x 40 x 40 over the
 normalised CT, adds each window's softmax probabilities into the output and takes the argmax.
-MONAI's :func:`monai.inferers.sliding_window_inference` does the tiling, padding, cropping and
-blending; this module turns a stride into MONAI's ``overlap`` so that MONAI steps by exactly that
-stride, runs the network in eval mode under ``torch.inference_mode`` and (on CUDA) autocast, and
-reports windows through a ``progress(done_windows, total_windows)`` callback.
+The windows are MONAI's (:func:`monai.data.utils.dense_patch_slices` with the stride as scan
+interval, i.e. exactly the grid of :func:`monai.inferers.sliding_window_inference` with
+:func:`monai_overlap`; axes shorter than the patch padded the way MONAI pads them) and so are the
+blending weights (:func:`monai.data.utils.compute_importance_map`). We stitch them ourselves
+because MONAI's inferer visits every window: here a window that is skipped (air, far from bone)
+costs nothing -- no extraction, no network call, no blending of its certain background except
+where it overlaps a window that runs. The network runs in eval mode under
+``torch.inference_mode``; windows are reported through a ``progress(done_windows, total_windows)``
+callback.
 
 Windows along an axis of ``n`` voxels (patch ``p``, stride ``s``) start at ``0, s, 2s, ...`` and
 the last one is shifted back to end at ``n``: ``1`` window if ``n <= p`` (the volume is padded to
@@ -25,7 +30,8 @@ Speed (measurements and reasoning in ``docs/benchmarks.md``):
   intensity (bone density) lies within ``roi_margin_zyx`` of it: every voxel within that margin
   of such a voxel is covered only by windows that run, so its result is exactly that of the whole
   volume; farther voxels are background (soft tissue far from any bone holds no spinal nerve);
-* the blending accumulators live on the GPU when they fit (``_aggregation_device``);
+* the blending accumulators cover only the box around the windows that run, and live on the GPU
+  when they fit (``_aggregation_device``);
 * out of GPU memory, the window batch is halved and retried down to one window, then the whole
   volume is redone on the CPU with a warning (:func:`run_with_cpu_fallback`).
 """
@@ -43,7 +49,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices
 
 from spinect.errors import InputError, SpinectError
 from spinect.inference.device import autocast_dtype, resolve_device
@@ -182,21 +189,20 @@ def predict_probabilities(
     total = count_windows(shape_zyx, patch_size_zyx, stride_zyx)
     cval = float(inputs.min()) if padding_value is None else float(padding_value)
     started = time.perf_counter()
-    body = None
+    grid = _WindowGrid(shape_zyx, patch_size_zyx, stride_zyx)
     if skip_below is not None:
         volume = inputs[0, 0].numpy()
-        conditions = [(volume >= float(skip_below), margin)]
+        grid.require(volume >= float(skip_below), margin)
         if roi_above is not None:
-            conditions.append((volume >= float(roi_above), roi_margin))
-        body = _WindowMask(conditions, patch_size_zyx)
+            grid.require(volume >= float(roi_above), roi_margin)
     if timer is not None:
         timer.add("windows", time.perf_counter() - started)
 
     def attempt(compute_device: torch.device) -> torch.Tensor:
         return _predict_on_device(
             inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
-            batch_size=batch_size, amp=amp, cval=cval, progress=progress, body=body, channels_last=channels_last,
-            timer=timer, total=total,
+            batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid, channels_last=channels_last,
+            timer=timer,
         )
 
     return run_with_cpu_fallback(attempt, compute_device)
@@ -287,15 +293,14 @@ def _predict_on_device(
     amp: bool | None,
     cval: float,
     progress: WindowProgress | None,
-    body: "_WindowMask | None",
+    grid: "_WindowGrid",
     channels_last: bool,
     timer,
-    total: int,
     host_blend: bool = False,
 ) -> torch.Tensor:
     """One complete sliding-window pass with the network on ``compute_device`` (see predict_probabilities).
 
-    ``host_blend`` keeps MONAI's output and count buffers in host memory even on a GPU.
+    ``host_blend`` keeps the blending buffers in host memory even on a GPU.
     """
     shape_zyx = tuple(inputs.shape[2:])
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -309,27 +314,16 @@ def _predict_on_device(
     num_classes = getattr(network, "num_classes", None)
     out_device = torch.device("cpu") if host_blend else _aggregation_device(compute_device, shape_zyx, num_classes or 8)
     predictor = _WindowPredictor(
-        runner, None if cast_dtype is not None else amp_dtype, batch_size=batch_size, memory_format=memory_format,
-        total=total, progress=progress, body=body, num_classes=num_classes, timer=timer, input_dtype=cast_dtype,
+        runner, compute_device, None if cast_dtype is not None else amp_dtype, batch_size=batch_size,
+        memory_format=memory_format, timer=timer, input_dtype=cast_dtype,
     )
     started = time.perf_counter()
     try:
         with torch.inference_mode():
-            scores = sliding_window_inference(
-                inputs.to(out_device),
-                roi_size=tuple(int(p) for p in patch_size_zyx),
-                sw_batch_size=int(batch_size),
-                predictor=predictor,
-                overlap=monai_overlap(patch_size_zyx, stride_zyx),
-                mode=mode,
-                sigma_scale=_GAUSSIAN_SIGMA_SCALE,
-                padding_mode="constant",
-                cval=cval,
-                sw_device=compute_device,
-                device=out_device,
-                with_coord=True,
+            result = _stitch_windows(
+                inputs.to(out_device), predictor, grid, mode=mode, cval=cval, num_classes=num_classes,
+                batch_size=batch_size, progress=progress,
             )
-            result = scores[0].to("cpu", torch.float32).contiguous()
     except DeviceOutOfMemory:
         raise
     except Exception as exc:
@@ -342,112 +336,198 @@ def _predict_on_device(
             log.warning("out of GPU memory while blending windows on %s; blending on the CPU instead", out_device)
             return _predict_on_device(
                 inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
-                batch_size=batch_size, amp=amp, cval=cval, progress=progress, body=body,
-                channels_last=channels_last, timer=timer, total=total, host_blend=True,
+                batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid,
+                channels_last=channels_last, timer=timer, host_blend=True,
             )
         raise DeviceOutOfMemory(f"{compute_device} out of memory outside the network ({exc})") from exc
     if timer is not None:
         elapsed = time.perf_counter() - started
-        timer.add("stitching", max(0.0, elapsed - predictor.network_s - predictor.skip_s))
+        timer.add("stitching", max(0.0, elapsed - predictor.network_s))
         timer.add("network", predictor.network_s)
-        timer.add("windows", predictor.skip_s)
-        timer.count("windows run", predictor.windows_run)
-        timer.count("windows skipped", predictor.windows_skipped)
+        timer.count("windows run", grid.run_count)
+        timer.count("windows skipped", grid.total - grid.run_count)
     return result
 
 
-class _WindowMask:
-    """Which windows to run: each condition's mask holds a voxel within its margin of the window.
+def _stitch_windows(
+    inputs: torch.Tensor,
+    predictor: "_WindowPredictor",
+    grid: "_WindowGrid",
+    *,
+    mode: str,
+    cval: float,
+    num_classes: int | None,
+    batch_size: int,
+    progress: WindowProgress | None,
+) -> torch.Tensor:
+    """Blend the probabilities of the windows ``grid`` runs; every other window is certain background.
 
-    Conditions are (mask (z, y, x) bool, margin (z, y, x) voxels): the "body" (``volume >=
-    skip_below``) and, optionally, bone density near the window (``volume >= roi_above``).
-    Window slices come from MONAI in the coordinates of its padded volume; MONAI pads an axis
-    shorter than the patch by ``(p - n) // 2`` before and the rest after, so subtracting that
-    puts them back on the volume.
+    Matches MONAI's ``sliding_window_inference`` (same windows, padding, weights; a skipped
+    window counting as probability 1 for class 0) up to the order of floating-point additions.
+    Only the box around the windows that run is accumulated; outside it every covering window
+    is skipped, so the blended result there is exactly (1, 0, ..., 0).
+
+    Args:
+        inputs: (1, 1, Z, Y, X) float32 volume on the blending device.
+
+    Returns:
+        (C, Z, Y, X) float32 CPU tensor (a view of the blending buffer when that is on the CPU).
+    """
+    device = inputs.device
+    padded = F.pad(inputs, [side for before, after in reversed(list(zip(grid.pad_before, grid.pad_after)))
+                            for side in (before, after)], value=cval) if any(grid.pad_after) else inputs
+    run = grid.run_indices()
+    if num_classes is None:
+        if not run:
+            raise SpinectError("the network does not say how many classes it predicts and no window needs running")
+        num_classes = int(predictor(padded[(slice(0, 1), slice(None), *grid.slices[run[0]])]).shape[1])
+    result = torch.zeros((num_classes, *grid.padded_shape), dtype=torch.float32, device=device)
+    result[0] = 1.0
+    done = 0
+    if run:
+        box = grid.run_box()
+        accumulated = result[(slice(None), *box)]
+        accumulated[0] = 0.0
+        count = torch.zeros(accumulated.shape[1:], dtype=torch.float32, device=device)
+        weights = compute_importance_map(grid.patch, mode=mode, sigma_scale=_GAUSSIAN_SIGMA_SCALE, device=device)
+        constant = mode == "constant"
+        for first in range(0, len(run), batch_size):
+            batch = run[first : first + batch_size]
+            windows = torch.cat([padded[(slice(None), slice(None), *grid.slices[i])] for i in batch])
+            probabilities = predictor(windows).to(device)
+            for k, index in enumerate(batch):
+                local = _shifted(grid.slices[index], box)
+                if constant:
+                    accumulated[(slice(None), *local)] += probabilities[k]
+                    count[local] += 1.0
+                else:
+                    accumulated[(slice(None), *local)] += weights * probabilities[k]
+                    count[local] += weights
+            done = batch[-1] + 1
+            if progress is not None:
+                progress(done, grid.total)
+        # Skipped windows that overlap the box: background with certainty, at their blending weight.
+        for index in grid.skipped_overlapping(box):
+            local, inner = _intersection(grid.slices[index], box)
+            accumulated[0][local] += 1.0 if constant else weights[inner]
+            count[local] += 1.0 if constant else weights[inner]
+        accumulated /= count
+    if progress is not None and done < grid.total:
+        progress(grid.total, grid.total)
+    crop = tuple(slice(before, before + n) for before, n in zip(grid.pad_before, grid.shape))
+    return result[(slice(None), *crop)].to("cpu").contiguous()
+
+
+def _shifted(window: Sequence[slice], box: Sequence[slice]) -> tuple[slice, ...]:
+    return tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box))
+
+
+def _intersection(window: Sequence[slice], box: Sequence[slice]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(the overlap in box coordinates, the same voxels in window coordinates)."""
+    starts = [max(w.start, b.start) for w, b in zip(window, box)]
+    stops = [min(w.stop, b.stop) for w, b in zip(window, box)]
+    local = tuple(slice(a - b.start, z - b.start) for a, z, b in zip(starts, stops, box))
+    inner = tuple(slice(a - w.start, z - w.start) for a, z, w in zip(starts, stops, window))
+    return local, inner
+
+
+class _WindowGrid:
+    """MONAI's window grid on a volume and which of its windows to run.
+
+    Windows are those of :func:`monai.data.utils.dense_patch_slices` on the volume padded as
+    MONAI pads it (an axis shorter than the patch gets ``(p - n) // 2`` voxels before, the rest
+    after), in MONAI's order (z slowest). :meth:`require` adds a condition "the window, grown by a
+    margin, holds a voxel of this mask"; a window runs when it meets every condition.
     """
 
-    def __init__(self, conditions: Sequence[tuple[np.ndarray, Sequence[int]]], patch_size_zyx: Sequence[int]) -> None:
-        # NumPy, not torch: ``any`` over a strided window is ~10x faster (0.06 ms per window).
-        self.conditions = [(mask, tuple(int(m) for m in margin)) for mask, margin in conditions]
-        shape = self.conditions[0][0].shape
-        self.pad_before = tuple(max(int(p) - n, 0) // 2 for p, n in zip(patch_size_zyx, shape))
+    def __init__(self, shape_zyx: Sequence[int], patch_size_zyx: Sequence[int], stride_zyx: Sequence[int]) -> None:
+        self.shape = tuple(int(n) for n in shape_zyx)
+        self.patch = tuple(int(p) for p in patch_size_zyx)
+        self.pad_before = tuple(max(p - n, 0) // 2 for p, n in zip(self.patch, self.shape))
+        self.pad_after = tuple(max(p - n, 0) - b for p, n, b in zip(self.patch, self.shape, self.pad_before))
+        self.padded_shape = tuple(max(n, p) for n, p in zip(self.shape, self.patch))
+        # MONAI steps by the patch where the padded axis equals it, else by the stride (monai_overlap).
+        intervals = [p if n == p else int(s) for n, p, s in zip(self.padded_shape, self.patch, stride_zyx)]
+        self.slices = dense_patch_slices(self.padded_shape, self.patch, intervals)
+        self.starts = [sorted({sl[axis].start for sl in self.slices}) for axis in range(3)]
+        position = [{start: i for i, start in enumerate(starts)} for starts in self.starts]
+        self.index_zyx = np.array([[position[a][sl[a].start] for a in range(3)] for sl in self.slices], dtype=np.int64)
+        self.runs = np.ones([len(s) for s in self.starts], dtype=bool)
+        self.total = len(self.slices)
 
-    def has_body(self, window_slices: Sequence[slice]) -> bool:
-        return all(self._holds(mask, margin, window_slices) for mask, margin in self.conditions)
+    def require(self, mask_zyx: np.ndarray, margin_zyx: Sequence[int]) -> None:
+        """Run only windows that, grown by ``margin_zyx`` voxels, hold a True voxel of ``mask_zyx``.
 
-    def _holds(self, mask: np.ndarray, margin_zyx: Sequence[int], window_slices: Sequence[slice]) -> bool:
-        region = []
-        for sl, before, margin, n in zip(window_slices, self.pad_before, margin_zyx, mask.shape):
-            start = max(int(sl.start) - before - margin, 0)
-            stop = min(int(sl.stop) - before + margin, n)
-            if stop <= start:
-                return False
-            region.append(slice(start, stop))
-        return bool(mask[tuple(region)].any())
+        A box "any" is separable: reduce x to one value per window column, then y, then z
+        (a few passes over the mask, instead of one box per window).
+        """
+        reduced = mask_zyx
+        for axis in (2, 1, 0):
+            n = mask_zyx.shape[axis]
+            columns = []
+            for start in self.starts[axis]:
+                low = max(start - self.pad_before[axis] - int(margin_zyx[axis]), 0)
+                high = min(start - self.pad_before[axis] + self.patch[axis] + int(margin_zyx[axis]), n)
+                index = [slice(None)] * 3
+                index[axis] = slice(low, max(high, low))
+                columns.append(reduced[tuple(index)].any(axis=axis))
+            reduced = np.stack(columns, axis=axis)
+        self.runs &= reduced
+
+    @property
+    def run_count(self) -> int:
+        return int(self.runs.sum())
+
+    def run_indices(self) -> list[int]:
+        """Indices into :attr:`slices` of the windows to run, in MONAI's order."""
+        return np.flatnonzero(self.runs[tuple(self.index_zyx.T)]).tolist()
+
+    def run_box(self) -> tuple[slice, ...]:
+        """The smallest box (padded coordinates) holding every window that runs."""
+        run = self.index_zyx[self.runs[tuple(self.index_zyx.T)]]
+        return tuple(
+            slice(self.starts[a][run[:, a].min()], self.starts[a][run[:, a].max()] + self.patch[a]) for a in range(3)
+        )
+
+    def skipped_overlapping(self, box: Sequence[slice]) -> list[int]:
+        """Indices of skipped windows that share a voxel with ``box``."""
+        skipped = ~self.runs[tuple(self.index_zyx.T)]
+        return [
+            i for i in np.flatnonzero(skipped).tolist()
+            if all(sl.start < b.stop and b.start < sl.stop for sl, b in zip(self.slices[i], box))
+        ]
 
 
 class _WindowPredictor:
-    """Softmax probabilities (float32) of a batch of windows from MONAI.
+    """Softmax probabilities (float32) of a batch of windows.
 
-    Skips air windows (background probability 1), runs the rest ``batch_size`` at a time and
-    halves that on out-of-memory errors; counts windows for ``progress`` and times the network.
+    Runs them ``batch_size`` at a time on the compute device and halves that on out-of-memory
+    errors; times the network.
     """
 
     def __init__(
         self,
         network: torch.nn.Module,
+        device: torch.device,
         amp_dtype: torch.dtype | None,
         *,
         batch_size: int,
         memory_format: torch.memory_format,
-        total: int,
-        progress: WindowProgress | None,
-        body: _WindowMask | None = None,
-        num_classes: int | None = None,
         timer=None,
         input_dtype: torch.dtype | None = None,
     ) -> None:
         self.network = network
+        self.device = device
         self.amp_dtype = amp_dtype
         self.input_dtype = input_dtype
         self.batch_size = int(batch_size)
         self.memory_format = memory_format
-        self.total = total
-        self.progress = progress
-        self.body = body
-        self.num_classes = num_classes
         self.timed = timer is not None
-        self.done = 0
-        self.windows_run = 0
-        self.windows_skipped = 0
         self.network_s = 0.0
-        self.skip_s = 0.0
 
-    def __call__(self, windows: torch.Tensor, window_slices: Sequence[Sequence[slice]] | None = None) -> torch.Tensor:
-        count = windows.shape[0]
-        run = list(range(count))
-        if self.body is not None and window_slices is not None and self.num_classes is not None:
-            started = time.perf_counter()
-            run = [i for i, sl in enumerate(window_slices) if self.body.has_body(sl[2:])]
-            self.skip_s += time.perf_counter() - started
-        if len(run) == count:
-            probabilities = self._run_network(windows)
-        else:
-            probabilities = torch.zeros((count, self.num_classes, *windows.shape[2:]), dtype=torch.float32,
-                                        device=windows.device)
-            probabilities[:, 0] = 1.0  # skipped windows: background, surely
-            if run:
-                index = torch.tensor(run, device=windows.device)
-                probabilities[index] = self._run_network(windows[index])
-        self.windows_run += len(run)
-        self.windows_skipped += count - len(run)
-        self.done += count
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-        return probabilities
-
-    def _run_network(self, windows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         """Probabilities of ``windows`` in chunks of ``batch_size``, halving it on out-of-memory."""
+        windows = windows.to(self.device)
         chunks: list[torch.Tensor] = []
         start = 0
         while start < windows.shape[0]:
@@ -482,8 +562,6 @@ class _WindowPredictor:
         with autocast:
             logits = self.network(windows)
         probabilities = torch.softmax(logits[:count].float(), dim=1)
-        if self.num_classes is None:
-            self.num_classes = int(probabilities.shape[1])
         if self.timed:
             if probabilities.device.type == "cuda":
                 torch.cuda.synchronize(probabilities.device)

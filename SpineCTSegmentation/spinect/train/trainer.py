@@ -36,7 +36,7 @@ from spinect.train.sampling import DEFAULT_CLASS_FRACTIONS, PatchSampler
 from spinect.train.setup import RunData, build_plan, prepare_run_data, write_run_files
 from spinect.train.state import STATE_NAME, DistributedContext, capture_rng, init_distributed, load_training_state, restore_rng, save_training_state
 
-__all__ = ["TrainingConfig", "TrainingResult", "train", "validate"]
+__all__ = ["TrainingConfig", "TrainingResult", "train", "training_autocast_dtype", "validate"]
 
 log = logging.getLogger("spinect")
 
@@ -49,6 +49,16 @@ class TrainingConfig:
     validated every 100 iterations and switched weights after 40 of 100 epochs). ``stop_at`` pauses
     the run after that many iterations (checkpointed; continue with ``resume``) without changing
     the schedule, which always spans ``total_iterations``.
+
+    Speed: ``channels_last`` runs the network in ``channels_last_3d`` layout (oneDNN/cuDNN's fast
+    path; results equal to the contiguous layout up to rounding). ``amp`` False (default) = float32;
+    None = bfloat16 autocast where the device computes it natively (GPUs with bfloat16, CPUs with
+    AVX512-BF16/AMX; weights, optimiser and loss stay float32); True = always bfloat16. On a 2-core
+    AVX512-BF16 CPU a step of the base-width-8 network takes 0.82 s contiguous float32, 0.43 s
+    channels_last float32 and 0.27 s channels_last bfloat16. bfloat16 is not the default: its CPU
+    backward passes are not bit-reproducible (a resumed run no longer ends on the same weights)
+    and with tiny networks it produced non-finite gradients; steps whose loss or gradients are not
+    finite are skipped with a warning in any precision.
     """
 
     data: Path
@@ -82,6 +92,8 @@ class TrainingConfig:
     command: str = ""
     num_threads: int | None = None
     show_progress: bool = True
+    amp: bool | None = False
+    channels_last: bool = True
 
     @property
     def total_iterations(self) -> int:
@@ -121,6 +133,8 @@ def train(config: TrainingConfig) -> TrainingResult:
     state = load_training_state(config.out) if config.resume else None
     data = prepare_run_data(config, saved=state)
     plan = build_plan(config, data)
+    precision = "bfloat16 mixed precision" if training_autocast_dtype(device, config.amp) is not None else "float32"
+    plan = plan.replace(provenance={**plan.provenance, "precision": precision, "device": device.type})
     torch.manual_seed(config.seed)
     network = build_network(**plan.architecture).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
@@ -160,6 +174,11 @@ class _Loop:
             spacing_mm=min(config.spacing_zyx_mm), noise_std=config.noise_std,
         )
         self.foreground = list(plan.class_names[1:])
+        self.skipped_steps = 0
+        self.amp_dtype = training_autocast_dtype(device, config.amp)
+        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            network.to(memory_format=self.memory_format)
 
     def run(self, start_step: int) -> TrainingResult:
         total = self.config.total_iterations
@@ -200,12 +219,20 @@ class _Loop:
             image, label = augment_patch(self.augment, sample.image, sample.labels)
             images.append(image)
             labels.append(label)
-        x = torch.stack(images).to(self.device, non_blocking=True)
+        x = torch.stack(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         y = torch.stack(labels).to(self.device, non_blocking=True)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = weighted_cross_entropy(self.model(x), y, self.schedule.weights_at(step))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+        loss = weighted_cross_entropy(logits.float(), y, self.schedule.weights_at(step))
         loss.backward()
+        if not _finite_gradients(self.network, loss):
+            # As a gradient scaler does: one bad step must not poison the weights with NaN.
+            self.skipped_steps += 1
+            log.warning("step %d: loss or gradients not finite; step skipped (%d so far)", step, self.skipped_steps)
+            self.optimizer.zero_grad(set_to_none=True)
+            return float(loss.detach())
         self.optimizer.step()
         return float(loss.detach())
 
@@ -258,6 +285,35 @@ class _Loop:
         interactive = sys.stderr.isatty()
         return tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=interactive,
                     mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+
+
+def _finite_gradients(network: torch.nn.Module, loss: torch.Tensor) -> bool:
+    """True when the loss and every gradient of ``network`` are finite (one fused reduction)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    if not bool(torch.isfinite(loss.detach())):
+        return False
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
+    return bool(torch.isfinite(torch.stack(list(norms))).all())
+
+
+def training_autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """bfloat16 for mixed-precision training, or None for float32.
+
+    Only bfloat16: it has float32's exponent range, so no loss scaling is needed. float16 (GPUs
+    without bfloat16) would need a gradient scaler, so such GPUs train in float32.
+
+    Args:
+        device: where the network trains.
+        amp: None = automatic (:func:`spinect.inference.autocast_dtype`'s choice, bfloat16 only),
+            True = bfloat16 on any device that has it, False = float32.
+    """
+    from spinect.inference import autocast_dtype
+
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16 if autocast_dtype(device, amp) == torch.bfloat16 else None
 
 
 def validate(network: torch.nn.Module, cases: list[LoadedCase], plan: ModelPlan, *, device="cpu", batch_size: int = 4) -> dict[str, float]:
