@@ -650,7 +650,8 @@ def _as_input_tensor(volume_zyx: np.ndarray | torch.Tensor) -> torch.Tensor:
     if volume.dim() != 3 or volume.numel() == 0:
         raise InputError(f"the network input must be a non-empty 3D (z, y, x) volume, got shape {tuple(volume.shape)}")
     volume = volume.to("cpu", torch.float32)
-    if not bool(torch.isfinite(volume).all()):
+    # min and max propagate NaN and reach +-inf: one pass, no (Z, Y, X) boolean temporary.
+    if not all(math.isfinite(float(v)) for v in torch.aminmax(volume)):
         raise InputError(
             "the normalised volume contains NaN or infinite values; "
             "check the CT's intensities and the model's normalisation"
