@@ -263,3 +263,64 @@ def test_resume_continues_from_the_saved_step(tiny_dataset, tmp_path):
     b, _ = load_model(resumed.last_model)
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(ta.float(), tb.float(), atol=1e-5), name
+
+
+def test_non_finite_gradients_are_detected():
+    from spinect.train.trainer import _finite_gradients
+
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Conv3d(2, 3, 1))
+    loss = network(torch.randn(1, 1, 2, 2, 2)).square().mean()
+    loss.backward()
+    assert _finite_gradients(network, loss)
+    assert not _finite_gradients(network, loss * float("inf"))
+    network[1].weight.grad[0, 0] = float("nan")
+    assert not _finite_gradients(network, loss)
+
+
+def test_a_step_with_a_non_finite_loss_leaves_the_weights_alone(tiny_dataset, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from spinect.model_file import load_model
+    from spinect.train import trainer
+
+    real_loss = trainer.weighted_cross_entropy
+    calls = []
+
+    def loss_nan_at_the_second_step(logits, target, weights):
+        calls.append(1)
+        loss = real_loss(logits, target, weights)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    straight = train(_config(tiny_dataset, tmp_path / "one", iterations=2, val_every=1, stop_at=1))  # same schedule
+    monkeypatch.setattr(trainer, "weighted_cross_entropy", loss_nan_at_the_second_step)
+    with caplog.at_level(logging.WARNING, logger="spinect"):
+        skipped = train(_config(tiny_dataset, tmp_path / "two", iterations=2, val_every=2))
+    assert "step 1: loss or gradients not finite; step skipped" in caplog.text
+    a, _ = load_model(straight.last_model)
+    b, _ = load_model(skipped.last_model)
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        if ta.is_floating_point() and "running" not in name:  # BatchNorm statistics see the second batch
+            assert torch.isfinite(tb).all() and torch.equal(ta, tb), name
+
+
+def test_training_precision_rules(monkeypatch, tmp_path):
+    import argparse
+
+    from spinect.commands import train as train_command
+    from spinect.inference import device as device_module
+    from spinect.train import training_autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert training_autocast_dtype(cpu, False) is None
+    assert training_autocast_dtype(cpu, True) == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda: False)
+    assert training_autocast_dtype(cpu, None) is None  # automatic: only where bfloat16 is native
+    monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda: True)
+    assert training_autocast_dtype(cpu, None) == torch.bfloat16
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    (tmp_path / "data").mkdir()
+    for flag, amp in (([], False), (["--precision", "bf16"], True), (["--precision", "auto"], None)):
+        args = parser.parse_args(["train", str(tmp_path / "data"), "--out", str(tmp_path / "o"), *flag])
+        config = train_command.config_from_args(args)
+        assert config.amp is amp and config.channels_last
