@@ -105,29 +105,42 @@ def test_island_removal_keeps_anatomy_and_reports_what_it_removed():
 def test_island_removal_keeps_a_detached_root_segment_but_not_a_small_hot_spot():
     labels = np.zeros((60, 80, 80), np.uint8)
     labels[5:55, 10:18, 10:18] = 2              # dural sac, 3,200 mm3
-    labels[20:45, 60:66, 60:66] = 2             # presacral root piece cut off by the FOV: 900 mm3, 40 mm away
+    labels[20:45, 40:50, 60:70] = 1             # bone 12 mm from the root piece
+    labels[20:45, 60:66, 74:80] = 2             # root piece cut off by the FOV (reaches the edge): 900 mm3, 55 mm away
     labels[50:55, 70:75, 20:25] = 2             # hot spot: 125 mm3, 50 mm away
     cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
-    assert (cleaned[20:45, 60:66, 60:66] == 2).all()
+    assert (cleaned[20:45, 60:66, 74:80] == 2).all()
     assert not cleaned[50:55, 70:75, 20:25].any()
     assert [r.voxels for r in removed] == [125]
     # The volume floors are parameters: with 1,000 mm3 the root piece goes too, and is reported.
     _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_nerve_volume_mm3=1000.0,
                                  min_root_piece_volume_mm3=1000.0)
     assert sorted(r.voxels for r in strict) == [125, 900]
+    # Nerves are continuous: the same piece inside the image, or at its edge but 55 mm from any bone,
+    # cannot be a root cut off by the field of view, and goes.
+    inside = labels.copy()
+    inside[20:45, 60:66, 74:80] = 0
+    inside[20:45, 60:66, 66:72] = 2
+    assert sorted(r.voxels for r in suppress_islands(inside, (1.0, 1.0, 1.0))[1]) == [125, 900]
+    no_bone_near = labels.copy()
+    no_bone_near[20:45, 40:50, 60:70] = 0
+    no_bone_near[5:55, 20:30, 10:20] = 1      # bone beside the sac only
+    assert sorted(r.voxels for r in suppress_islands(no_bone_near, (1.0, 1.0, 1.0))[1]) == [125, 900]
+    assert sorted(r.voxels for r in suppress_islands(no_bone_near, (1.0, 1.0, 1.0), max_bone_distance_mm=70.0)[1]) == [125]
 
 
 def test_island_removal_keeps_root_fragments_near_the_sac_or_a_detached_root_piece():
     labels = np.zeros((60, 90, 90), np.uint8)
     labels[5:55, 10:18, 10:18] = 2              # dural sac, 3,200 mm3
+    labels[20:45, 45:55, 70:80] = 1             # bone near the detached root piece
     labels[30:33, 26:29, 12:15] = 2             # 27-voxel root fragment 8 mm from the sac: kept
-    labels[20:45, 60:66, 60:66] = 2             # root piece cut off by the FOV: 900 mm3, far from the sac
-    labels[30:32, 60:62, 74:76] = 2             # its 8-voxel fragment, 8 mm beyond it: kept
+    labels[20:45, 60:66, 84:90] = 2             # root piece cut off by the FOV: 900 mm3, far from the sac
+    labels[30:32, 60:62, 75:77] = 2             # its 8-voxel fragment, 8 mm beyond it: kept
     labels[30:33, 45:48, 12:15] = 2             # 27-voxel hot spot 28 mm from the sac, 17 from the fragment
     cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
-    assert (cleaned[30:33, 26:29, 12:15] == 2).all() and (cleaned[30:32, 60:62, 74:76] == 2).all()
+    assert (cleaned[30:33, 26:29, 12:15] == 2).all() and (cleaned[30:32, 60:62, 75:77] == 2).all()
     assert not cleaned[30:33, 45:48, 12:15].any()
-    assert [(r.voxels, round(r.distance_mm)) for r in removed] == [(27, 17)]  # to the kept anatomy
+    assert [(r.voxels, round(r.distance_mm)) for r in removed] == [(27, 17)]  # to the kept anatomy (the kept fragment)
     # The distance is a parameter: at 5 mm both fragments go too, and are reported.
     _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), nerve_max_distance_mm=5.0)
     assert sorted(r.voxels for r in strict) == [8, 27, 27]
@@ -136,14 +149,17 @@ def test_island_removal_keeps_root_fragments_near_the_sac_or_a_detached_root_pie
 def test_island_removal_keeps_a_small_tube_shaped_root_piece_but_not_a_blob_of_the_same_volume():
     labels = np.zeros((60, 120, 120), np.uint8)
     labels[5:55, 10:18, 10:18] = 2              # dural sac
-    labels[30:33, 60:63, 40:60] = 2             # 180 mm3 root piece, 3 x 3 x 20 mm, 40 mm away: a tube
+    labels[20:40, 45:55, 90:110] = 1            # bone near the root piece
+    labels[30:33, 60:63, 100:120] = 2           # 180 mm3 root piece, 3 x 3 x 20 mm, at the edge: a tube
+    labels[30:33, 60:63, 40:60] = 2             # the same tube inside the image, 40 mm from anything: goes
     labels[30:36, 90:96, 90:95] = 2             # 180 mm3 blob, 6 x 6 x 5 mm, far away
     cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
-    assert (cleaned[30:33, 60:63, 40:60] == 2).all()
-    assert not cleaned[30:36, 90:96, 90:95].any() and [r.voxels for r in removed] == [180]
+    assert (cleaned[30:33, 60:63, 100:120] == 2).all()
+    assert not cleaned[30:36, 90:96, 90:95].any() and not cleaned[30:33, 60:63, 40:60].any()
+    assert sorted(r.voxels for r in removed) == [180, 180]
     # Elongation is a parameter: a 3 x 3 x 20 voxel bar has sqrt(var_x / var_y) = sqrt(33.25 / 0.67) = 7.1.
     _, strict = suppress_islands(labels, (1.0, 1.0, 1.0), min_root_piece_elongation=7.5)
-    assert sorted(r.voxels for r in strict) == [180, 180]
+    assert sorted(r.voxels for r in strict) == [180, 180, 180]
 
 
 def test_review_regions_rank_the_most_uncertain_blob_first():

@@ -6,12 +6,17 @@ clinician time and inflate HD95. Rules (connected components, 26-connectivity, s
 - bone: keep every component of at least ``min_bone_volume_mm3`` (vertebrae, sacrum and ilium are
   tens of cm³; a disconnected process fragment is still hundreds of mm³); the largest bone
   component is always kept.
-- nerve: anchors are the largest nerve component (dural sac with its roots), every component of
-  at least ``min_nerve_volume_mm3`` wherever it is (a root's extraforaminal or presacral course can
-  be cut off from the sac by the field of view or the foramen: the phantom's own truth has such
-  pieces, 400-600 mm³, 15-20 mm from the sac; a 5 mm root is 300 mm³ per 15 mm), and every
-  tube-shaped component of at least ``min_root_piece_volume_mm3`` (elongation at least
-  ``min_root_piece_elongation``: a root piece, where the U-Net's hot spots are compact blobs).
+- nerve: anchors are the largest nerve component (dural sac with its roots) and the root pieces
+  the field of view cut off from it: components of at least ``min_nerve_volume_mm3`` (a 5 mm root
+  is 300 mm³ per 15 mm) or tube-shaped ones of at least ``min_root_piece_volume_mm3`` (elongation
+  at least ``min_root_piece_elongation``; U-Net hot spots are compact blobs) that reach the edge of
+  the volume (within ``fov_edge_voxels``) and lie within ``max_bone_distance_mm`` of bone. Nerves
+  are continuous: a piece that is not joined to the sac inside the image must leave the image (every
+  detached piece of the phantom's truth on its 96 x 128 x 128 mm crops does, 300-1,400 mm³, 2-26 mm
+  from the sac), and spinal nerve roots run close to the spine (the same 30 mm the window region of
+  interest assumes, :data:`spinect.pipeline.BONE_MARGIN_MM`). On large fields of view the model's
+  false nerve pieces (130-850 mm³, up to 100 mm from any nerve) were kept by a rule without these
+  two conditions.
   Every component whose closest voxel lies within ``nerve_max_distance_mm`` of a kept one is kept
   too, repeatedly (a chain): where a predicted root thins in the foramen or leaves the field of
   view it breaks into a dotted line of fragments a few mm apart, whereas Ua-Net's hot spots lie far
@@ -72,6 +77,8 @@ def suppress_islands(
     min_nerve_volume_mm3: float = 300.0,
     min_root_piece_volume_mm3: float = 100.0,
     min_root_piece_elongation: float = 3.0,
+    fov_edge_voxels: int = 2,
+    max_bone_distance_mm: float = 30.0,
 ) -> tuple[np.ndarray, list[RemovedIsland]]:
     """Remove bone and nerve islands per the module's rules.
 
@@ -79,7 +86,8 @@ def suppress_islands(
         labels_zyx: (z, y, x) integer label map.
         spacing_zyx_mm: voxel size (z, y, x), mm.
         min_bone_volume_mm3, nerve_max_distance_mm, min_nerve_volume_mm3, min_root_piece_volume_mm3,
-            min_root_piece_elongation: the rules' thresholds (module docstring).
+            min_root_piece_elongation, fov_edge_voxels, max_bone_distance_mm: the rules' thresholds
+            (module docstring).
 
     Returns:
         (cleaned uint8 label map, removed islands sorted by decreasing volume).
@@ -87,10 +95,11 @@ def suppress_islands(
     labels = np.asarray(labels_zyx).astype(np.uint8, copy=True)
     voxel_mm3 = float(np.prod(spacing_zyx_mm))
     removed: list[RemovedIsland] = []
-    for value, rule in ((bone_label, lambda v: _filter_bone(v, bone_label, voxel_mm3, spacing_zyx_mm, min_bone_volume_mm3)),
-                        (nerve_label, lambda v: _filter_nerve(v, nerve_label, voxel_mm3, spacing_zyx_mm, nerve_max_distance_mm,
-                                                                  min_nerve_volume_mm3, min_root_piece_volume_mm3,
-                                                                  min_root_piece_elongation))):
+    detached = _DetachedRootTest(labels, bone_label, spacing_zyx_mm, fov_edge_voxels, max_bone_distance_mm)
+    for value, rule in ((bone_label, lambda v, o: _filter_bone(v, bone_label, voxel_mm3, spacing_zyx_mm, min_bone_volume_mm3)),
+                        (nerve_label, lambda v, o: _filter_nerve(v, nerve_label, voxel_mm3, spacing_zyx_mm, nerve_max_distance_mm,
+                                                                     min_nerve_volume_mm3, min_root_piece_volume_mm3,
+                                                                     min_root_piece_elongation, detached.at(o)))):
         # Work inside the class's bounding box (plus one voxel for the 26-neighbourhood): the same
         # components, surfaces and distances as on the whole volume, on a fraction of the voxels.
         box = bounding_box(labels == value, margin=(1,) * labels.ndim)
@@ -98,7 +107,7 @@ def suppress_islands(
             continue
         offset = np.array([sl.start for sl in box], dtype=float)
         removed += [dataclasses.replace(r, centroid_zyx=tuple(float(c) for c in np.asarray(r.centroid_zyx) + offset))
-                    for r in rule(labels[box])]  # a view: removals land in ``labels``
+                    for r in rule(labels[box], tuple(sl.start for sl in box))]  # a view: removals land in ``labels``
     removed.sort(key=lambda r: -r.volume_mm3)
     return labels, removed
 
@@ -121,16 +130,21 @@ def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[Remo
 
 
 def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
-                  tube_elongation) -> list[RemovedIsland]:
+                  tube_elongation, detached) -> list[RemovedIsland]:
     components, count, sizes = _components(labels == value)
     if count <= 1:
         return []
     large = sizes * voxel_mm3 >= min_volume_mm3
     large[0] = False
-    large[int(np.argmax(sizes[1:]) + 1)] = True  # the main component anchors even when small
-    # Root-shaped pieces anchor too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
+    # Root-shaped pieces qualify too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
     large |= _tubular(components, count, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
                       min_elongation=tube_elongation)
+    # ... but only as root pieces the field of view cut off from the sac: at the edge, near bone.
+    if large.any():
+        boxes = ndimage.find_objects(components)
+        for index in np.flatnonzero(large):
+            large[index] = detached(components[boxes[index - 1]] == index, boxes[index - 1])
+    large[int(np.argmax(sizes[1:]) + 1)] = True  # the main component anchors even when small
     keep = large.copy()
     small = ~large[components] & (components > 0)
     if small.any():
@@ -153,8 +167,39 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
             frontier, points, owner = points[joined], points[~joined], owner[~joined]
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
-                   f"nerve island < {min_volume_mm3:g} mm³ and > {max_distance_mm:g} mm from every kept nerve piece "
-                   f"(dural sac/main nerve, pieces ≥ {min_volume_mm3:g} mm³ and the fragments chained to them)")
+                   f"nerve piece > {max_distance_mm:g} mm from every kept nerve piece (the dural sac/main nerve, "
+                   "root pieces cut off by the edge of the image near bone, and the fragments chained to them)")
+
+
+class _DetachedRootTest:
+    """Could a nerve piece be a root that the field of view cut off from the sac?
+
+    Yes when it reaches the volume's edge (within ``edge_voxels``) and some bone voxel lies within
+    ``max_bone_mm`` of it (KD-tree over the bone voxels in the piece's box grown by that distance).
+    """
+
+    def __init__(self, labels, bone_label, spacing, edge_voxels, max_bone_mm) -> None:
+        self.labels, self.bone_label = labels, bone_label
+        self.spacing = np.asarray(spacing, dtype=float)
+        self.edge_voxels, self.max_bone_mm = int(edge_voxels), float(max_bone_mm)
+        self.grow = np.ceil(self.max_bone_mm / self.spacing).astype(int)
+
+    def at(self, offset):
+        """The test for pieces given in a box whose first voxel is ``offset`` of the volume."""
+        return lambda mask, box: self(mask, tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)))
+
+    def __call__(self, mask: np.ndarray, box: tuple[slice, ...]) -> bool:
+        shape = self.labels.shape
+        if not any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape)):
+            return False
+        grown = tuple(slice(max(sl.start - g, 0), min(sl.stop + g, n)) for sl, g, n in zip(box, self.grow, shape))
+        bone = np.argwhere(self.labels[grown] == self.bone_label)
+        if len(bone) == 0:
+            return False
+        shift = np.array([sl.start - g.start for sl, g in zip(box, grown)])
+        points = (np.argwhere(mask) + shift) * self.spacing
+        distance = cKDTree(bone * self.spacing).query(points, distance_upper_bound=self.max_bone_mm * 1.001)[0]
+        return bool((distance <= self.max_bone_mm).any())
 
 
 def _tubular(components, count, volumes_mm3, spacing, *, min_volume_mm3, min_elongation) -> np.ndarray:
