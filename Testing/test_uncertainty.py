@@ -197,3 +197,20 @@ def test_cli_uncertainty_without_ensemble_is_refused(tmp_path, tiny_model, synth
     assert code != 0
     assert "--tta" in capsys.readouterr().err
     assert not (tmp_path / "l.nii.gz").exists() and not (tmp_path / "u.nii.gz").exists()
+
+
+def test_a_root_piece_that_reaches_the_edge_only_through_a_fragment_is_kept():
+    # A root cut off by the field of view, predicted as a dotted line: the large piece stops 8 mm short
+    # of the edge, a small fragment of it touches the edge.
+    labels = np.zeros((60, 80, 80), np.uint8)
+    labels[5:55, 10:18, 10:18] = 2              # dural sac
+    labels[20:45, 40:50, 50:60] = 1             # bone near the root
+    labels[20:45, 60:66, 64:70] = 2             # 900 mm3 root piece, 10 voxels from the edge
+    labels[30:33, 60:63, 76:80] = 2             # 36-voxel fragment 6 mm beyond it, at the edge
+    labels[50:55, 70:75, 20:25] = 2             # hot spot
+    cleaned, removed = suppress_islands(labels, (1.0, 1.0, 1.0))
+    assert (cleaned[20:45, 60:66, 64:70] == 2).all() and (cleaned[30:33, 60:63, 76:80] == 2).all()
+    assert [r.voxels for r in removed] == [125]
+    # Without the fragment the piece is inside the image, joined to nothing: it goes.
+    labels[30:33, 60:63, 76:80] = 0
+    assert sorted(r.voxels for r in suppress_islands(labels, (1.0, 1.0, 1.0))[1]) == [125, 900]

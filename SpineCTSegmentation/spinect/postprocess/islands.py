@@ -31,6 +31,7 @@ centroid, distance to the kept anatomy) so that nothing disappears silently.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
@@ -134,48 +135,67 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     components, count, sizes = _components(labels == value)
     if count <= 1:
         return []
-    large = sizes * voxel_mm3 >= min_volume_mm3
-    large[0] = False
+    main = int(np.argmax(sizes[1:]) + 1)
+    qualified = sizes * voxel_mm3 >= min_volume_mm3
     # Root-shaped pieces qualify too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
-    large |= _tubular(components, count, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
-                      min_elongation=tube_elongation)
-    # ... but only as root pieces the field of view cut off from the sac: at the edge, near bone.
-    if large.any():
-        boxes = ndimage.find_objects(components)
-        for index in np.flatnonzero(large):
-            large[index] = detached(components[boxes[index - 1]] == index, boxes[index - 1])
-    large[int(np.argmax(sizes[1:]) + 1)] = True  # the main component anchors even when small
-    keep = large.copy()
-    small = ~large[components] & (components > 0)
+    qualified |= _tubular(components, count, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
+                          min_elongation=tube_elongation)
+    qualified[0] = qualified[main] = False
+    spacing_mm = np.asarray(spacing, dtype=float)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[main] = True  # the main component anchors even when small
+    others = (components > 0) & (components != main)
+    owner = components[others]
+    points = np.argwhere(others) * spacing_mm
+    boxes = ndimage.find_objects(components) if qualified.any() else []
+    # A qualified piece anchors, with the fragments chained to it, when that chain is a root the field
+    # of view cut off from the sac: some piece of it reaches the image edge and some lies near bone
+    # (a root predicted as a dotted line may reach the edge with a small fragment only).
+    for index in np.flatnonzero(qualified):
+        if keep[index]:
+            continue
+        own = owner == index
+        members = np.append(_reach(points[own], points[~own], owner[~own], max_distance_mm), index)
+        pieces = [(components[boxes[m - 1]] == m, boxes[m - 1]) for m in members]
+        if detached.cut_by_edge(pieces):
+            keep[members] = True
+    small = ~keep[owner]
     if small.any():
         # Kept pieces grow outwards: a small piece within ``max_distance_mm`` of a kept one is kept,
         # then pieces near it, and so on -- a root predicted as a dotted line of fragments stays
-        # whole, while islands far from all of them go. Distances by KD-trees: over the anchors'
-        # surface voxels (the closest anchor voxel is always on its surface) and then over each
-        # round's newly kept pieces, queried with the small pieces' voxels only.
-        spacing_mm = np.asarray(spacing, dtype=float)
-        frontier = _nearest_candidates(large[components]) * spacing_mm
-        owner = components[small]
-        points = np.argwhere(small) * spacing_mm
-        while len(frontier) and len(points):
-            distance = cKDTree(frontier).query(points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
-            reached = np.unique(owner[distance <= max_distance_mm])
-            if len(reached) == 0:
-                break
-            keep[reached] = True
-            joined = keep[owner]
-            frontier, points, owner = points[joined], points[~joined], owner[~joined]
+        # whole, while islands far from all of them go.
+        frontier = np.concatenate([_nearest_candidates(components == main) * spacing_mm, points[~small]])
+        keep[_reach(frontier, points[small], owner[small], max_distance_mm)] = True
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
                    f"nerve piece > {max_distance_mm:g} mm from every kept nerve piece (the dural sac/main nerve, "
                    "root pieces cut off by the edge of the image near bone, and the fragments chained to them)")
 
 
-class _DetachedRootTest:
-    """Could a nerve piece be a root that the field of view cut off from the sac?
+def _reach(frontier: np.ndarray, points: np.ndarray, owner: np.ndarray, max_distance_mm: float) -> np.ndarray:
+    """Ids of the pieces reached from ``frontier`` (mm), chaining piece to piece within ``max_distance_mm``.
 
-    Yes when it reaches the volume's edge (within ``edge_voxels``) and some bone voxel lies within
-    ``max_bone_mm`` of it (KD-tree over the bone voxels in the piece's box grown by that distance).
+    ``points`` (mm) are the voxels of the candidate pieces and ``owner`` their piece ids. Distances
+    by KD-trees over each round's newly reached pieces, queried with the unreached voxels only.
+    """
+    reached_all: list[np.ndarray] = []
+    while len(frontier) and len(points):
+        distance = cKDTree(frontier).query(points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
+        reached = np.unique(owner[distance <= max_distance_mm])
+        if len(reached) == 0:
+            break
+        reached_all.append(reached)
+        joined = np.isin(owner, reached)
+        frontier, points, owner = points[joined], points[~joined], owner[~joined]
+    return np.concatenate(reached_all) if reached_all else np.zeros(0, dtype=np.int64)
+
+
+class _DetachedRootTest:
+    """Could a chain of nerve pieces be a root that the field of view cut off from the sac?
+
+    Yes when one of its pieces reaches the volume's edge (within ``edge_voxels``) and some bone
+    voxel lies within ``max_bone_mm`` of one of them (KD-tree over the bone voxels in the piece's
+    box grown by that distance).
     """
 
     def __init__(self, labels, bone_label, spacing, edge_voxels, max_bone_mm) -> None:
@@ -184,14 +204,25 @@ class _DetachedRootTest:
         self.edge_voxels, self.max_bone_mm = int(edge_voxels), float(max_bone_mm)
         self.grow = np.ceil(self.max_bone_mm / self.spacing).astype(int)
 
-    def at(self, offset):
-        """The test for pieces given in a box whose first voxel is ``offset`` of the volume."""
-        return lambda mask, box: self(mask, tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)))
+    def at(self, offset) -> "_DetachedRootTest":
+        """This test for pieces given in a box whose first voxel is ``offset`` of the volume."""
+        local = copy.copy(self)
+        local.offset = tuple(int(o) for o in offset)
+        return local
 
-    def __call__(self, mask: np.ndarray, box: tuple[slice, ...]) -> bool:
+    offset: tuple[int, ...] = (0, 0, 0)
+
+    def cut_by_edge(self, pieces) -> bool:
+        """True when some of ``pieces`` ((mask, box) in the offset box) reaches the edge and some lies near bone."""
+        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, self.offset)) for _, box in pieces]
         shape = self.labels.shape
-        if not any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape)):
+        if not any(any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape))
+                   for box in boxes):
             return False
+        return any(self._near_bone(mask, box) for (mask, _), box in zip(pieces, boxes))
+
+    def _near_bone(self, mask: np.ndarray, box: tuple[slice, ...]) -> bool:
+        shape = self.labels.shape
         grown = tuple(slice(max(sl.start - g, 0), min(sl.stop + g, n)) for sl, g, n in zip(box, self.grow, shape))
         bone = np.argwhere(self.labels[grown] == self.bone_label)
         if len(bone) == 0:
