@@ -114,14 +114,14 @@ def _renamed(case, prefix: str):
 # --- training -----------------------------------------------------------------------------------
 
 def run_training(args: argparse.Namespace, command: str):
-    from spinect.train import TrainingConfig, train
+    from spinect.train import PRECISIONS, TrainingConfig, train
 
     (args.work / "data" / "fit").mkdir(parents=True, exist_ok=True)
     config = TrainingConfig(
         data=args.work / "data" / "fit", out=args.work / "run", iterations=args.iterations, val_every=args.val_every,
         base_width=args.base_width, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         resume=args.resume, num_threads=args.threads, command=command, model_version="1",
-        amp={"auto": None, "bf16": True, "fp32": False}[args.precision],
+        amp=PRECISIONS[args.precision],
     )
     tic = time.time()
     result = train(config)

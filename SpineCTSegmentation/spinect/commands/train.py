@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="patches per iteration and process (default 4)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--precision", choices=("fp32", "auto", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "auto", "bf16"), default="fp32",  # spinect.train.PRECISIONS
                    help="fp32 (default; reproducible); auto: bfloat16 mixed precision where the GPU/CPU computes it "
                         "natively (about 1.6x faster per step on such CPUs, not bit-reproducible); bf16: always")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace):
     """The :class:`spinect.train.TrainingConfig` an argument namespace describes."""
     from spinect.errors import InputError
-    from spinect.train import TrainingConfig
+    from spinect.train import PRECISIONS, TrainingConfig
 
     for name in ("batch_size", "val_every", "iterations_per_epoch", "base_width", "folds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
         iterations=args.iterations, val_every=args.val_every, max_val_cases=args.max_val_cases,
         base_width=args.base_width, norm=args.norm, device=args.device, resume=args.resume, stop_at=args.stop_at, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, num_threads=args.threads, show_progress=not args.no_progress,
-        amp={"auto": None, "bf16": True, "fp32": False}[getattr(args, "precision", "fp32")],
+        amp=PRECISIONS[getattr(args, "precision", "fp32")],
         command="spinect " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 

@@ -186,7 +186,6 @@ def predict_probabilities(
     compute_device = resolve_device(device)
     inputs = _as_input_tensor(volume_zyx)
     shape_zyx = tuple(inputs.shape[2:])
-    total = count_windows(shape_zyx, patch_size_zyx, stride_zyx)
     cval = float(inputs.min()) if padding_value is None else float(padding_value)
     started = time.perf_counter()
     grid = _WindowGrid(shape_zyx, patch_size_zyx, stride_zyx)
@@ -441,6 +440,7 @@ class _WindowGrid:
     """
 
     def __init__(self, shape_zyx: Sequence[int], patch_size_zyx: Sequence[int], stride_zyx: Sequence[int]) -> None:
+        _check_geometry(patch_size_zyx, stride_zyx)
         self.shape = tuple(int(n) for n in shape_zyx)
         self.patch = tuple(int(p) for p in patch_size_zyx)
         self.pad_before = tuple(max(p - n, 0) // 2 for p, n in zip(self.patch, self.shape))

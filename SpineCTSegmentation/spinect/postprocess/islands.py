@@ -31,7 +31,6 @@ centroid, distance to the kept anatomy) so that nothing disappears silently.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
@@ -100,7 +99,7 @@ def suppress_islands(
     for value, rule in ((bone_label, lambda v, o: _filter_bone(v, bone_label, voxel_mm3, spacing_zyx_mm, min_bone_volume_mm3)),
                         (nerve_label, lambda v, o: _filter_nerve(v, nerve_label, voxel_mm3, spacing_zyx_mm, nerve_max_distance_mm,
                                                                      min_nerve_volume_mm3, min_root_piece_volume_mm3,
-                                                                     min_root_piece_elongation, detached.at(o)))):
+                                                                     min_root_piece_elongation, detached, o))):
         # Work inside the class's bounding box (plus one voxel for the 26-neighbourhood): the same
         # components, surfaces and distances as on the whole volume, on a fraction of the voxels.
         box = bounding_box(labels == value, margin=(1,) * labels.ndim)
@@ -131,14 +130,15 @@ def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[Remo
 
 
 def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
-                  tube_elongation, detached) -> list[RemovedIsland]:
+                  tube_elongation, detached, offset) -> list[RemovedIsland]:
     components, count, sizes = _components(labels == value)
     if count <= 1:
         return []
     main = int(np.argmax(sizes[1:]) + 1)
+    boxes = ndimage.find_objects(components)
     qualified = sizes * voxel_mm3 >= min_volume_mm3
     # Root-shaped pieces qualify too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
-    qualified |= _tubular(components, count, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
+    qualified |= _tubular(components, boxes, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
                           min_elongation=tube_elongation)
     qualified[0] = qualified[main] = False
     spacing_mm = np.asarray(spacing, dtype=float)
@@ -147,7 +147,6 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     others = (components > 0) & (components != main)
     owner = components[others]
     points = np.argwhere(others) * spacing_mm
-    boxes = ndimage.find_objects(components) if qualified.any() else []
     # A qualified piece anchors, with the fragments chained to it, when that chain is a root the field
     # of view cut off from the sac: some piece of it reaches the image edge and some lies near bone
     # (a root predicted as a dotted line may reach the edge with a small fragment only).
@@ -157,7 +156,7 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
         own = owner == index
         members = np.append(_reach(points[own], points[~own], owner[~own], max_distance_mm), index)
         pieces = [(components[boxes[m - 1]] == m, boxes[m - 1]) for m in members]
-        if detached.cut_by_edge(pieces):
+        if detached.cut_by_edge(pieces, offset):
             keep[members] = True
     small = ~keep[owner]
     if small.any():
@@ -204,17 +203,12 @@ class _DetachedRootTest:
         self.edge_voxels, self.max_bone_mm = int(edge_voxels), float(max_bone_mm)
         self.grow = np.ceil(self.max_bone_mm / self.spacing).astype(int)
 
-    def at(self, offset) -> "_DetachedRootTest":
-        """This test for pieces given in a box whose first voxel is ``offset`` of the volume."""
-        local = copy.copy(self)
-        local.offset = tuple(int(o) for o in offset)
-        return local
+    def cut_by_edge(self, pieces, offset: Sequence[int]) -> bool:
+        """True when some of ``pieces`` reaches the edge and some lies near bone.
 
-    offset: tuple[int, ...] = (0, 0, 0)
-
-    def cut_by_edge(self, pieces) -> bool:
-        """True when some of ``pieces`` ((mask, box) in the offset box) reaches the edge and some lies near bone."""
-        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, self.offset)) for _, box in pieces]
+        ``pieces``: (mask, box) pairs, boxes in a region of the volume whose first voxel is ``offset``.
+        """
+        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)) for _, box in pieces]
         shape = self.labels.shape
         if not any(any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape))
                    for box in boxes):
@@ -233,18 +227,15 @@ class _DetachedRootTest:
         return bool((distance <= self.max_bone_mm).any())
 
 
-def _tubular(components, count, volumes_mm3, spacing, *, min_volume_mm3, min_elongation) -> np.ndarray:
+def _tubular(components, boxes, volumes_mm3, spacing, *, min_volume_mm3, min_elongation) -> np.ndarray:
     """Which components (by id) are root-like tubes: at least ``min_volume_mm3`` and elongated.
 
     Elongation = sqrt(largest / second eigenvalue) of the voxel positions' covariance (mm): for a
     cylinder of length L and radius r it is L / (r sqrt 3), so 3 means about 13 mm of a 5 mm root;
     a compact blob is near 1.
     """
-    tubular = np.zeros(count + 1, dtype=bool)
+    tubular = np.zeros(len(volumes_mm3), dtype=bool)
     candidates = [int(i) for i in np.flatnonzero(volumes_mm3 >= min_volume_mm3) if i > 0]
-    if not candidates:
-        return tubular
-    boxes = ndimage.find_objects(components)
     for index in candidates:
         box = boxes[index - 1]
         offset = np.array([sl.start for sl in box])

@@ -36,9 +36,12 @@ from spinect.train.sampling import DEFAULT_CLASS_FRACTIONS, PatchSampler
 from spinect.train.setup import RunData, build_plan, prepare_run_data, write_run_files
 from spinect.train.state import STATE_NAME, DistributedContext, capture_rng, init_distributed, load_training_state, restore_rng, save_training_state
 
-__all__ = ["TrainingConfig", "TrainingResult", "train", "training_autocast_dtype", "validate"]
+__all__ = ["PRECISIONS", "TrainingConfig", "TrainingResult", "train", "training_autocast_dtype", "validate"]
 
 log = logging.getLogger("spinect")
+
+#: ``--precision`` names -> :attr:`TrainingConfig.amp` (fp32 first: the default).
+PRECISIONS: dict[str, bool | None] = {"fp32": False, "auto": None, "bf16": True}
 
 
 @dataclass
@@ -288,14 +291,11 @@ class _Loop:
 
 
 def _finite_gradients(network: torch.nn.Module, loss: torch.Tensor) -> bool:
-    """True when the loss and every gradient of ``network`` are finite (one fused reduction)."""
-    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    """True when the loss and every gradient of ``network`` are finite (their total norm is)."""
     if not bool(torch.isfinite(loss.detach())):
         return False
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
-    return bool(torch.isfinite(torch.stack(list(norms))).all())
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def training_autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
@@ -311,8 +311,6 @@ def training_autocast_dtype(device: torch.device, amp: bool | None) -> torch.dty
     """
     from spinect.inference import autocast_dtype
 
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
     return torch.bfloat16 if autocast_dtype(device, amp) == torch.bfloat16 else None
 
 
