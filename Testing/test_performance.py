@@ -414,3 +414,86 @@ def test_window_grid_decisions_equal_a_box_search_per_window():
             expected.append(bool(mask[region].any()))
         assert 0 < sum(expected) < len(expected)
         assert [i for i, e in enumerate(expected) if e] == grid.run_indices()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 16, 16), (1, 2, 7, 9, 5)])
+def test_pairwise_max_pool_equals_max_pool3d(dtype, channels_last, shape):
+    from spinect.nets.pooling import PairwiseMaxPool3d
+
+    torch.manual_seed(1)
+    x = torch.randn(*shape).to(dtype)
+    x[0, 0, 0, 0, :2] = 0.0  # ties
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last_3d)
+    expected = nn.functional.max_pool3d(x, kernel_size=2, stride=2)
+    pooled = PairwiseMaxPool3d()(x)
+    assert pooled.shape == expected.shape
+    assert torch.equal(pooled, expected)
+    if channels_last:
+        assert pooled.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_replace_max_pools_swaps_only_plain_2x2x2_pools():
+    from spinect.nets import build_network
+    from spinect.nets.pooling import PairwiseMaxPool3d, replace_max_pools
+
+    network = build_network(base_width=2, levels=3)
+    assert replace_max_pools(network) == 1
+    assert isinstance(network.pool, PairwiseMaxPool3d)
+    others = nn.Sequential(nn.MaxPool3d(2, padding=1), nn.MaxPool3d(3, stride=2), nn.MaxPool3d(2, ceil_mode=True),
+                           nn.MaxPool3d(2, return_indices=True), nn.ModuleList([nn.MaxPool3d((2, 2, 2))]))
+    assert replace_max_pools(others) == 1
+    assert [type(m) for m in others[:4]] == [nn.MaxPool3d] * 4
+    assert isinstance(others[4][0], PairwiseMaxPool3d)
+
+
+@pytest.mark.parametrize("blend", ["sum", "gaussian"])
+def test_cpu_workers_give_the_same_probabilities_and_restore_threads(blend):
+    from spinect.nets import build_network
+
+    threads = torch.get_num_threads()
+    torch.manual_seed(2)
+    network = build_network(base_width=2, levels=3).eval()
+    volume = np.random.default_rng(3).normal(size=(30, 50, 45)).astype(np.float32)
+    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, blend=blend, batch_size=2, device="cpu")
+    timer = StageTimer()
+    one = predict_probabilities(volume, network, cpu_workers=1, **options)
+    several = predict_probabilities(volume, network, cpu_workers=3, timer=timer, **options)
+    assert torch.get_num_threads() == threads
+    # Same windows blended in the same order; only oneDNN's per-thread arithmetic could differ.
+    torch.testing.assert_close(several, one, rtol=0, atol=1e-6)
+    assert timer.seconds["network"] > 0.0
+    assert timer.counts["windows run"] == sliding_window.count_windows((30, 50, 45), PATCH, STRIDE)
+
+
+def test_a_network_error_in_a_worker_propagates_and_restores_threads():
+    threads = torch.get_num_threads()
+
+    class Failing(nn.Module):
+        num_classes = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+            self.conv = nn.Conv3d(1, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("boom in window batch")
+            return self.conv(x)
+
+    volume = np.zeros((30, 50, 45), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="boom in window batch"):
+        predict_probabilities(volume, Failing(), patch_size_zyx=PATCH, stride_zyx=STRIDE, batch_size=1,
+                              device="cpu", amp=False, cpu_workers=2)
+    assert torch.get_num_threads() == threads
+
+
+def test_cpu_workers_must_be_a_positive_integer():
+    volume = np.zeros((16, 32, 32), dtype=np.float32)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SpinectError, match="cpu_workers"):
+            predict_probabilities(volume, _AirAwareNetwork(), cpu_workers=bad, device="cpu")

@@ -30,6 +30,10 @@ Speed (measurements and reasoning in ``docs/benchmarks.md``):
   intensity (bone density) lies within ``roi_margin_zyx`` of it: every voxel within that margin
   of such a voxel is covered only by windows that run, so its result is exactly that of the whole
   volume; farther voxels are background (soft tissue far from any bone holds no spinal nerve);
+* on the CPU, up to 4 batches run at once in worker threads that share the cores (the compact
+  network's small convolutions keep a core busier alone than two cores sharing one call), while
+  the main thread blends finished batches in order; max-pooling runs as pairwise maxima of
+  strided views (:mod:`spinect.nets.pooling`), about 10x faster than ``max_pool3d`` there;
 * the blending accumulators cover only the box around the windows that run, and live on the GPU
   when they fit (``_aggregation_device``);
 * out of GPU memory, the window batch is halved and retried down to one window, then the whole
@@ -43,7 +47,7 @@ import difflib
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -54,6 +58,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 
 from spinect.errors import InputError, SpinectError
 from spinect.inference.device import autocast_dtype, resolve_device
+from spinect.nets.pooling import replace_max_pools
 
 __all__ = [
     "BLEND_MODES",
@@ -121,6 +126,7 @@ def predict_probabilities(
     roi_above: float | None = None,
     roi_margin_zyx: Sequence[int] = (0, 0, 0),
     channels_last: bool = True,
+    cpu_workers: int | None = None,
     timer=None,
 ) -> torch.Tensor:
     """Per-class scores of a whole volume by sliding-window inference.
@@ -160,10 +166,17 @@ def predict_probabilities(
         roi_margin_zyx: margin (z, y, x) in voxels for ``roi_above``.
         channels_last: run the network and its inputs in ``torch.channels_last_3d`` layout
             (faster with oneDNN on CPU and cuDNN on GPU; results differ only by rounding).
+        cpu_workers: on the CPU, how many batches of windows run through the network at once,
+            each in its own thread with ``torch.get_num_threads() // cpu_workers`` threads (the
+            thread count is restored afterwards). The small convolutions of a compact network
+            keep one core each busier than two cores share one call (docs/benchmarks.md). The
+            windows are blended in the same order either way. None = ``min(threads, 4)``;
+            1 = one call at a time with all threads. Ignored on a GPU.
         timer: optional :class:`spinect.profiling.StageTimer`; gets the stages ``windows``
-            (finding windows to skip), ``network`` (forward passes and softmax) and ``stitching``
-            (MONAI's window extraction, blending and normalisation) and the counts
-            ``windows run`` and ``windows skipped``.
+            (finding windows to skip), ``network`` (forward passes and softmax; with CPU workers,
+            the time the pass waits for them, window extraction included) and ``stitching``
+            (window extraction, blending and normalisation) and the counts ``windows run`` and
+            ``windows skipped``.
 
     Returns:
         (C, Z, Y, X) float32 CPU tensor of blended softmax probabilities.
@@ -176,6 +189,9 @@ def predict_probabilities(
     mode = _blend_mode(blend)
     if batch_size < 1:
         raise SpinectError(f"batch size must be >= 1, got {batch_size}")
+    if cpu_workers is not None and (isinstance(cpu_workers, bool) or not isinstance(cpu_workers, int)
+                                    or cpu_workers < 1):
+        raise SpinectError(f"cpu_workers must be an integer >= 1 or None, got {cpu_workers!r}")
     margin = tuple(int(m) for m in skip_margin_zyx)
     roi_margin = tuple(int(m) for m in roi_margin_zyx)
     for name, given, value in (("skip", skip_margin_zyx, margin), ("roi", roi_margin_zyx, roi_margin)):
@@ -201,7 +217,7 @@ def predict_probabilities(
         return _predict_on_device(
             inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
             batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid, channels_last=channels_last,
-            timer=timer,
+            timer=timer, cpu_workers=cpu_workers,
         )
 
     return run_with_cpu_fallback(attempt, compute_device)
@@ -295,6 +311,7 @@ def _predict_on_device(
     grid: "_WindowGrid",
     channels_last: bool,
     timer,
+    cpu_workers: int | None = None,
     host_blend: bool = False,
 ) -> torch.Tensor:
     """One complete sliding-window pass with the network on ``compute_device`` (see predict_probabilities).
@@ -321,7 +338,7 @@ def _predict_on_device(
         with torch.inference_mode():
             result = _stitch_windows(
                 inputs.to(out_device), predictor, grid, mode=mode, cval=cval, num_classes=num_classes,
-                batch_size=batch_size, progress=progress,
+                batch_size=batch_size, progress=progress, workers=_worker_count(compute_device, cpu_workers),
             )
     except DeviceOutOfMemory:
         raise
@@ -336,7 +353,7 @@ def _predict_on_device(
             return _predict_on_device(
                 inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
                 batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid,
-                channels_last=channels_last, timer=timer, host_blend=True,
+                channels_last=channels_last, timer=timer, cpu_workers=cpu_workers, host_blend=True,
             )
         raise DeviceOutOfMemory(f"{compute_device} out of memory outside the network ({exc})") from exc
     if timer is not None:
@@ -358,6 +375,7 @@ def _stitch_windows(
     num_classes: int | None,
     batch_size: int,
     progress: WindowProgress | None,
+    workers: tuple[int, int] = (1, 0),
 ) -> torch.Tensor:
     """Blend the probabilities of the windows ``grid`` runs; every other window is certain background.
 
@@ -368,6 +386,7 @@ def _stitch_windows(
 
     Args:
         inputs: (1, 1, Z, Y, X) float32 volume on the blending device.
+        workers: (concurrent network calls, torch threads each); see :func:`_probabilities_in_order`.
 
     Returns:
         (C, Z, Y, X) float32 CPU tensor (a view of the blending buffer when that is on the CPU).
@@ -390,21 +409,22 @@ def _stitch_windows(
         count = torch.zeros(accumulated.shape[1:], dtype=torch.float32, device=device)
         weights = compute_importance_map(grid.patch, mode=mode, sigma_scale=_GAUSSIAN_SIGMA_SCALE, device=device)
         constant = mode == "constant"
-        for first in range(0, len(run), batch_size):
-            batch = run[first : first + batch_size]
-            windows = torch.cat([padded[(slice(None), slice(None), *grid.slices[i])] for i in batch])
-            probabilities = predictor(windows).to(device)
-            for k, index in enumerate(batch):
-                local = _shifted(grid.slices[index], box)
-                if constant:
-                    accumulated[(slice(None), *local)] += probabilities[k]
-                    count[local] += 1.0
-                else:
-                    accumulated[(slice(None), *local)] += weights * probabilities[k]
-                    count[local] += weights
-            done = batch[-1] + 1
-            if progress is not None:
-                progress(done, grid.total)
+        batches = [run[first : first + batch_size] for first in range(0, len(run), batch_size)]
+        # closing(): an error while blending must stop the workers and restore torch's thread count now.
+        with closing(_probabilities_in_order(padded, grid, batches, predictor, workers)) as stream:
+            for batch, probabilities in stream:
+                probabilities = probabilities.to(device)
+                for k, index in enumerate(batch):
+                    local = _shifted(grid.slices[index], box)
+                    if constant:
+                        accumulated[(slice(None), *local)] += probabilities[k]
+                        count[local] += 1.0
+                    else:
+                        accumulated[(slice(None), *local)] += weights * probabilities[k]
+                        count[local] += weights
+                done = batch[-1] + 1
+                if progress is not None:
+                    progress(done, grid.total)
         # Skipped windows that overlap the box: background with certainty, at their blending weight.
         for index in grid.skipped_overlapping(box):
             local, inner = _intersection(grid.slices[index], box)
@@ -415,6 +435,72 @@ def _stitch_windows(
         progress(grid.total, grid.total)
     crop = tuple(slice(before, before + n) for before, n in zip(grid.pad_before, grid.shape))
     return result[(slice(None), *crop)].to("cpu").contiguous()
+
+
+#: Most concurrent CPU network calls chosen automatically (each gets threads // workers threads).
+_MAX_AUTO_CPU_WORKERS = 4
+
+
+def _worker_count(device: torch.device, cpu_workers: int | None) -> tuple[int, int]:
+    """(concurrent network calls, torch threads for each) for a pass on ``device``."""
+    if device.type != "cpu":
+        return 1, 0
+    threads = torch.get_num_threads()
+    workers = min(threads, _MAX_AUTO_CPU_WORKERS) if cpu_workers is None else min(cpu_workers, max(threads, 1))
+    return (workers, max(1, threads // workers)) if workers > 1 else (1, 0)
+
+
+def _probabilities_in_order(
+    padded: torch.Tensor,
+    grid: "_WindowGrid",
+    batches: list[list[int]],
+    predictor: "_WindowPredictor",
+    workers: tuple[int, int],
+):
+    """Yield ``(batch, probabilities)`` for each batch of window indices, in the order given.
+
+    With ``workers = (w, t)``, ``w > 1``, up to ``2 w`` batches are extracted and run ahead in
+    ``w`` threads with ``t`` torch threads each (torch's thread count is global, so it is set for
+    the pass and restored after); the caller blends them in order while the next ones run, so
+    the result does not depend on ``w``. The predictor's network time is then the time spent
+    waiting for the workers.
+    """
+
+    def probabilities_of(batch: list[int]) -> torch.Tensor:
+        return predictor(torch.cat([padded[(slice(None), slice(None), *grid.slices[i])] for i in batch]))
+
+    count, threads_each = workers
+    if count <= 1 or len(batches) <= 1:
+        for batch in batches:
+            yield batch, probabilities_of(batch)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads_before = torch.get_num_threads()
+    predictor.timed_per_call = False
+    pending: deque = deque()
+    executor = ThreadPoolExecutor(max_workers=count, thread_name_prefix="spinect-window")
+    try:
+        torch.set_num_threads(threads_each)
+        upcoming = iter(batches)
+        for batch in upcoming:
+            pending.append((batch, executor.submit(probabilities_of, batch)))
+            if len(pending) >= 2 * count:
+                break
+        while pending:
+            batch, future = pending.popleft()
+            waited = time.perf_counter()
+            probabilities = future.result()
+            predictor.network_s += time.perf_counter() - waited
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, executor.submit(probabilities_of, following)))
+            yield batch, probabilities
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads_before)
+        predictor.timed_per_call = True
 
 
 def _shifted(window: Sequence[slice], box: Sequence[slice]) -> tuple[slice, ...]:
@@ -523,6 +609,8 @@ class _WindowPredictor:
         self.batch_size = int(batch_size)
         self.memory_format = memory_format
         self.timed = timer is not None
+        # False while worker threads run it: the pass then times how long it waits for them.
+        self.timed_per_call = True
         self.network_s = 0.0
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
@@ -559,10 +647,11 @@ class _WindowPredictor:
         autocast = (
             torch.autocast(windows.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
-        with autocast:
+        # inference_mode is thread-local: enter it here, as windows may run in worker threads.
+        with torch.inference_mode(), autocast:
             logits = self.network(windows)
-        probabilities = torch.softmax(logits[:count].float(), dim=1)
-        if self.timed:
+            probabilities = torch.softmax(logits[:count].float(), dim=1)
+        if self.timed and self.timed_per_call:
             if probabilities.device.type == "cuda":
                 torch.cuda.synchronize(probabilities.device)
             self.network_s += time.perf_counter() - started
@@ -577,7 +666,8 @@ def _inference_copy(
 ) -> tuple[torch.nn.Module, torch.dtype | None]:
     """An eval-mode copy of ``network`` on ``device`` in ``memory_format``; the original is untouched.
 
-    For bfloat16, BatchNorm layers that follow a convolution are folded into it (in float32, with
+    On the CPU, plain 2x2x2 max-pooling layers become :class:`spinect.nets.pooling.PairwiseMaxPool3d`
+    (same result, about 10x faster there). For bfloat16, BatchNorm layers that follow a convolution are folded into it (in float32, with
     the running statistics) and, when no normalisation layer is left, the whole copy is cast to
     bfloat16: the same bfloat16 convolutions as under autocast without re-casting the weights at
     every call (11 % faster per window on one CPU core; within noise on two, docs/benchmarks.md).
@@ -588,6 +678,8 @@ def _inference_copy(
     runner = copy.deepcopy(network)
     runner.eval()
     cast_dtype = None
+    if device.type == "cpu":
+        replace_max_pools(runner)
     if amp_dtype == torch.bfloat16:
         _fold_batch_norms(runner)
         if not any(isinstance(m, _NORM_LAYERS) for m in runner.modules()):
