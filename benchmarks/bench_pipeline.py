@@ -682,6 +682,11 @@ def render(r: dict) -> str:
             f"it. With the naive network rate measured on a quiet machine (first row of the network table, "
             f"{naive_row['ms_per_window']:.0f} ms per window) it would take about {estimate:.0f} s, i.e. "
             f"**{estimate / e2e:.1f}×** the fast path: that is the ratio to quote.")
+    if naive and target_shape and m["device"] == "cpu":
+        slowest_s, when = SLOWEST_RECORDED_NAIVE_S
+        add(f"The speed of this shared virtual machine varies between hours; the naive baseline, whose code has "
+            f"not changed, measures it. Its slowest recorded run took {slowest_s:.1f} s ({when}); scaled to that "
+            f"speed the fast path would take {e2e * slowest_s / naive['end to end']:.1f} s.")
     if noskip:
         add(f"Skipping windows (air, far from bone) saves {noskip['end to end'] - e2e:.1f} s "
             f"({noskip['network']:.1f} s → {fast['network']:.1f} s of network time).")
@@ -776,6 +781,9 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+#: The slowest naive-baseline run recorded on this project's 2-core development machine (seconds, when).
+SLOWEST_RECORDED_NAIVE_S = (275.6, "2026-11-23 05:29 UTC, commit 81c475e")
+
 NOTES = (
     "Why bfloat16 on this CPU: Zen 4 executes `VDPBF16PS`, so oneDNN's bfloat16 3D convolutions run about "
     "1.5-2x as fast as float32 (table above) while the argmax agrees with float32 to the figure in the agreement "
@@ -797,7 +805,9 @@ NOTES = (
     "keeps both busy (network table). Up to min(threads, 4) workers, each with threads // workers torch "
     "threads; the main thread extracts nothing and blends finished batches in window order while the next ones "
     "run, so the result does not depend on the worker count (tested: identical probabilities). "
-    "`predict_probabilities(cpu_workers=1)` gives the single-call behaviour.",
+    "`predict_probabilities(cpu_workers=1)` gives the single-call behaviour. For the SPINECT-width network "
+    "(base width 32) one call already keeps both cores busy (88-98 % of the ceiling across runs of this "
+    "script), so the workers gain nothing there.",
     "Air skipping: a window is not run when every voxel of it on the resampled CT is below −500 HU; it then counts "
     "as background with probability 1. The network sees nothing outside its window, so the result can change "
     "only where the network would call air voxels inside such a window foreground; the agreement table compares "
