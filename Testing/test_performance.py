@@ -497,3 +497,15 @@ def test_cpu_workers_must_be_a_positive_integer():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(SpinectError, match="cpu_workers"):
             predict_probabilities(volume, _AirAwareNetwork(), cpu_workers=bad, device="cpu")
+
+
+def test_worker_count_splits_the_threads_on_the_cpu_only(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert sliding_window._worker_count(cpu, None) == (4, 2)  # automatic: at most 4 workers
+    assert sliding_window._worker_count(cpu, 2) == (2, 4)
+    assert sliding_window._worker_count(cpu, 16) == (8, 1)  # never more workers than threads
+    assert sliding_window._worker_count(cpu, 1) == (1, 0)
+    assert sliding_window._worker_count(gpu, 4) == (1, 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert sliding_window._worker_count(cpu, None) == (1, 0)
