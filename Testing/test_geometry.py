@@ -349,3 +349,43 @@ def test_bounded_rays_only_leaves_the_objective_unchanged(seeded):
         assert np.allclose(values[0], values[1], rtol=0, atol=1e-9), (theta, phi, values)
         seen += values[1]
     assert max(seen) > 1.0  # the windows are not empty
+
+
+@pytest.mark.parametrize("radius_voxels", [0.5, 0.7, 1.0])
+def test_a_nerve_thinner_than_the_smoothing_still_blocks_the_window(radius_voxels):
+    """A 1-3 voxel nerve branch has no 0.5 level after the blur; it must not read as free space."""
+    from spinect.geometry.distance import subvoxel_signed_distance_mm
+
+    z, y, x = np.mgrid[0:30, 0:30, 0:30]
+    tube = (y - 15.3) ** 2 + (x - 12.2) ** 2 <= radius_voxels**2
+    mask = tube | (x >= 22)  # a thick structure elsewhere keeps a sub-voxel surface
+    sdf, vertices = subvoxel_signed_distance_mm(mask, (1.0, 1.0, 1.0))
+    assert len(vertices) > 0
+    assert sdf[tube].max() < 0.0  # every labelled voxel of the thin branch is inside
+    # beside it, the distance is to the branch's voxel faces, not to the far structure
+    beside = (slice(None), 15, 16)
+    assert np.all(sdf[beside] < 4.0)
+    # the thick structure keeps its sub-voxel surface: its flat face at x = 21.5 mm
+    assert np.allclose(sdf[:, 15, 20], 1.5, atol=0.1)
+
+
+def test_a_one_voxel_nerve_across_a_window_narrows_it():
+    """A nerve branch one voxel thick, lying across the triangular hole, must cut the free window
+    (the blur erases it from the sub-voxel surface; before the fix it read as free space)."""
+    labels, origin, hole = _slab_with_triangular_hole(1.0)
+    z, y, x, _ = _grid(1.0, 16.0)
+    centre = hole.mean(axis=0)
+    # one voxel row along x at the hole's centroid height (z) and mid-slab depth (y)
+    row = (np.abs(z - z.flat[np.abs(z.ravel() - centre[2]).argmin()]) < 1e-6) & (np.abs(y - 0.5) < 1e-6)
+    assert row.any()
+    with_nerve = labels.copy()
+    with_nerve[row & (labels == 0)] = 2
+    # and a thick root away from the window, so that the nerve mask has a sub-voxel surface
+    with_nerve[(x + 10.0) ** 2 + y**2 + (z + 8.0) ** 2 <= 9.0] = 2
+    big = (hole - centre) * 1.4 + centre
+    empty = measure_points(_fields(labels, 1.0, origin), AXIAL, big)
+    crossed = measure_points(_fields(with_nerve, 1.0, origin), AXIAL, big)
+    # the circle cannot sit on the centroid any more: at most the larger part's inradius
+    assert crossed.value("inscribed_radius_mm") < 0.75 * empty.value("inscribed_radius_mm")
+    # a 1 mm wide band across the hole (chord about 8 mm here) is no longer free
+    assert crossed.value("free_area_mm2") < empty.value("free_area_mm2") - 5.0
