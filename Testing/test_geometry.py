@@ -302,7 +302,9 @@ def test_cli_ras_coordinates_give_the_lps_result(tmp_path):
         reports.append(json.loads(out.read_text())["measurement"])
     assert reports[0]["quantities"]["free_area_mm2"]["value"] == pytest.approx(
         reports[1]["quantities"]["free_area_mm2"]["value"])
-    assert reports[0]["quantities"]["free_area_mm2"]["value"] == pytest.approx(48.0, rel=0.08)
+    # 1 mm voxels round the hole's knife-edged 45° corners (sub-voxel smoothing σ = 0.9 voxel):
+    # about 8 % of the area is lost there (docs/triangles.md §8), and rounding only removes area.
+    assert 0.90 * 48.0 <= reports[0]["quantities"]["free_area_mm2"]["value"] <= 48.0
 
 
 def test_points_mode_frame_falls_back_to_b_when_the_b_c_midpoint_misses_the_endplate():

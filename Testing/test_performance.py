@@ -195,9 +195,11 @@ class _OutOfMemoryAbove(nn.Module):
         return self.layer(x)
 
 
-def test_out_of_memory_halves_the_window_batch_and_keeps_results(caplog):
+@pytest.mark.parametrize("cpu_workers", [1, 2])
+def test_out_of_memory_halves_the_window_batch_and_keeps_results(caplog, cpu_workers):
+    # With workers, two batches can fail at once: the shared batch size is halved once per size.
     volume = np.random.default_rng(5).normal(size=(33, 50, 61)).astype(np.float32)
-    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu", amp=False)
+    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu", amp=False, cpu_workers=cpu_workers)
     expected = predict_probabilities(volume, _OutOfMemoryAbove(limit=100), batch_size=1, **options)
     network = _OutOfMemoryAbove(limit=2)
     with caplog.at_level(logging.WARNING, logger="spinect"):

@@ -46,6 +46,7 @@ import copy
 import difflib
 import logging
 import math
+import threading
 import time
 from contextlib import closing, nullcontext
 from collections.abc import Callable, Sequence
@@ -607,6 +608,7 @@ class _WindowPredictor:
         self.amp_dtype = amp_dtype
         self.input_dtype = input_dtype
         self.batch_size = int(batch_size)
+        self._halving = threading.Lock()
         self.memory_format = memory_format
         self.timed = timer is not None
         # False while worker threads run it: the pass then times how long it waits for them.
@@ -619,19 +621,23 @@ class _WindowPredictor:
         chunks: list[torch.Tensor] = []
         start = 0
         while start < windows.shape[0]:
-            chunk = windows[start : start + self.batch_size]
+            size = self.batch_size
+            chunk = windows[start : start + size]
             try:
                 chunks.append(self._forward(chunk))
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                if self.batch_size == 1:
+                if size == 1:
                     raise DeviceOutOfMemory(
                         f"{windows.device} out of memory even with one window per network call ({exc})"
                     ) from exc
-                self.batch_size //= 2
-                _release_cached_memory(windows.device)
-                log.warning("out of memory on %s: retrying with %d windows per batch", windows.device, self.batch_size)
+                with self._halving:  # CPU workers share the batch size: halve it once per failed size
+                    if self.batch_size == size:
+                        self.batch_size = size // 2
+                        _release_cached_memory(windows.device)
+                        log.warning("out of memory on %s: retrying with %d windows per batch", windows.device,
+                                    self.batch_size)
                 continue
             start += chunk.shape[0]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
