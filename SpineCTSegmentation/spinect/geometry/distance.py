@@ -81,7 +81,6 @@ def subvoxel_signed_distance_mm(
     verts, outward = subvoxel_surface_mm(mask, spacing_zyx_mm, smoothing_voxels=smoothing_voxels)
     if len(verts) == 0:
         return sdf, verts  # structure thinner than the smoothing: keep voxel faces
-    voxel_sdf = sdf.copy()
     band = np.abs(sdf) <= band_voxels * spacing.max()
     centres = np.argwhere(band) * spacing
     _, nearest = spatial.cKDTree(verts).query(centres, workers=-1)
@@ -89,10 +88,10 @@ def subvoxel_signed_distance_mm(
     plane = np.einsum("ij,ij->i", offset, outward[nearest])
     distance = np.linalg.norm(offset, axis=1)
     sdf[band] = np.clip(plane, -distance, distance).astype(np.float32)
-    return _keep_erased_parts(sdf, mask, voxel_sdf, spacing), verts
+    return _keep_erased_parts(sdf, mask, spacing), verts
 
 
-def _keep_erased_parts(sdf: np.ndarray, mask: np.ndarray, voxel_sdf: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def _keep_erased_parts(sdf: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Give back the parts of a mask that the smoothing erased, with their voxel faces.
 
     A structure thinner than about 2.4 smoothing sigmas (a 1-2 voxel nerve branch) has no 0.5
@@ -106,8 +105,6 @@ def _keep_erased_parts(sdf: np.ndarray, mask: np.ndarray, voxel_sdf: np.ndarray,
     erased = mask & (sdf > 0.5 * spacing.min())
     if not erased.any():
         return sdf
-    if erased.sum() == mask.sum():
-        return voxel_sdf
     return np.minimum(sdf, voxel_signed_distance_mm(erased, tuple(spacing)))
 
 

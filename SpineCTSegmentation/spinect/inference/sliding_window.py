@@ -48,8 +48,10 @@ import logging
 import math
 import threading
 import time
-from contextlib import closing, nullcontext
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, nullcontext
 from typing import TypeVar
 
 import numpy as np
@@ -475,12 +477,9 @@ def _probabilities_in_order(
         for batch in batches:
             yield batch, probabilities_of(batch)
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     threads_before = torch.get_num_threads()
     predictor.timed_per_call = False
-    pending: deque = deque()
+    pending: deque[tuple[list[int], object]] = deque()
     executor = ThreadPoolExecutor(max_workers=count, thread_name_prefix="spinect-window")
     try:
         torch.set_num_threads(threads_each)
@@ -673,10 +672,11 @@ def _inference_copy(
     """An eval-mode copy of ``network`` on ``device`` in ``memory_format``; the original is untouched.
 
     On the CPU, plain 2x2x2 max-pooling layers become :class:`spinect.nets.pooling.PairwiseMaxPool3d`
-    (same result, about 10x faster there). For bfloat16, BatchNorm layers that follow a convolution are folded into it (in float32, with
-    the running statistics) and, when no normalisation layer is left, the whole copy is cast to
-    bfloat16: the same bfloat16 convolutions as under autocast without re-casting the weights at
-    every call (11 % faster per window on one CPU core; within noise on two, docs/benchmarks.md).
+    (same result, about 10x faster there). For bfloat16, BatchNorm layers that follow a convolution
+    are folded into it (in float32, with the running statistics) and, when no normalisation layer
+    is left, the whole copy is cast to bfloat16: the same bfloat16 convolutions as under autocast
+    without re-casting the weights at every call (11 % faster per window on one CPU core; within
+    noise on two, docs/benchmarks.md).
 
     Returns:
         (the copy, the dtype its inputs must be cast to, or None to run it under autocast).
