@@ -324,3 +324,58 @@ def test_training_precision_rules(monkeypatch, tmp_path):
         args = parser.parse_args(["train", str(tmp_path / "data"), "--out", str(tmp_path / "o"), *flag])
         config = train_command.config_from_args(args)
         assert config.amp is amp and config.channels_last
+
+
+# --- fine-tuning from a model (--init) ------------------------------------------------------------
+
+
+def test_init_starts_from_the_model_weights_and_keeps_its_plan(tiny_dataset, tmp_path):
+    """A zero-step-long run cannot exist, so: one iteration at learning rate 0 must leave the
+    initial model's weights unchanged, and the plan keeps its architecture and normalisation."""
+    from spinect.model_file import load_model
+
+    first = train(_config(tiny_dataset, tmp_path / "first", iterations=4, val_every=4, base_width=4))
+    _, first_plan = load_model(first.last_model, allow_untrained=True)
+    tuned = train(_config(tiny_dataset, tmp_path / "tuned", iterations=1, val_every=1, lr=0.0, base_width=8,
+                          init=first.last_model))
+    net_a, plan_a = load_model(first.last_model, allow_untrained=True)
+    net_b, plan_b = load_model(tuned.last_model, allow_untrained=True)
+    assert plan_b.architecture == plan_a.architecture  # base_width 4 from the model, not the config's 8
+    assert plan_b.intensity_mean == pytest.approx(first_plan.intensity_mean)
+    assert plan_b.intensity_std == pytest.approx(first_plan.intensity_std)
+    assert plan_b.provenance["init_model"] == str(first.last_model)
+    for (name, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items()):
+        if "running" in name or "num_batches" in name:
+            continue  # batch-norm statistics still move in train mode at lr 0
+        assert torch.equal(a, b), name
+
+
+def test_init_fine_tune_lowers_the_loss_faster_than_scratch(tiny_dataset, tmp_path):
+    """The annotator loop: a model that already learnt the task starts far better than random
+    weights at the same (tiny) step budget."""
+    base = train(_config(tiny_dataset, tmp_path / "base", iterations=40, val_every=40))
+    scratch = train(_config(tiny_dataset, tmp_path / "scratch", iterations=3, val_every=3, seed=5))
+    tuned = train(_config(tiny_dataset, tmp_path / "tuned", iterations=3, val_every=3, seed=5, init=base.last_model))
+    assert tuned.final_loss < 0.5 * scratch.final_loss
+
+
+def test_init_with_other_classes_is_refused(tiny_dataset, tmp_path):
+    from spinect.model_file import save_model
+    from spinect.nets import build_network
+    from spinect.plan import ModelPlan
+
+    arch = dict(name="spinect_unet", base_width=4, levels=5, in_channels=1, num_classes=4, norm="batch")
+    plan = ModelPlan(architecture=arch, class_names=("background", "bone", "nerve", "disc"), training_status="test-only")
+    path = tmp_path / "four.pt"
+    save_model(path, build_network(**arch), plan)
+    with pytest.raises(InputError, match="classes"):
+        train(_config(tiny_dataset, tmp_path / "run", init=path))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_cli_init_missing_model_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    from spinect.cli import main
+
+    code = main(["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "nope.pt")])
+    assert code != 0
+    assert "--init model" in capsys.readouterr().err

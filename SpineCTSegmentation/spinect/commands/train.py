@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--norm", choices=("batch", "instance", "none"), default="batch", help="normalisation layers (default batch)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last_state.pt")
+    p.add_argument("--init", default=None, metavar="MODEL.pt",
+                   help="fine-tune: start from this model's weights (its architecture, grid and HU normalisation are kept; "
+                        "e.g. the default model, then your own corrected cases)")
     p.add_argument("--stop-at", type=int, default=None, help="pause after N iterations (checkpointed; continue later with --resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the network and the sampling (default 0)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per iteration and process (default 4)")
@@ -68,9 +71,22 @@ def config_from_args(args: argparse.Namespace):
         iterations=args.iterations, val_every=args.val_every, max_val_cases=args.max_val_cases,
         base_width=args.base_width, norm=args.norm, device=args.device, resume=args.resume, stop_at=args.stop_at, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, num_threads=args.threads, show_progress=not args.no_progress,
-        amp=PRECISIONS[getattr(args, "precision", "fp32")],
+        amp=PRECISIONS[getattr(args, "precision", "fp32")], init=_init_model(getattr(args, "init", None)),
         command="spinect " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
+
+
+def _init_model(value: str | None) -> Path | None:
+    """``--init`` as a path; ``default`` names the shipped model."""
+    from spinect.errors import InputError
+    from spinect.model_file import default_model_path
+
+    if value is None:
+        return None
+    path = default_model_path() if value == "default" else Path(value)
+    if not path.is_file():
+        raise InputError(f"--init model {value} not found; pass a .pt model file (or 'default' for the shipped model)")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:

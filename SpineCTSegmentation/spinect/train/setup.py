@@ -52,8 +52,12 @@ class RunData:
     sources: tuple[str, ...]
 
 
-def prepare_run_data(config, *, saved: dict[str, Any] | None = None) -> RunData:
-    """Read ``config.data``, split it (or reuse the ``saved`` run's split) and normalise it."""
+def prepare_run_data(config, *, saved: dict[str, Any] | None = None, intensity: tuple[float, float] | None = None) -> RunData:
+    """Read ``config.data``, split it (or reuse the ``saved`` run's split) and normalise it.
+
+    ``intensity`` (mean, std) fixes the normalisation (fine-tuning keeps the initial model's);
+    by default it comes from the training cases (or the saved run).
+    """
     cases = discover_cases(config.data)
     if saved is not None:
         split = DataSplit(**{k: tuple(v) for k, v in saved["split"].items()})
@@ -70,6 +74,8 @@ def prepare_run_data(config, *, saved: dict[str, Any] | None = None) -> RunData:
     val = load_cases([by_id[i] for i in val_ids], **options)
     if saved is not None:
         mean, std = (float(v) for v in saved["intensity"])
+    elif intensity is not None:
+        mean, std = (float(v) for v in intensity)
     else:
         mean, std = intensity_statistics([c.image_hu for c in train], hu_window=config.hu_window)
     window = dict(hu_window=config.hu_window, mean=mean, std=std)

@@ -97,6 +97,7 @@ class TrainingConfig:
     show_progress: bool = True
     amp: bool | None = False
     channels_last: bool = True
+    init: Path | None = None
 
     @property
     def total_iterations(self) -> int:
@@ -134,12 +135,16 @@ def train(config: TrainingConfig) -> TrainingResult:
     if not config.resume and (config.out / STATE_NAME).is_file():
         raise InputError(f"{config.out} already holds a training run; pass --resume to continue it or choose another --out")
     state = load_training_state(config.out) if config.resume else None
-    data = prepare_run_data(config, saved=state)
+    init_weights = _apply_init_model(config) if config.init is not None else None
+    data = prepare_run_data(config, saved=state, intensity=init_weights[1] if init_weights else None)
     plan = build_plan(config, data)
     precision = "bfloat16 mixed precision" if training_autocast_dtype(device, config.amp) is not None else "float32"
     plan = plan.replace(provenance={**plan.provenance, "precision": precision, "device": device.type})
     torch.manual_seed(config.seed)
     network = build_network(**plan.architecture).to(device)
+    if init_weights is not None and state is None:
+        network.load_state_dict(init_weights[0], strict=True)
+        plan = plan.replace(provenance={**plan.provenance, "init_model": str(config.init)})
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     start_step, best = 0, (-1.0, -1)
     if state is not None:
@@ -157,6 +162,40 @@ def train(config: TrainingConfig) -> TrainingResult:
     finally:
         if context.enabled:
             torch.distributed.destroy_process_group()
+
+
+def _apply_init_model(config: TrainingConfig) -> tuple[dict[str, torch.Tensor], tuple[float, float]]:
+    """Read the ``--init`` model: its architecture, grid and HU normalisation replace the
+    config's (the weights only make sense on the inputs they were trained on).
+
+    Returns:
+        (state dict of its weights, (intensity mean, intensity std) of its plan).
+
+    Raises:
+        InputError: the file is not a readable model, or its classes differ from this run's.
+    """
+    from spinect.errors import ModelError
+    from spinect.model_file import load_model
+    from spinect.plan import CLASS_NAMES
+
+    try:
+        network, plan = load_model(config.init, device="cpu")
+    except ModelError as exc:
+        raise InputError(f"--init {config.init}: {exc}") from exc
+    if tuple(plan.class_names) != tuple(CLASS_NAMES):
+        raise InputError(
+            f"--init {config.init} predicts classes {list(plan.class_names)}, but training uses {list(CLASS_NAMES)}; "
+            "start from a model with the same classes or train from scratch"
+        )
+    arch = plan.architecture
+    config.base_width = int(arch.get("base_width", config.base_width))
+    config.levels = int(arch.get("levels", config.levels))
+    config.norm = str(arch.get("norm", config.norm))
+    config.spacing_zyx_mm = tuple(float(v) for v in plan.spacing_zyx_mm)
+    config.hu_window = tuple(float(v) for v in plan.hu_window)
+    config.patch_size_zyx = tuple(int(v) for v in plan.patch_size_zyx)
+    log.info("fine-tuning from %s (base width %d, %d levels)", config.init, config.base_width, config.levels)
+    return network.state_dict(), (float(plan.intensity_mean), float(plan.intensity_std))
 
 
 class _Loop:
