@@ -174,6 +174,8 @@ def segment(
         if path is not None:
             check_output_path(path, overwrite=overwrite)  # fail before minutes of work, not after
     model_path = resolve_model_path(model)
+    _refuse_clashing_paths({"input CT": None if isinstance(input, sitk.Image) else input, "model": model_path,
+                            "output": output, "--uncertainty": uncertainty_output, "--review": review_output})
     torch_device = resolve_device(device)
     network, plan = load_model(model_path, device=torch_device, allow_untrained=allow_untrained)
     networks = [network] + [_load_compatible(p, plan, torch_device, allow_untrained) for p in ensemble]
@@ -237,6 +239,32 @@ def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:
     return {"class_name": plan.class_names[island.label_value], "voxels": island.voxels,
             "volume_mm3": island.volume_mm3, "centroid_lps_mm": tuple(centroid_lps_mm),
             "distance_mm": island.distance_mm, "reason": island.reason}
+
+
+def _refuse_clashing_paths(paths: dict[str, str | os.PathLike | None]) -> None:
+    """Two roles may never name one file: the output would destroy the input, or one output another.
+
+    Raises:
+        SpinectError: two of the given paths are one file (same resolved path, or hard links
+            to the same inode).
+    """
+    seen: dict[object, tuple[str, str]] = {}
+    for role, value in paths.items():
+        if value is None:
+            continue
+        resolved = Path(value).resolve()
+        keys = [resolved]
+        if resolved.exists():
+            stat = resolved.stat()
+            keys.append((stat.st_dev, stat.st_ino))
+        for key in keys:
+            if key in seen:
+                other_role, other_value = seen[key]
+                raise SpinectError(
+                    f"the {role} ({value}) and the {other_role} ({other_value}) are the same file; writing would "
+                    "destroy it. Give the output another name"
+                )
+        seen.update({key: (role, str(value)) for key in keys})
 
 
 def _write_outputs(out, review, *, output, uncertainty_output, review_output, plan: ModelPlan, overwrite: bool) -> None:

@@ -188,7 +188,15 @@ def _read_labels(source, *, what: str = "label map", any_values: bool = False) -
         path = Path(source)
         if not path.is_file():
             raise InputError(f"{what} {path} does not exist; check the path")
-        return sitk.ReadImage(str(path))
+        from spinect.io.atomic import full_suffix
+        from spinect.io.reading import check_nifti_integrity
+
+        if full_suffix(path) in (".nii", ".nii.gz"):
+            check_nifti_integrity(path)
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"cannot read {what} {path} as an image; give a label image (.nii.gz, .nrrd, .mha)") from exc
     from spinect.io import read_labelmap
 
     return read_labelmap(source)

@@ -1,7 +1,12 @@
-"""Atomic file output: write to a temporary file in the target folder, then rename.
+"""Atomic file output: write to a temporary file in the target folder, verify it, then rename.
 
 A crash, a full disk or Ctrl-C never leaves a partial file under the final name, and an
 existing file is replaced only at the very end (``os.replace`` is atomic on one filesystem).
+Before that the temporary file is flushed to disk (``fsync``) and, when the caller gives a
+``verify`` function, read back and checked: some writers (SimpleITK's NIfTI writer) do not report
+a full disk and would otherwise publish a truncated file over a good one. With
+``overwrite=False`` the file is published with a hard link, which fails if the name exists, so
+two concurrent runs cannot both "create" the same file.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from spinect.errors import OutputError
 
@@ -55,15 +60,24 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Pat
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+def atomic_output(path: str | os.PathLike, *, verify: Callable[[Path], None] | None = None,
+                  overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success verify it and rename it onto ``path``.
 
     The temporary name keeps the final suffix so that writers choosing a format by extension
     (SimpleITK, slicerio) still work. On any exception the temporary file is removed and
     nothing appears under ``path``.
 
+    Args:
+        path: the final file.
+        verify: called with the written temporary file after ``fsync``; raises (any exception)
+            when the file is not what was meant to be written (then nothing is published).
+        overwrite: False publishes with a hard link that fails when ``path`` exists (no
+            check-then-replace race).
+
     Raises:
-        OutputError: on OS errors (disk full, read-only folder), with the cause.
+        OutputError: on OS errors (disk full, read-only folder), a failed verification, or an
+            existing ``path`` with ``overwrite=False``, with the cause.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -76,9 +90,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _fsync(tmp)
+        if verify is not None:
+            _verified(verify, tmp, path)
         # mkstemp makes 0600 files; give the output the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
+        _publish(tmp, path, overwrite=overwrite)
+    except OutputError:
+        _unlink_quietly(tmp)
+        raise
     except OSError as exc:
         _unlink_quietly(tmp)
         if exc.errno == errno.ENOSPC:
@@ -87,6 +107,46 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush the file's data to the disk: a full disk or quota shows up here, not after rename."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verified(verify: Callable[[Path], None], tmp: Path, path: Path) -> None:
+    try:
+        verify(tmp)
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failed read-back means a bad file
+        raise OutputError(
+            f"the file written for {path} does not read back correctly ({exc}); the disk may be full or failing. "
+            "Nothing was replaced; free some space and run again"
+        ) from exc
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic create-if-absent
+    except FileExistsError as exc:
+        raise OutputError(f"{path} already exists; choose another name or allow overwriting") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # file systems without hard links: exclusive create of the name, then replace onto it
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        os.replace(tmp, path)
+        return
+    _unlink_quietly(tmp)
 
 
 def _current_umask() -> int:

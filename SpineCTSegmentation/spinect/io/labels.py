@@ -254,6 +254,10 @@ def _read_segmentation_file(path: Path, class_names: Sequence[str]) -> sitk.Imag
 
 
 def _read_label_image(path: Path, class_names: Sequence[str]) -> sitk.Image:
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        from spinect.io.reading import check_nifti_integrity
+
+        check_nifti_integrity(path)
     try:
         label = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -29,6 +29,7 @@ from spinect.errors import InputError
 from spinect.io.atomic import full_suffix
 
 __all__ = [
+    "check_nifti_integrity",
     "read_ct",
     "validate_ct",
     "image_info",
@@ -234,7 +235,61 @@ def _read_image(path: Path) -> sitk.Image:
     )
 
 
+def check_nifti_integrity(path: str | os.PathLike) -> None:
+    """Refuse a truncated or corrupted NIfTI file, which SimpleITK would zero-fill or garble silently.
+
+    Checks the whole gzip stream (CRC and length, for ``.nii.gz``) and that the voxel data the
+    header announces (offset + voxels x bytes per voxel) are all there.
+
+    Raises:
+        InputError: damaged gzip data, or fewer data bytes than the header promises.
+    """
+    path = Path(path)
+    gz = full_suffix(path) == ".nii.gz"
+    with (gzip.open if gz else open)(path, "rb") as stream:
+        try:
+            header = stream.read(348)
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise _damaged(path, f"unreadable gzip data: {exc}") from exc
+    needed = _nifti_data_end(header)
+    if gz:
+        from spinect.io.writing import check_gzip_stream
+
+        try:
+            available = check_gzip_stream(path)
+        except ValueError as exc:
+            raise _damaged(path, str(exc)) from exc
+    else:
+        available = path.stat().st_size
+    if needed is not None and available < needed:
+        raise _damaged(path, f"the header announces {needed} bytes of data, the file holds {available}")
+
+
+def _damaged(path: Path, why: str) -> InputError:
+    return InputError(
+        f"cannot read {path}: the file is truncated or corrupted ({why}); reading it would give wrong voxels. "
+        "Copy or export the file again"
+    )
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Byte offset where a NIfTI-1 file's voxel data end (None: not a NIfTI-1 header)."""
+    for endian in "<>":
+        if len(header) < 348 or struct.unpack(endian + "i", header[:4])[0] != 348:
+            continue
+        dims = struct.unpack(endian + "8h", header[40:56])
+        bitpix = struct.unpack(endian + "h", header[72:74])[0]
+        if not 1 <= dims[0] <= 7 or bitpix <= 0:
+            return None
+        offset = int(struct.unpack(endian + "f", header[108:112])[0])
+        count = int(np.prod([max(d, 1) for d in dims[1 : dims[0] + 1]]))
+        return offset + count * bitpix // 8
+    return None
+
+
 def _read_image_file(path: Path) -> sitk.Image:
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_integrity(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -20,7 +20,8 @@ from spinect.io.atomic import atomic_output, check_output_path, full_suffix
 from spinect.io.labels import check_labelmap, labelmap_to_segmentation
 from spinect.plan import CLASS_NAMES
 
-__all__ = ["write_labelmap", "write_image", "LABEL_OUTPUT_SUFFIXES", "IMAGE_OUTPUT_SUFFIXES"]
+__all__ = ["write_labelmap", "write_image", "verify_image_file", "check_gzip_stream", "LABEL_OUTPUT_SUFFIXES",
+           "IMAGE_OUTPUT_SUFFIXES"]
 
 #: Single-file image formats (SimpleITK; .nhdr/.mhd are left out: they write two files).
 IMAGE_OUTPUT_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -57,7 +58,7 @@ def write_labelmap(
     check_labelmap(label, class_names=class_names)
     if full_suffix(path) == ".seg.nrrd":
         segmentation = labelmap_to_segmentation(label, class_names=class_names)
-        with atomic_output(path) as tmp:
+        with atomic_output(path, verify=lambda tmp: _verify_segmentation(tmp, segmentation), overwrite=overwrite) as tmp:
             import slicerio  # lazy: Slicer's own process imports spinect without slicerio
             _guarded(lambda: slicerio.write_segmentation(str(tmp), segmentation), path)
         return path
@@ -80,9 +81,65 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, overwrite: bool =
             ``overwrite=False``, or the write failed (nothing is left under ``path``).
     """
     path = _checked_path(path, IMAGE_OUTPUT_SUFFIXES, "image", overwrite=overwrite)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, verify=lambda tmp: verify_image_file(tmp, image), overwrite=overwrite) as tmp:
         _guarded(lambda: sitk.WriteImage(image, str(tmp), True), path)
     return path
+
+
+def verify_image_file(path: str | os.PathLike, expected: sitk.Image) -> None:
+    """Read ``path`` back and check it holds ``expected`` (size, spacing, voxels).
+
+    SimpleITK zero-fills a truncated NIfTI without an error, so the voxels are compared, and a
+    gzip stream is decompressed in full first (its CRC and length are checked at the end).
+
+    Raises:
+        ValueError: the file differs from ``expected`` or is not readable.
+    """
+    import numpy as np
+
+    if full_suffix(path) == ".nii.gz":
+        check_gzip_stream(path)
+    actual = sitk.ReadImage(str(path))
+    if actual.GetSize() != expected.GetSize():
+        raise ValueError(f"size {actual.GetSize()} read back, {expected.GetSize()} written")
+    if not np.allclose(actual.GetSpacing(), expected.GetSpacing(), rtol=1e-5):
+        raise ValueError(f"spacing {actual.GetSpacing()} read back, {expected.GetSpacing()} written")
+    a, b = sitk.GetArrayViewFromImage(actual), sitk.GetArrayViewFromImage(expected)
+    if b.dtype.kind in "fc":
+        finite = np.isfinite(b)  # NIfTI's reader turns NaN/inf into 0: compare the rest
+        same = np.array_equal(a[finite], b[finite]) and bool(np.all((a[~finite] == 0) | ~np.isfinite(a[~finite])))
+    else:
+        same = np.array_equal(a, b)
+    if not same:
+        raise ValueError("voxel values read back differ from those written")
+
+
+def check_gzip_stream(path: str | os.PathLike, *, chunk_bytes: int = 1 << 22) -> int:
+    """Decompress a whole gzip file; return its uncompressed size.
+
+    Raises:
+        ValueError: truncated stream or bad CRC (the gzip module checks both at the end).
+    """
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while block := stream.read(chunk_bytes):
+                total += len(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise ValueError(f"damaged gzip data ({exc})") from exc
+    return total
+
+
+def _verify_segmentation(path: Path, written: dict) -> None:
+    import numpy as np
+    import slicerio
+
+    back = slicerio.read_segmentation(str(path))
+    if not np.array_equal(np.asarray(back["voxels"]), np.asarray(written["voxels"])):
+        raise ValueError("segment voxels read back differ from those written")
 
 
 def _checked_path(path: str | os.PathLike, suffixes: tuple[str, ...], what: str, *, overwrite: bool) -> Path:

@@ -1,0 +1,186 @@
+"""No silent damage on output: a file that does not read back is never published, an existing
+file is never replaced by a bad one, and --no-overwrite cannot race (reliability issue).
+
+A full disk is simulated by a writer that leaves a truncated file without an error, which is
+what SimpleITK's NIfTI writer does on ENOSPC.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from spinect.errors import OutputError
+from spinect.io import write_image, write_labelmap
+from spinect.io.atomic import atomic_output
+from spinect.io.writing import check_gzip_stream, verify_image_file
+
+
+def _labels(shape=(12, 20, 24)) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(0, 3, shape).astype(np.uint8))
+    image.SetSpacing((0.8, 0.8, 2.0))
+    return image
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.fixture
+def truncating_writer(monkeypatch):
+    """SimpleITK writes, then the file loses its second half, and no error is raised."""
+    real = sitk.WriteImage
+
+    def write(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        size = os.path.getsize(name)
+        with open(name, "r+b") as stream:
+            stream.truncate(size // 2)
+
+    monkeypatch.setattr(sitk, "WriteImage", write)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_output_is_refused_and_the_existing_file_kept(tmp_path, truncating_writer, suffix):
+    target = tmp_path / f"labels{suffix}"
+    target.write_bytes(b"the user's good file")
+    with pytest.raises(OutputError, match="does not read back"):
+        write_labelmap(_labels(), target)
+    assert target.read_bytes() == b"the user's good file"
+    assert _leftovers(tmp_path, {target.name}) == []
+
+
+def test_truncated_new_output_leaves_nothing(tmp_path, truncating_writer):
+    with pytest.raises(OutputError):
+        write_image(_labels(), tmp_path / "new.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".seg.nrrd"])
+def test_good_outputs_still_write_and_read_back(tmp_path, suffix):
+    target = tmp_path / f"labels{suffix}"
+    write_labelmap(_labels(), target)
+    assert target.is_file()
+    assert _leftovers(tmp_path, {target.name}) == []
+    if suffix != ".seg.nrrd":
+        verify_image_file(target, _labels())  # the published file holds exactly the voxels
+
+
+def test_verify_detects_zero_filled_voxels(tmp_path):
+    image = _labels()
+    path = tmp_path / "x.nrrd"
+    zeros = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    zeros.CopyInformation(image)
+    sitk.WriteImage(zeros, str(path))  # right header, zero voxels
+    with pytest.raises(ValueError, match="differ"):
+        verify_image_file(path, image)
+
+
+def test_gzip_crc_error_is_detected(tmp_path):
+    path = tmp_path / "x.nii.gz"
+    sitk.WriteImage(sitk.Cast(_labels(), sitk.sitkFloat32), str(path), True)
+    assert check_gzip_stream(path) > 0
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF  # inside the CRC32 trailer
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged gzip"):
+        check_gzip_stream(path)
+
+
+def test_no_overwrite_publishes_with_a_link_that_cannot_replace(tmp_path):
+    """Check-then-replace would lose a file created by a concurrent run between the two steps."""
+    target = tmp_path / "out.txt"
+    with pytest.raises(OutputError, match="already exists"):
+        with atomic_output(target, overwrite=False) as tmp:
+            tmp.write_text("mine")
+            target.write_text("the other run's result")  # appears while we were writing
+    assert target.read_text() == "the other run's result"
+    assert _leftovers(tmp_path, {target.name}) == []
+    fresh = tmp_path / "fresh.txt"
+    with atomic_output(fresh, overwrite=False) as tmp:
+        tmp.write_text("new")
+    assert fresh.read_text() == "new"
+    assert _leftovers(tmp_path, {target.name, fresh.name}) == []
+
+
+# --- damaged inputs: never segmented as if they were whole ----------------------------------------
+
+
+def _ct_file(tmp_path: Path, suffix: str) -> Path:
+    from conftest import make_synthetic_ct
+
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(make_synthetic_ct(), str(path), True)
+    return path
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_crc(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix,damage", [(".nii.gz", _truncate), (".nii", _truncate), (".nii.gz", _flip_crc)])
+def test_damaged_nifti_ct_is_refused_by_segment(tmp_path, tiny_model, capsys, suffix, damage):
+    from spinect.cli import main
+
+    ct = _ct_file(tmp_path, suffix)
+    damage(ct)
+    out = tmp_path / "out.nii.gz"
+    code = main(["segment", str(ct), str(out), "--model", str(tiny_model), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "truncated or corrupted" in err and "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path, {ct.name, tiny_model.name, tiny_model.name.replace(".pt", ".json")}) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_damaged_nifti_label_map_is_refused(tmp_path, suffix):
+    from spinect.errors import InputError
+    from spinect.io import read_labelmap
+
+    path = tmp_path / f"labels{suffix}"
+    sitk.WriteImage(_labels(), str(path), True)
+    read_labelmap(path)  # whole file: fine
+    _truncate(path)
+    with pytest.raises(InputError, match="truncated or corrupted"):
+        read_labelmap(path)
+
+
+# --- outputs may never destroy inputs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clash", ["output=input", "uncertainty=output", "review=uncertainty", "hardlink"])
+def test_segment_refuses_paths_that_name_one_file(tmp_path, tiny_model, capsys, clash):
+    from spinect.cli import main
+
+    ct = _ct_file(tmp_path, ".nii.gz")
+    original = ct.read_bytes()
+    out, unc, review = tmp_path / "out.nii.gz", tmp_path / "unc.nii.gz", tmp_path / "review.csv"
+    if clash == "output=input":
+        out = ct
+    elif clash == "uncertainty=output":
+        unc = out
+    elif clash == "review=uncertainty":
+        review = tmp_path / "unc.csv"
+        unc = tmp_path / "sub" / ".." / "unc.csv"
+        (tmp_path / "sub").mkdir()
+    else:
+        alias = tmp_path / "alias.nii.gz"
+        os.link(ct, alias)
+        out = alias
+    code = main(["segment", str(ct), str(out), "--model", str(tiny_model), "--device", "cpu", "--tta",
+                 "--uncertainty", str(unc), "--review", str(review)])
+    err = capsys.readouterr().err
+    assert code != 0 and "same file" in err and "Traceback" not in err
+    assert ct.read_bytes() == original
