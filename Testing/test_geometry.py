@@ -263,9 +263,10 @@ def test_cli_points_and_optimize_write_json_and_heatmap(tmp_path):
     out = tmp_path / "tri.json"
     args = ["triangles", str(seg), "--level", "L5S1", "--side", "left", "--points", *map(str, hole.ravel()),
             "--endplate", "-20", "-20", "0", "20", "-20", "0", "0", "20", "0", "--json", str(out),
-            "--optimize", "--step", "10", "--progress-lines"]
+            "--optimize", "--step", "10", "--progress-lines", "--allow-missing-nerve"]  # bone-only phantom
     assert main(args) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["obstacles"]["nerve_checked"] is False and "no nerve" in report["warnings"][0]
     q = report["measurement"]["quantities"]
     assert q["projected_triangle_area_mm2"]["value"] == pytest.approx(48.0)
     assert q["free_area_mm2"]["kind"] == "projected" and q["free_area_mm2"]["view"]["side"] == "left"
@@ -298,7 +299,7 @@ def test_cli_ras_coordinates_give_the_lps_result(tmp_path):
         out = tmp_path / f"{name}.json"
         ras_plane = [str(-float(v)) if i % 3 < 2 else v for i, v in enumerate(plane)] if extra else plane
         assert main(["triangles", str(seg), "--level", "L4L5", "--side", "right", "--seed", *map(str, point),
-                     "--endplate", *ras_plane, "--json", str(out), "--progress-lines", *extra]) == 0
+                     "--endplate", *ras_plane, "--json", str(out), "--progress-lines", "--allow-missing-nerve", *extra]) == 0
         reports.append(json.loads(out.read_text())["measurement"])
     assert reports[0]["quantities"]["free_area_mm2"]["value"] == pytest.approx(
         reports[1]["quantities"]["free_area_mm2"]["value"])
@@ -317,7 +318,7 @@ def test_points_mode_frame_falls_back_to_b_when_the_b_c_midpoint_misses_the_endp
     image.SetOrigin(origin)
     # B on the endplate, C 30 mm lateral over nothing: the B-C midpoint is > 12 mm from any surface.
     points = np.array([[-5.0, 0.0, 15.0], [-5.0, 0.0, 0.5], [30.0, 0.0, 0.5]])
-    result = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points)
+    result = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points, allow_missing_nerve=True)
     report = result.to_dict()
     text = json.dumps(report)
     assert "near B" in text and "near B-C" not in text
@@ -391,3 +392,40 @@ def test_a_one_voxel_nerve_across_a_window_narrows_it():
     assert crossed.value("inscribed_radius_mm") < 0.75 * empty.value("inscribed_radius_mm")
     # a 1 mm wide band across the hole (chord about 8 mm here) is no longer free
     assert crossed.value("free_area_mm2") < empty.value("free_area_mm2") - 5.0
+
+
+def test_missing_nerve_is_refused_unless_allowed_and_then_flagged(tmp_path):
+    """Measuring against bone alone overestimates the window (a needle-planning safety defect):
+    refused by default; with the override the report carries the warning."""
+    from spinect.cli import main
+
+    labels, origin, hole = _slab_with_triangular_hole(1.0)
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin(origin)
+    seg = tmp_path / "seg.nii.gz"
+    sitk.WriteImage(image, str(seg))
+    out = tmp_path / "tri.json"
+    args = ["triangles", str(seg), "--level", "L5S1", "--side", "left", "--points", *map(str, hole.ravel()),
+            "--endplate", "-20", "-20", "0", "20", "-20", "0", "0", "20", "0", "--json", str(out), "--progress-lines"]
+    assert main(args) == InputError.exit_code and not out.exists()
+    with_nerve = labels.copy()
+    with_nerve[labels.shape[0] // 2, 2, :4] = 2  # a nerve 30 mm away at most: the check passes
+    image2 = sitk.GetImageFromArray(with_nerve)
+    image2.SetOrigin(origin)
+    sitk.WriteImage(image2, str(seg))
+    assert main(args) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["warnings"] == [] and report["obstacles"]["nerve_voxels_near_target"] > 0
+
+
+def test_ct_that_does_not_overlap_the_labels_is_refused(tmp_path):
+    from spinect.geometry.measure import measure_triangle
+
+    labels, origin, hole = _slab_with_triangular_hole(1.0)
+    labels[labels.shape[0] // 2, 2, :4] = 2
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin(origin)
+    ct = sitk.GetImageFromArray(np.full((10, 10, 10), -1000.0, np.float32))
+    ct.SetOrigin((500.0, 500.0, 500.0))
+    with pytest.raises(InputError, match="does not overlap"):
+        measure_triangle(image, level="L5S1", side="left", points_lps_mm=hole, ct=ct)

@@ -184,3 +184,84 @@ def test_segment_refuses_paths_that_name_one_file(tmp_path, tiny_model, capsys, 
     err = capsys.readouterr().err
     assert code != 0 and "same file" in err and "Traceback" not in err
     assert ct.read_bytes() == original
+
+
+# --- damaged model files ----------------------------------------------------------------------------
+
+
+def _flip_weight_byte(model: Path) -> None:
+    """Flip one byte inside a stored tensor of the archive (the CRC in the zip directory stays)."""
+    import zipfile
+
+    with zipfile.ZipFile(model) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(model.read_bytes())
+    header = info.header_offset
+    name_len, extra_len = int.from_bytes(data[header + 26:header + 28], "little"), int.from_bytes(data[header + 28:header + 30], "little")
+    start = header + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x40
+    model.write_bytes(bytes(data))
+
+
+def test_bit_flip_in_weights_without_sidecar_is_refused(tmp_path, tiny_model):
+    from spinect.errors import ModelError
+    from spinect.model_file import load_model, sidecar_path
+
+    sidecar_path(tiny_model).unlink(missing_ok=True)
+    load_model(tiny_model, allow_untrained=True)  # intact
+    _flip_weight_byte(tiny_model)
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(tiny_model, allow_untrained=True)
+
+
+def test_nan_weights_are_refused(tmp_path):
+    import torch
+
+    from conftest import make_tiny_model
+    from spinect.errors import ModelError
+    from spinect.model_file import load_model, save_model
+
+    path = make_tiny_model(tmp_path / "m.pt")
+    network, plan = load_model(path, allow_untrained=True)
+    with torch.no_grad():
+        next(network.parameters()).fill_(float("nan"))
+    save_model(tmp_path / "nan.pt", network, plan)
+    with pytest.raises(ModelError, match="non-finite"):
+        load_model(tmp_path / "nan.pt", allow_untrained=True)
+
+
+def test_sigterm_while_writing_leaves_no_partial_file(tmp_path):
+    """Slicer's Cancel sends SIGTERM: the temporary file must go as with Ctrl-C, exit code 143."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        import spinect.cli as cli
+        from spinect.io.atomic import atomic_output
+
+        def slow_write(args):
+            with atomic_output(Path({str(tmp_path / 'out.nii.gz')!r})) as tmp:
+                tmp.write_bytes(b"partial")
+                print("writing", flush=True)
+                time.sleep(60)
+            return 0
+
+        parser = cli.build_parser
+        def fake_parser():
+            p = parser()
+            p.set_defaults(func=slow_write, command="segment")
+            return p
+        cli.build_parser = fake_parser
+        sys.exit(cli.main([]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

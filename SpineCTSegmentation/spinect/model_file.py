@@ -105,6 +105,7 @@ def load_model(
 def _read_payload(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"model file {path} not found; pass --model with an existing .pt file or omit it for the default model")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -113,7 +114,40 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path} is not a spinect model file (no '{_FORMAT}' header)")
     if int(payload.get("format_version", 0)) > _FORMAT_VERSION:
         raise ModelError(f"{path} was written by a newer spinect (format {payload['format_version']}); upgrade spinect")
+    _check_finite_weights(path, payload.get("state_dict"))
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """torch does not check the CRCs of its zip archive: bit flips in the weights would load.
+
+    Raises:
+        ModelError: a member's CRC does not match (the file is corrupt).
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy (non-zip) torch files: torch.load judges them
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelError(f"model file {path} is damaged ({exc}); download or train it again") from exc
+    if bad is not None:
+        raise ModelError(f"model file {path} is corrupt (checksum error in {bad}); download or train it again")
+
+
+def _check_finite_weights(path: Path, state_dict: Any) -> None:
+    """NaN or infinite weights give empty or garbage labels with no error: refuse them."""
+    if not isinstance(state_dict, dict):
+        return  # load_model reports a missing state_dict
+    bad = [name for name, value in state_dict.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ModelError(
+            f"model file {path} has non-finite (NaN or infinite) weights in {len(bad)} tensors (e.g. {bad[0]}); "
+            "it cannot give meaningful labels: use another model or train it again"
+        )
 
 
 def _verify_sidecar(path: Path) -> None:

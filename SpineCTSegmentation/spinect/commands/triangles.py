@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reachable", action="store_true", help="measure the window from the skin (default: 15 mm before the target)")
     p.add_argument("--instrument-radius", type=float, default=0.36, help="needle/cannula radius in mm (default 0.36, 22 G)")
     p.add_argument("--pixel", type=float, default=0.25, help="in-plane sampling of the projection in mm (default 0.25)")
+    p.add_argument("--allow-missing-nerve", action="store_true",
+                   help="measure even when no nerve is labelled near the target (window bounded by bone only; flagged)")
     p.add_argument("--json", required=True, type=Path, dest="json_out", help="JSON report to write")
     p.add_argument("--heatmap", type=Path, default=None, help="heat map PNG (default: next to the JSON with --optimize)")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines (for Slicer)")
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             upper_line_lps_mm=None if args.pedicle is None else lps(args.pedicle, 1)[0],
             theta_deg=args.theta, phi_deg=args.phi, settings=settings, optimize=args.optimize, search=search,
             json_path=args.json_out, heatmap_path=heatmap, progress=progress,
+            allow_missing_nerve=args.allow_missing_nerve,
         )
     _print_summary(result)
     return 0
@@ -109,6 +112,8 @@ def _print_summary(result) -> None:
         print(f"  {name:30s} {value:>14s}  [{q.kind}]")
     for note in m.notes:
         print(f"  note: {note}")
+    for warning in result.warnings:
+        print(f"  WARNING: {warning}")
     t = result.trajectory
     if t is not None:
         path = t.path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 ROI_RADIUS_MM = 110.0
 #: Half-size for an anatomical-window measurement (15 mm before the target, plus margins).
 LOCAL_ROI_RADIUS_MM = 50.0
+#: Nerve must be labelled within this half-size box (mm) around the target, else the window
+#: would be measured against bone alone and come out far too large.
+NERVE_CHECK_RADIUS_MM = 30.0
 #: progress(stage, overall fraction 0..1, message), as ``spinect.commands.progress`` displays it.
 ProgressCallback = Callable[[str, float, str], None]
 
@@ -55,11 +58,17 @@ class TrianglesResult:
     trajectory: TrajectoryResult | None
     frame_source: str
     files: dict[str, Path]
+    warnings: list[str] = field(default_factory=list)
+    nerve_voxels_near_target: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "spinect_triangles_version": 1,
             "coordinate_system": "LPS mm (SimpleITK/DICOM); RAS = (-x, -y, z)",
+            "warnings": list(self.warnings),
+            "obstacles": {"nerve_voxels_within_mm": NERVE_CHECK_RADIUS_MM,
+                          "nerve_voxels_near_target": self.nerve_voxels_near_target,
+                          "nerve_checked": not self.warnings},
             "frame_source": self.frame_source,
             "measurement": self.measurement.to_dict(),
             "trajectory": None if self.trajectory is None else self.trajectory.to_dict(),
@@ -101,6 +110,7 @@ def measure_triangle(
     json_path: str | os.PathLike | None = None,
     heatmap_path: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
+    allow_missing_nerve: bool = False,
 ) -> TrianglesResult:
     """Measure a Kambin or safe triangle and optionally find the best oblique view.
 
@@ -124,12 +134,16 @@ def measure_triangle(
         optimize: also search the best view and plan the path.
         json_path: write the JSON report here (atomically); heatmap_path: write the heat map PNG.
         progress: called with (stage, overall fraction, message).
+        allow_missing_nerve: measure even when no nerve is labelled near the target (the window
+            is then bounded by bone only; flagged in ``warnings`` and the JSON).
 
     Returns:
         The :class:`TrianglesResult`.
 
     Raises:
-        InputError: bad mode, points, level, side or files.
+        InputError: bad mode, points, level, side or files; no nerve labelled within
+            :data:`NERVE_CHECK_RADIUS_MM` of the target (unless ``allow_missing_nerve``); a CT
+            that does not overlap the label map.
     """
     from spinect.io import check_output_path
 
@@ -153,8 +167,11 @@ def measure_triangle(
         points_lps_mm = auto_landmarks(structures_image, level=level, side=side, triangle=triangle)
     centre = np.asarray(points_lps_mm, float).reshape(-1, 3).mean(axis=0) if points_lps_mm is not None else np.asarray(seed_lps_mm, float).reshape(3)
     reach_skin = optimize or (settings is not None and settings.depth_before_mm is None)
+    nerve_near, warnings = _nerve_near_target(labels, centre, allow_missing_nerve)
     labels = crop_around(labels, centre, ROI_RADIUS_MM if reach_skin else LOCAL_ROI_RADIUS_MM)
     ct_image = _read_ct(ct) if ct is not None else None
+    if ct_image is not None:
+        _check_overlap(ct_image, labels)
     report("distance", 0.05, "signed distance maps of bone and nerve")
     fields = ObstacleFields.from_image(labels, ct=ct_image)
     frame, frame_source = _frame(frame, structures_image, endplate_lps_mm, points_lps_mm, fields, labels, level)
@@ -175,7 +192,7 @@ def measure_triangle(
             upper_line_lps_mm=upper_line_lps_mm, search=search, measure=settings,
             progress=lambda done, total: report("search", 0.25 + 0.7 * done / max(total, 1), f"view {done}/{total}"),
         )
-    result = TrianglesResult(measurement, trajectory, frame_source, {})
+    result = TrianglesResult(measurement, trajectory, frame_source, {}, warnings, nerve_near)
     files = _write(result, json_path, heatmap_path)
     report("done", 1.0, "done")
     return TrianglesResult(measurement, trajectory, frame_source, files)
@@ -252,6 +269,40 @@ def _as_auto(measurement: TriangleMeasurement) -> TriangleMeasurement:
     from dataclasses import replace
 
     return replace(measurement, mode="auto")
+
+
+def _nerve_near_target(labels: sitk.Image, centre_lps_mm: np.ndarray, allow_missing: bool) -> tuple[int, list[str]]:
+    """Count nerve voxels (label 2) near the target; refuse (or warn) when there are none."""
+    near = sitk.GetArrayViewFromImage(crop_around(labels, centre_lps_mm, NERVE_CHECK_RADIUS_MM))
+    count = int(np.count_nonzero(near == 2))
+    if count:
+        return count, []
+    message = (f"no nerve is labelled within {NERVE_CHECK_RADIUS_MM:g} mm of the target: the window is bounded by bone "
+               "only and is far larger than the real safe window")
+    if not allow_missing:
+        raise InputError(
+            f"{message}. Segment the nerves first (spinect segment), or pass --allow-missing-nerve to measure "
+            "against bone alone (flagged in the report)"
+        )
+    logger.warning("%s", message)
+    return count, [message]
+
+
+def _check_overlap(ct: sitk.Image, labels: sitk.Image) -> None:
+    """The CT gives the skin entry point: it must cover the measured region."""
+    def box(image: sitk.Image) -> np.ndarray:
+        size = np.array(image.GetSize()) - 1
+        corners = [image.TransformIndexToPhysicalPoint([int(c) for c in corner])
+                   for corner in np.array(np.meshgrid(*[[0, s] for s in size])).T.reshape(-1, 3)]
+        return np.array([np.min(corners, axis=0), np.max(corners, axis=0)])
+
+    a, b = box(ct), box(labels)
+    if np.any(a[1] < b[0]) or np.any(b[1] < a[0]):
+        raise InputError(
+            f"the CT (LPS {np.round(a[0], 1).tolist()} .. {np.round(a[1], 1).tolist()} mm) does not overlap the label map "
+            f"around the target (LPS {np.round(b[0], 1).tolist()} .. {np.round(b[1], 1).tolist()} mm); pass the CT the "
+            "segmentation was made from"
+        )
 
 
 def _write(result: TrianglesResult, json_path, heatmap_path) -> dict[str, Path]:
