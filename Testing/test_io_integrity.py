@@ -265,3 +265,54 @@ def test_sigterm_while_writing_leaves_no_partial_file(tmp_path):
     assert proc.returncode == 143, err
     assert "terminated" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- geometry that would mislead, and inputs that would hang ----------------------------------------
+
+
+def _ct_image(spacing=(0.8, 0.8, 2.0), direction=None) -> sitk.Image:
+    from conftest import make_synthetic_ct
+
+    image = make_synthetic_ct()
+    image.SetSpacing(spacing)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 0.8, 2.0), (0.8, 0.8, 50.0), (0.8, 0.05, 1.0)])
+def test_implausible_voxel_size_is_refused(tmp_path, spacing):
+    from spinect.errors import InputError
+    from spinect.io import read_ct
+
+    path = tmp_path / "ct.nrrd"
+    image = _ct_image()
+    sitk.WriteImage(image, str(path))
+    # SimpleITK refuses to set a zero spacing, so edit the header text itself
+    text = path.read_bytes()
+    head, sep, body = text.partition(b"\n\n")
+    lines = [line for line in head.split(b"\n") if not line.startswith(b"space directions")]
+    lines.append(b"space directions: (%g,0,0) (0,%g,0) (0,0,%g)" % spacing)
+    path.write_bytes(b"\n".join(lines) + sep + body)
+    with pytest.raises(InputError, match="voxel size|spacing"):  # SimpleITK itself refuses a zero spacing
+        read_ct(path)
+
+
+def test_non_orthonormal_direction_is_refused():
+    from spinect.errors import InputError
+    from spinect.io import validate_ct
+
+    sheared = _ct_image(direction=(1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    with pytest.raises(InputError, match="not orthonormal"):
+        validate_ct(sheared)
+    validate_ct(_ct_image(direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)))  # a rotation is fine
+
+
+def test_fifo_input_is_refused_without_blocking(tmp_path):
+    from spinect.errors import InputError
+    from spinect.io import read_ct
+
+    fifo = tmp_path / "ct.nii.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_ct(fifo)

@@ -30,6 +30,7 @@ from spinect.io.atomic import full_suffix
 
 __all__ = [
     "check_nifti_integrity",
+    "check_geometry",
     "read_ct",
     "validate_ct",
     "image_info",
@@ -107,6 +108,8 @@ def validate_ct(image: sitk.Image, *, source: str | None = None) -> None:
 
     * 3 dimensions with at least :data:`MIN_VOXELS_PER_AXIS` voxels along each axis (a single
       slice is 2D; a thin 3-slice volume is fine); no 4D (time series) and no vector/colour pixels.
+    * a trustworthy grid (:func:`check_geometry`): voxel sizes finite and within 0.1-10 mm,
+      an orthonormal direction matrix.
     * every voxel finite (no NaN or inf).
     * it looks like CT in HU: the minimum is at or below -800 HU (air or scanner padding), or at
       least 0.1 % of voxels are below -500 HU (air), or at least 1 % are below -30 HU (fat: a crop
@@ -122,6 +125,7 @@ def validate_ct(image: sitk.Image, *, source: str | None = None) -> None:
     """
     name = source or "the input image"
     _check_shape(image, name)
+    check_geometry(image, name)
     values = sitk.GetArrayViewFromImage(image)
     _check_finite(values, name)
     _check_looks_like_ct(values, name)
@@ -149,6 +153,36 @@ def image_info(image: sitk.Image) -> dict[str, object]:
 
 
 # --- validation -----------------------------------------------------------------------------
+
+#: Voxel sizes spinect accepts (mm); outside WARN_SPACING_MM a warning says results may suffer.
+SPACING_LIMITS_MM = (0.1, 10.0)
+WARN_SPACING_MM = (0.2, 6.0)
+
+
+def check_geometry(image: sitk.Image, name: str = "the input image") -> None:
+    """Refuse a grid that would put the segmentation in the wrong place or at the wrong size.
+
+    Raises:
+        InputError: a voxel size that is not finite or outside :data:`SPACING_LIMITS_MM`, or a
+            direction matrix that is not orthonormal (sheared or scaled axes, NaN).
+    """
+    spacing = np.asarray(image.GetSpacing(), float)
+    lo, hi = SPACING_LIMITS_MM
+    if not np.all(np.isfinite(spacing)) or np.any(spacing < lo) or np.any(spacing > hi):
+        raise InputError(
+            f"{name} has voxel size {tuple(float(v) for v in spacing)} mm; spinect needs finite voxel sizes of "
+            f"{lo:g}-{hi:g} mm. The file's header is probably wrong: export the CT again from the scanner or PACS"
+        )
+    if np.any(spacing < WARN_SPACING_MM[0]) or np.any(spacing > WARN_SPACING_MM[1]):
+        logger.warning("%s has voxel size %s mm, outside the usual %g-%g mm: results may be poor",
+                    name, tuple(round(float(v), 3) for v in spacing), *WARN_SPACING_MM)
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), float).reshape(dim, dim)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction @ direction.T, np.eye(dim), atol=1e-4):
+        raise InputError(
+            f"{name} has a direction matrix that is not orthonormal ({np.round(direction, 4).tolist()}): its axes are "
+            "sheared or scaled, so voxel positions would be wrong. Export the CT again (resampled to an orthogonal grid)"
+        )
 
 
 def _check_shape(image: sitk.Image, name: str) -> None:
@@ -225,6 +259,11 @@ def _read_image(path: Path) -> sitk.Image:
         raise InputError(f"input {kind} {path} does not exist; check the path (and the current folder)")
     if path.is_dir():
         return _read_dicom_folder(path)
+    if not path.is_file():
+        raise InputError(
+            f"{path} is not a regular file (a pipe, socket or device); reading it could block forever. "
+            "Give an image file or a DICOM folder"
+        )
     if full_suffix(path) in CT_FILE_SUFFIXES:
         return _read_image_file(path)
     if full_suffix(path) == ".dcm" or _is_dicom_file(path):
