@@ -316,3 +316,18 @@ def test_fifo_input_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):
         read_ct(fifo)
+
+
+def test_existing_segmentation_with_other_segments_is_never_replaced(tmp_path):
+    """A user's .seg.nrrd holding a liver segment must not silently become bone + nerve."""
+    path = tmp_path / "case.seg.nrrd"
+    write_labelmap(_labels(), path, class_names=("background", "liver", "tumour"))
+    before = path.read_bytes()
+    with pytest.raises(OutputError, match="other segments.*liver"):
+        write_labelmap(_labels(), path)
+    assert path.read_bytes() == before
+    # our own earlier result (bone, nerve) may be replaced
+    own = tmp_path / "own.seg.nrrd"
+    write_labelmap(_labels(), own)
+    write_labelmap(_labels(), own)
+    assert own.is_file() and _leftovers(tmp_path, {path.name, own.name}) == []

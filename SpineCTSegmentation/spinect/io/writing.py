@@ -57,12 +57,40 @@ def write_labelmap(
     path = _checked_path(path, LABEL_OUTPUT_SUFFIXES, "label map", overwrite=overwrite)
     check_labelmap(label, class_names=class_names)
     if full_suffix(path) == ".seg.nrrd":
+        _refuse_foreign_segments(path, class_names)
         segmentation = labelmap_to_segmentation(label, class_names=class_names)
         with atomic_output(path, verify=lambda tmp: _verify_segmentation(tmp, segmentation), overwrite=overwrite) as tmp:
             import slicerio  # lazy: Slicer's own process imports spinect without slicerio
             _guarded(lambda: slicerio.write_segmentation(str(tmp), segmentation), path)
         return path
     return write_image(sitk.Cast(label, sitk.sitkUInt8), path, overwrite=overwrite)
+
+
+def _refuse_foreign_segments(path: Path, class_names: Sequence[str]) -> None:
+    """An existing Slicer segmentation may hold the user's other work (liver, tumour, ...):
+    replacing it with bone + nerve would lose it without a word.
+
+    Raises:
+        OutputError: ``path`` holds segments other than ``class_names`` (or cannot be read as a
+            segmentation, so what it holds is unknown).
+    """
+    if not path.exists():
+        return
+    import slicerio
+
+    try:
+        existing = slicerio.read_segmentation(str(path), skip_voxels=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable: we cannot know what would be lost
+        raise OutputError(
+            f"{path} exists and is not a readable segmentation ({exc}); it will not be replaced. Choose another output name"
+        ) from exc
+    ours = {name.lower() for name in class_names[1:]}
+    foreign = [s.get("name", "?") for s in existing.get("segments", []) if str(s.get("name", "")).lower() not in ours]
+    if foreign:
+        raise OutputError(
+            f"{path} already holds other segments ({', '.join(foreign)}); writing bone and nerve would replace them. "
+            "Choose another output name, or load both in Slicer and merge them there"
+        )
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
