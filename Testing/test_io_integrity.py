@@ -331,3 +331,44 @@ def test_existing_segmentation_with_other_segments_is_never_replaced(tmp_path):
     write_labelmap(_labels(), own)
     write_labelmap(_labels(), own)
     assert own.is_file() and _leftovers(tmp_path, {path.name, own.name}) == []
+
+
+# --- option values: a clear refusal, never a traceback or an hours-long run ------------------------
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--smoothing-mm", "-1"], "smoothing"), (["--smoothing-mm", "nan"], "smoothing"),
+    (["--stride", "1", "1", "1"], "sliding windows"), (["--stride", "0", "40", "40"], "stride"),
+    (["--stride", "64", "40", "40"], "larger than the network's window"),
+])
+def test_bad_segment_options_are_refused_before_work(tmp_path, tiny_model, capsys, extra, words):
+    from spinect.cli import main
+
+    ct = tmp_path / "ct.nrrd"
+    big = sitk.Image([400, 400, 400], sitk.sitkInt16) - 1000  # 400^3 mm at 1 mm: millions of windows at stride 1
+    sitk.WriteImage(big, str(ct), True)
+    out = tmp_path / "out.nii.gz"
+    code = main(["segment", str(ct), str(out), "--model", str(tiny_model), "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--theta", "nan"], "theta"), (["--theta", "1000"], "theta"), (["--phi", "-90"], "phi"),
+    (["--pixel", "0"], "pixel"), (["--instrument-radius", "-1"], "instrument radius"), (["--optimize", "--step", "0"], "step"),
+])
+def test_bad_triangle_options_are_refused(tmp_path, capsys, extra, words):
+    from spinect.cli import main
+
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[5:8] = 1
+    labels[10, 10, 10] = 2
+    seg = tmp_path / "seg.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(seg))
+    out = tmp_path / "tri.json"
+    code = main(["triangles", str(seg), "--level", "L5S1", "--side", "left", "--seed", "10", "10", "10",
+                 "--json", str(out), "--progress-lines", *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and words in err and "Traceback" not in err
+    assert not out.exists()

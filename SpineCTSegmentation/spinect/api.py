@@ -166,6 +166,7 @@ def segment(
     from spinect.pipeline import BONE_MARGIN_MM, segment_image
     from spinect.profiling import StageTimer, peak_rss_mb
 
+    _check_segment_options(smoothing_mm, stride_zyx, batch_size)
     report = _Reporter(progress)
     wants_uncertainty = tta or bool(ensemble)
     if (uncertainty_output or review_output) and not wants_uncertainty:
@@ -188,6 +189,7 @@ def segment(
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
         ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input)
+    _check_window_count(ct, plan, stride_zyx)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
 
     def on_window(done: int, total: int) -> None:
@@ -239,6 +241,47 @@ def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:
     return {"class_name": plan.class_names[island.label_value], "voxels": island.voxels,
             "volume_mm3": island.volume_mm3, "centroid_lps_mm": tuple(centroid_lps_mm),
             "distance_mm": island.distance_mm, "reason": island.reason}
+
+
+#: More sliding windows than this is a mistake (a stride of 1), not a CT: refuse before hours of work.
+MAX_WINDOWS = 200_000
+
+
+def _check_segment_options(smoothing_mm, stride_zyx, batch_size) -> None:
+    """Refuse option values that would crash deep inside, hang, or silently do nothing useful.
+
+    Raises:
+        SpinectError: naming the option, the value and the allowed range.
+    """
+    import math
+
+    if smoothing_mm is not None:
+        if not isinstance(smoothing_mm, (int, float)) or not math.isfinite(smoothing_mm) or not 0.0 <= smoothing_mm <= 10.0:
+            raise SpinectError(f"--smoothing-mm must be a number of mm within 0-10 (0 = off), got {smoothing_mm!r}")
+    if stride_zyx is not None:
+        if len(stride_zyx) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in stride_zyx):
+            raise SpinectError(f"--stride must be 3 positive integers (voxels along z y x), got {stride_zyx!r}")
+    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 1024:
+        raise SpinectError(f"--batch-size must be an integer within 1-1024, got {batch_size!r}")
+
+
+def _check_window_count(ct: sitk.Image, plan: ModelPlan, stride_zyx) -> None:
+    """Estimate the sliding windows on the network's grid; refuse absurd counts (hours of work)."""
+    extent_mm = np.asarray(ct.GetSize()[::-1], float) * np.asarray(ct.GetSpacing()[::-1], float)
+    voxels = np.ceil(extent_mm / np.asarray(plan.spacing_zyx_mm, float))
+    stride = np.asarray(stride_zyx if stride_zyx is not None else plan.stride_zyx, float)
+    patch = np.asarray(plan.patch_size_zyx, float)
+    if np.any(stride > patch):
+        raise SpinectError(
+            f"--stride {tuple(int(v) for v in stride)} is larger than the network's window {tuple(int(v) for v in patch)}: "
+            "voxels between windows would never be labelled; use a stride no larger than the window"
+        )
+    windows = int(np.prod(np.ceil(np.maximum(voxels - patch, 0) / stride) + 1))
+    if windows > MAX_WINDOWS:
+        raise SpinectError(
+            f"this CT needs about {windows:,} sliding windows with stride {tuple(int(v) for v in stride)} (limit "
+            f"{MAX_WINDOWS:,}); that would run for hours. Use the default stride {tuple(plan.stride_zyx)} or a smaller CT"
+        )
 
 
 def _refuse_clashing_paths(paths: dict[str, str | os.PathLike | None]) -> None:

@@ -147,6 +147,10 @@ def measure_triangle(
     """
     from spinect.io import check_output_path
 
+    from spinect.geometry.window import _check_range
+
+    _check_range("theta (--theta, obliquity)", theta_deg, 0.0, 90.0, "degrees")
+    _check_range("phi (--phi, cranio-caudal tilt)", phi_deg, -60.0, 60.0, "degrees")
     level = check_choice("level", level, tuple(LEVELS))
     triangle = check_choice("triangle", triangle, TRIANGLES)
     check_choice("side", side, ("left", "right"))

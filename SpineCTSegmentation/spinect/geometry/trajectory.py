@@ -79,6 +79,21 @@ class SearchSettings:
     )
     reachable: bool = True
 
+    def __post_init__(self) -> None:
+        from spinect.errors import InputError
+        from spinect.geometry.window import _check_range
+
+        _check_range("search step (--step)", self.step_deg, 0.1, 30.0, "degrees")
+        _check_range("robust neighbourhood", self.robust_deg, 0.0, 15.0, "degrees")
+        _check_range("refinement step", self.refine_step_deg, 0.0, 15.0, "degrees")
+        for name, (lo, hi), limit in (("theta range", self.theta_range_deg, 90.0), ("phi range", self.phi_range_deg, 60.0)):
+            _check_range(name, lo, -limit, limit, "degrees")
+            _check_range(name, hi, -limit, limit, "degrees")
+            if lo > hi:
+                raise InputError(f"{name} must run from low to high, got {lo:g}..{hi:g} degrees")
+        if self.objective not in ("radius", "free_area", "usable_area"):
+            raise InputError(f"search objective must be radius, free_area or usable_area, got {self.objective!r}")
+
 
 @dataclass(frozen=True)
 class PathCheck:

@@ -82,9 +82,31 @@ class WindowSettings:
     separate_structures: bool = True
     bounded_rays_only: bool = False
 
+    def __post_init__(self) -> None:
+        _check_range("pixel size (--pixel)", self.pixel_mm, 0.01, 5.0, "mm")
+        _check_range("instrument radius (--instrument-radius)", self.instrument_radius_mm, 0.0, 10.0, "mm")
+        _check_range("window half size", self.half_size_mm, 0.5, 200.0, "mm")
+        _check_range("depth step", self.depth_step_mm, 0.01, 10.0, "mm")
+        _check_range("depth after the target", self.depth_after_mm, 0.0, 200.0, "mm")
+        _check_range("guard radius", self.guard_radius_mm, 0.5, 200.0, "mm")
+        if self.depth_before_mm is not None:
+            _check_range("depth before the target", self.depth_before_mm, 0.0, 500.0, "mm")
+
     @property
     def window_kind(self) -> str:
         return "reachable" if self.depth_before_mm is None else "anatomical"
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, unit: str) -> None:
+    """Options are checked where they are defined: NaN, infinities and absurd values are refused."""
+    from spinect.errors import InputError
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not (lo <= number <= hi):  # also False for NaN
+        raise InputError(f"{name} must be within {lo:g}-{hi:g} {unit}, got {value!r}")
 
 
 @dataclass
