@@ -35,8 +35,9 @@ def case():
 
 @pytest.fixture(scope="module")
 def clean_case():
-    """Noise- and blur-free, 1 mm, for tissue values."""
-    return generate_case(5, shape_zyx=(64, 96, 96), noise=False, window_tables=False, degeneration=False)
+    """Noise- and blur-free, 1 mm, for tissue values (v1 appearance: the ct mode is tested in
+    test_phantom_appearance.py)."""
+    return generate_case(5, shape_zyx=(64, 96, 96), noise=False, window_tables=False, degeneration=False, appearance="v1")
 
 
 def _arr(image: sitk.Image) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_cortical_bone_air_and_noise(clean_case):
     wide = generate_case(5, shape_zyx=(16, 64, 64), spacing_zyx_mm=(6.0, 7.0, 7.0), noise=False, window_tables=False, degeneration=False)
     air = _arr(wide.structures) == STRUCTURE_CODES["air"]
     assert air.sum() > 100 and np.all(_arr(wide.ct)[air] == -1000)
-    noisy = generate_case(5, shape_zyx=(64, 96, 96), window_tables=False, degeneration=False)
+    noisy = generate_case(5, shape_zyx=(64, 96, 96), window_tables=False, degeneration=False, appearance="v1")
     sd = noisy.truth["appearance"]["noise_sd_hu"]
     assert 10 <= sd <= 40
     muscle = ndimage.binary_erosion(np.isin(structures, [STRUCTURE_CODES["psoas_left"], STRUCTURE_CODES["paraspinal_left"],
@@ -249,7 +250,7 @@ def test_randomised_appearance_keeps_the_labels(case):
     np.testing.assert_array_equal(_arr(rand.labels), _arr(case.labels))
     assert rand.ct.GetPixelID() == sitk.sitkInt16
     assert np.abs(_arr(rand.ct).astype(float) - _arr(case.ct)).mean() > 50
-    assert rand.truth["appearance"]["randomised"] is True
+    assert rand.truth["appearance"]["randomised"] is True and rand.truth["appearance"]["mode"] == "random"
 
 
 def test_cli_writes_cases_and_rejects_bad_options(tmp_path, capsys):

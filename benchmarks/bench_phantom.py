@@ -37,14 +37,14 @@ def _stages(seed: int, shape, spacing) -> dict[str, float]:
     grid = make_grid(anatomy, shape, spacing)
     times["anatomy"] = time.perf_counter() - t
     t = time.perf_counter()
-    values, scanner = A.physical_values(look), A.sample_scanner(look)
-    structures, hu = rasterise(anatomy, grid, values, noise)
+    appearance = A.sample_look("ct", look, spacing)  # the default mode of generate_case
+    structures, hu = rasterise(anatomy, grid, appearance.values, noise)
     times["rasterise (labels + partial volume)"] = time.perf_counter() - t
     t = time.perf_counter()
-    A.apply_scanner(hu, scanner, spacing, noise)
+    hu = appearance.finish(hu, structures, spacing, noise)
     A.to_int16(hu)
     labels = labels_from_structures(structures)
-    times["scanner blur + noise + int16"] = time.perf_counter() - t
+    times["scanner (kernel, noise, offset) + int16"] = time.perf_counter() - t
     t = time.perf_counter()
     build_truth(anatomy, grid, labels=labels)
     times["truth (triangles, tables, window)"] = time.perf_counter() - t

@@ -358,7 +358,7 @@ def phantom(out_dir: str | os.PathLike, *, n: int = 1, seed: int = 0, **options)
     """``spinect phantom OUT_DIR --n N --seed S ...``: write synthetic lumbosacral CT cases with truth.
 
     ``options`` are those of :func:`spinect.phantom.make_phantom` (``shape_zyx``,
-    ``spacing_zyx_mm``, ``randomise_appearance``, ``preview``, ``degeneration``, ``progress``).
+    ``spacing_zyx_mm``, ``randomise_appearance``, ``appearance``, ``preview``, ``degeneration``, ``progress``).
     Returns the case folders written.
     """
     from spinect.phantom import make_phantom

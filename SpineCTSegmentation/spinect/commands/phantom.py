@@ -31,8 +31,11 @@ def register(subparsers) -> None:
                    help="grid size in voxels, z y x (default 200 300 300)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="voxel size in mm, z y x (default 1 1 1; e.g. 3 0.8 0.8 for thick slices)")
+    p.add_argument("--appearance", choices=("ct", "v1", "random"), default=None,
+                   help="ct: CT-realistic HU, kernels and noise (default); v1: the first phantom's HU; "
+                        "random: domain-randomised intensities (SynthSeg-style)")
     p.add_argument("--randomise-appearance", "--randomize-appearance", action="store_true",
-                   help="domain-randomised intensities (SynthSeg-style) instead of physical HU")
+                   help="same as --appearance random")
     degen = p.add_mutually_exclusive_group()
     degen.add_argument("--degeneration", dest="degeneration", action="store_const", const=True, default=None,
                        help="give every case one degenerated level (default: 30%% of cases)")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         written = make_phantom(
             args.out_dir, n=args.n, seed=args.seed, shape_zyx=tuple(args.shape) if args.shape else None,
             spacing_zyx_mm=tuple(args.spacing) if args.spacing else None,
-            randomise_appearance=args.randomise_appearance, preview=args.preview,
+            randomise_appearance=args.randomise_appearance, appearance=args.appearance, preview=args.preview,
             degeneration=args.degeneration, progress=progress,
         )
     print(f"wrote {args.n} phantom case(s) to {args.out_dir} ({len(written)} files, manifest {written[-1].name})", file=sys.stderr)

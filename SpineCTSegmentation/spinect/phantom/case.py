@@ -86,6 +86,8 @@ def generate_case(
     noise: bool = True,
     window_tables: bool = True,
     progress: Callable[[float], None] | None = None,
+    appearance: str | None = None,
+    appearance_overrides: dict[str, Any] | None = None,
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -94,21 +96,28 @@ def generate_case(
             does not depend on the grid, so one seed on two grids is one patient scanned twice.
         shape_zyx: grid size (Z, Y, X); the field of view is centred on the L4-S1 region.
         spacing_zyx_mm: voxel size (z, y, x) in mm; thick slices get sub-slice averaging.
-        randomise_appearance: SynthSeg-style random intensities, bias, gamma, blur and noise.
+        randomise_appearance: legacy switch; True means ``appearance="random"``.
         degeneration: True = always one degenerated level, False = never, None = 30 % of cases.
         supersample: odd in-plane supersampling factor of the partial-volume model (1 is fast;
             3 is closer to the continuous image).
         noise: False gives a noise-free and blur-free image (tests of tissue values).
         window_tables: compute the unobstructed-window tables of the truth (ray casting).
         progress: optional callback receiving the fraction done (0-1).
+        appearance: ``"ct"`` (default: CT-realistic marrow, thin cortex, kernels, offset),
+            ``"v1"`` (the first physical mode, reproduces old cases) or ``"random"``
+            (SynthSeg-style randomised intensities); see :mod:`spinect.phantom.appearance`.
+        appearance_overrides: ``ct`` mode only, e.g. ``{"marrow_hu": (10, 110)}``,
+            ``{"kernel": "sharp"}``, ``{"iv_contrast": True}`` (:data:`appearance.OVERRIDE_KEYS`).
 
     Returns:
         The case, with CT, labels and structure map on the same grid and the truth dict.
 
     Raises:
-        SpinectError: invalid shape, spacing or supersampling factor.
+        SpinectError: invalid shape, spacing, supersampling factor, appearance or override.
     """
     shape, spacing = check_grid(shape_zyx, spacing_zyx_mm)
+    mode = A.appearance_mode(appearance, randomise_appearance)
+    A.check_overrides(appearance_overrides)
     try:
         supersampling_factors(spacing, supersample)
     except ValueError as exc:
@@ -118,22 +127,18 @@ def generate_case(
     params = sample_params(geo_rng, degeneration=degeneration)
     anatomy = build_anatomy(params, geo_rng)
     grid = make_grid(anatomy, shape, spacing)
-    values = A.random_values(look_rng) if randomise_appearance else A.physical_values(look_rng)
-    scanner = A.sample_scanner(look_rng, randomise=randomise_appearance)
+    look = A.sample_look(mode, look_rng, spacing, appearance_overrides)
     report = (lambda f: progress(0.8 * f)) if progress else None
-    structures, hu = rasterise(anatomy, grid, values, noise_rng, supersample=supersample, progress=report)
-    if randomise_appearance:
-        A.randomise_contrast(hu, structures, noise_rng)
-    if noise:
-        A.apply_scanner(hu, scanner, spacing, noise_rng)
+    structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report)
+    hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
     labels = labels_from_structures(structures)
-    truth = _truth(seed, anatomy, grid, labels if window_tables else None, values, scanner, randomise_appearance, noise)
+    truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise)
     if progress:
         progress(1.0)
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
 
 
-def _truth(seed, anatomy: Anatomy, grid: Grid, labels, values, scanner, randomised: bool, noise: bool) -> dict[str, Any]:
+def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool) -> dict[str, Any]:
     truth: dict[str, Any] = {
         "format": "spinect-phantom-truth", "phantom_version": PHANTOM_VERSION, "seed": int(seed),
         "coordinate_system": "LPS", "units": "mm",
@@ -143,20 +148,8 @@ def _truth(seed, anatomy: Anatomy, grid: Grid, labels, values, scanner, randomis
                  "rotation_deg_xyz": list(anatomy.params.rotation_deg)},
         "label_values": {"background": 0, "bone": 1, "nerve": 2},
         "structure_codes": dict(STRUCTURE_CODES),
-        "appearance": {"randomised": randomised, "noise_and_blur": noise, "noise_sd_hu": scanner.noise_hu if noise else 0.0,
-                       "psf_fwhm_zyx_mm": list(scanner.fwhm_zyx_mm) if noise else [0.0, 0.0, 0.0],
-                       "tissue_hu": None if randomised else _tissue_hu(values)},
+        "appearance": look.record(noise=noise),
         "parameters": anatomy.params.to_dict(),
     }
     truth.update(build_truth(anatomy, grid, labels=labels))
     return truth
-
-
-def _tissue_hu(values) -> dict[str, float]:
-    from spinect.phantom.structures import STRUCTURE_TISSUE
-
-    out = {}
-    for code, tissue in STRUCTURE_TISSUE.items():
-        out.setdefault("cortical_bone" if tissue == "bone" else tissue, round(float(values.table[code]), 2))
-    out["cancellous_bone"] = round(float(np.mean(list(values.cancellous.values()))), 2)
-    return out

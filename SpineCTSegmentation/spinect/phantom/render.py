@@ -9,6 +9,13 @@ sub-sample of each block is the output voxel centre, where labels are read), eac
 blended in with its coverage ``clip(0.5 - sdf / h, 0, 1)`` (the exact area fraction for a locally
 flat boundary crossing a sub-voxel of size h), and blocks are averaged. Thick slices get more
 sub-slices (``z_factor``), like a CT slice-sensitivity profile.
+
+Bones have two models. ``v1``: a cortical shell of ``part.cortex_mm`` at the cortical value
+around cancellous bone with a little texture. CT-realistic (:class:`BoneModel`): a thin cortex
+(0.3-0.8 mm, blended exactly by the difference of two coverages, so at 1 mm voxels it reads as
+a dim rim), and a cancellous value that rises from the marrow towards the surface with the
+depth model ``marrow + (dense - marrow) * exp(-depth / lambda)`` (thin processes are mostly
+dense bone), plus trabecular texture, marrow islands and sclerotic endplate bands.
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox
 
-__all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues"]
+__all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues", "BoneModel",
+           "smooth_noise", "FAT_HU"]
+
+#: Marrow fat HU used as the zero of the relative texture amplitude.
+FAT_HU = -100.0
 
 
 @dataclass(frozen=True)
@@ -107,18 +118,152 @@ def supersampling_factors(spacing_zyx_mm, supersample: int = 1) -> tuple[int, in
 
 
 @dataclass(frozen=True)
+class BoneModel:
+    """CT-realistic bone appearance of one case (all HU before scanner blur, noise and offset).
+
+    Attributes:
+        cortex_mm: cortical shell thickness (mm) of a vertebra (ilia scale with ``part.cortex_mm``).
+        cortex_hu: HU of the (thin, dense) cortex itself; partial volume makes it a dim rim.
+        marrow_hu: deep cancellous (marrow) HU per bone code.
+        dense_hu: cancellous HU at the inner cortex surface (depth 0).
+        depth_mm: e-folding depth lambda (mm) of the dense subcortical layer.
+        texture_rel: trabecular texture SD relative to ``marrow - FAT_HU``.
+        texture_mm: correlation length (Gaussian sigma, mm) of the texture.
+        island_fraction: share of marrow in islands/patches (0 = none).
+        island_hu: HU added inside islands (negative: fatty patches; positive: red/sclerotic).
+        island_mm: correlation length (Gaussian sigma, mm) of the island pattern.
+        endplate_hu: extra HU at the vertebral endplates (subchondral sclerosis).
+        endplate_mm: e-folding depth (mm) of the endplate band.
+        posterior_hu: cancellous HU of the vertebral arch (pedicles, laminae, processes: mostly
+            dense bone), reached over 4 mm behind the posterior wall of the body.
+        arch_cortex_mm: cortex thickness (mm) of the arch (None: ``cortex_mm`` everywhere).
+    """
+
+    cortex_mm: float
+    cortex_hu: float
+    marrow_hu: dict[int, float]
+    dense_hu: float
+    depth_mm: float
+    texture_rel: float = 0.2
+    texture_mm: float = 1.5
+    island_fraction: float = 0.0
+    island_hu: float = -100.0
+    island_mm: float = 4.0
+    endplate_hu: float = 0.0
+    endplate_mm: float = 2.0
+    posterior_hu: float | None = None
+    arch_cortex_mm: float | None = None
+
+
+@dataclass(frozen=True)
 class TissueValues:
     """Intensity of each structure code plus the bone layers.
 
     Attributes:
         table: (256,) float32 value per structure code (bones: their cortical value).
-        cancellous: value of cancellous bone per bone code.
-        cancellous_texture: relative amplitude of trabecular texture (0 = none).
+        cancellous: value of cancellous bone per bone code (v1 bone model).
+        cancellous_texture: relative amplitude of trabecular texture (0 = none; v1 bone model).
+        bone: CT-realistic bone model; None keeps the v1 model (thick cortex, bright cancellous).
     """
 
     table: np.ndarray
     cancellous: dict[int, float]
     cancellous_texture: float = 0.08
+    bone: BoneModel | None = None
+
+
+def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-SD Gaussian-correlated noise (float32, (Z, Y, X)).
+
+    Large correlation lengths are drawn on a coarser grid and interpolated (linear), which
+    costs a fraction of filtering the full grid.
+
+    Args:
+        shape_zyx: output shape. sigma_vox: Gaussian sigma per axis (voxels).
+    """
+    shape = np.asarray(shape_zyx, int)
+    sigma = np.broadcast_to(np.asarray(sigma_vox, float), (3,))
+    step = np.clip(np.floor(sigma / 1.5), 1, 4).astype(int)
+    coarse = -(-shape // step) + 2
+    field = rng.standard_normal(tuple(coarse), dtype=np.float32)
+    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap")
+    if np.any(step > 1):
+        field = ndimage.zoom(field, step, order=1, grid_mode=False, prefilter=False)
+    field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
+    field -= np.float32(field.mean())
+    field /= np.float32(max(float(field.std()), 1e-6))
+    return field
+
+
+def _plane_coordinate(box: GridBox, point: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """(p - point) . direction (mm, float32 (Z, Y, X)) at the voxel centres p of ``box`` (body coordinates)."""
+    iz, iy, ix = (np.arange(a, b, dtype=np.float64) for a, b in zip(box.lo, box.hi))
+    coef = box.step @ direction
+    off = float(direction @ (box.origin - point))
+    plane = ((coef[1] * iy)[:, None] + (coef[2] * ix)[None, :]).astype(np.float32)
+    return plane[None, :, :] + (coef[0] * iz + off).astype(np.float32)[:, None, None]
+
+
+def _endplate_band(box: GridBox, frame, params, model: BoneModel, with_inferior: bool) -> np.ndarray | None:
+    """Extra HU of the sclerotic endplate bands of one vertebral body (float32 (Z, Y, X))."""
+    if model.endplate_hu <= 0 or frame is None or params is None:
+        return None
+    band = np.zeros(box.shape, np.float32)
+    plates = [frame.superior, frame.inferior] if with_inferior else [frame.superior]
+    for plate in plates:
+        n = np.asarray(plate.normal, float)
+        lat = frame.axes[0] - (frame.axes[0] @ n) * n
+        post = np.cross(n, lat)
+        post *= np.sign(post @ frame.axes[1]) / np.linalg.norm(post)
+        s = _plane_coordinate(box, plate.centre, n)  # < 0 inside the body
+        r2 = (_plane_coordinate(box, plate.centre, lat / np.linalg.norm(lat)) / np.float32(params.a)) ** 2
+        r2 += (_plane_coordinate(box, plate.centre, post) / np.float32(params.b)) ** 2
+        weight = np.clip((1.1 - r2) / 0.3, 0.0, 1.0)  # only under the endplate's own disc
+        np.abs(s, out=s)
+        band += np.exp(s / np.float32(-model.endplate_mm)) * weight
+    band *= np.float32(model.endplate_hu)
+    return band
+
+
+def _arch_weight(box: GridBox, frame, params) -> np.ndarray | None:
+    """0 in the vertebral body, rising to 1 within 4 mm behind its posterior wall (the arch:
+    pedicles, laminae, processes); None for bones without a vertebra frame."""
+    if frame is None or params is None:
+        return None
+    w = _plane_coordinate(box, frame.centre, frame.axes[1])
+    w -= np.float32(params.b - 1.0)
+    w *= np.float32(0.25)
+    return np.clip(w, 0.0, 1.0, out=w)
+
+
+def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, cortex_mm, rng: np.random.Generator,
+                   frame=None, params=None, arch: np.ndarray | None = None) -> np.ndarray:
+    """Cancellous HU (float32 (Z, Y, X)) of one bone on ``box``: marrow with texture and islands
+    (the arch: ``posterior_hu``), rising to ``dense_hu`` towards the inner cortex surface, plus
+    endplate bands. cortex_mm: scalar or per-voxel thickness (mm)."""
+    spacing = np.linalg.norm(box.step, axis=1)
+    marrow = np.float32(model.marrow_hu.get(part.code, np.mean(list(model.marrow_hu.values()))))
+    field = np.full(box.shape, marrow, np.float32)
+    if model.texture_rel > 0:
+        tex = smooth_noise(box.shape, model.texture_mm / spacing, rng)
+        tex *= np.float32(model.texture_rel * max(float(marrow) - FAT_HU, 20.0))
+        field += tex
+    if model.island_fraction > 0:
+        pattern = smooth_noise(box.shape, model.island_mm / spacing, rng)
+        cut = np.float32(np.quantile(pattern[:: 4, :: 4, :: 4], 1.0 - model.island_fraction))
+        pattern -= cut
+        np.clip(pattern * np.float32(2.0), 0.0, 1.0, out=pattern)  # soft-edged islands
+        field += pattern * np.float32(model.island_hu)
+    if model.posterior_hu is not None and arch is not None:
+        field += arch * (np.float32(model.posterior_hu) - field)
+    depth = np.maximum(-d - cortex_mm, 0.0)
+    depth *= np.float32(-1.0 / model.depth_mm)
+    np.exp(depth, out=depth)
+    field += depth * (np.float32(model.dense_hu) - field)
+    band = _endplate_band(box, frame, params, model, with_inferior=part.name != "S1")
+    if band is not None:
+        field += band
+    return field
 
 
 def _paint_background(parts: list[Part], root: GridBox, structures: np.ndarray) -> None:
@@ -131,8 +276,29 @@ def _blend(view: np.ndarray, d: np.ndarray, value, h: float) -> None:
     view += cov * (value - view)
 
 
+def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, model: BoneModel, h: float,
+                   rng: np.random.Generator, anatomy: Anatomy | None) -> None:
+    """Thin cortex plus cancellous, blended with the exact area fractions of the two surfaces:
+    ``view (1 - c_out) + cortex (c_out - c_in) + cancellous c_in``."""
+    cortex_mm = np.float32(model.cortex_mm * part.cortex_mm / 1.2)  # ilia (1.5 mm in v1): slightly thicker
+    frame = anatomy.frames.get(part.name) if anatomy is not None else None
+    params = anatomy.params.vertebrae.get(part.name) if anatomy is not None and frame is not None else None
+    arch = _arch_weight(sub, frame, params)
+    if arch is not None and model.arch_cortex_mm is not None:  # laminae and processes: thicker cortex
+        cortex_mm = cortex_mm + arch * np.float32(model.arch_cortex_mm - model.cortex_mm)
+    canc = _cancellous_ct(sub, d, part, model, cortex_mm, rng, frame, params, arch)
+    c_out = np.clip(0.5 - d / h, 0.0, 1.0)
+    c_in = np.clip(0.5 - (d + cortex_mm) / h, 0.0, 1.0)
+    cortex = np.float32(model.cortex_hu)
+    view += c_out * (cortex - view)
+    canc -= cortex
+    canc *= c_in
+    view += canc
+
+
 def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: TissueValues, h: float,
-                      rng: np.random.Generator, progress: Callable[[float], None] | None) -> None:
+                      rng: np.random.Generator, progress: Callable[[float], None] | None,
+                      anatomy: Anatomy | None = None) -> None:
     for i, part in enumerate(parts):
         sub = root.sub(*part.body_bounds())
         if progress:
@@ -141,6 +307,10 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
             continue
         d = part.sdf_box(sub)
         view = hu[sub.slices]
+        if part.cortex_mm > 0 and values.bone is not None:
+            _blend_bone_ct(view, d, sub, part, values.bone, h, rng, anatomy)
+            np.putmask(structures[sub.slices], d < 0, part.code)
+            continue
         _blend(view, d, values.table[part.code], h)
         if part.cortex_mm > 0:
             canc = np.float32(values.cancellous[part.code])
@@ -175,7 +345,7 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     for cutter in cutters:  # the nerve union carves every bone: evaluate it once
         cutter.cache_on(root)
     try:
-        _paint_foreground(anatomy.foreground, root, structures, hu, values, h, rng, progress)
+        _paint_foreground(anatomy.foreground, root, structures, hu, values, h, rng, progress, anatomy)
     finally:
         for cutter in cutters:
             cutter.clear_cache()

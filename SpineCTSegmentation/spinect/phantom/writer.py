@@ -61,6 +61,7 @@ def make_phantom(
     shape_zyx: Sequence[int] | None = None,
     spacing_zyx_mm: Sequence[float] | None = None,
     randomise_appearance: bool = False,
+    appearance: str | None = None,
     preview: bool = False,
     degeneration: bool | None = None,
     progress: Callable[[str, float, str], None] | None = None,
@@ -75,7 +76,9 @@ def make_phantom(
     Args:
         out_dir: output folder. n: number of cases (>= 1). seed: run seed.
         shape_zyx: grid (default :data:`DEFAULT_SHAPE_ZYX`). spacing_zyx_mm: default 1 mm.
-        randomise_appearance: domain-randomised intensities. preview: also write PNG previews.
+        randomise_appearance: legacy switch for ``appearance="random"``.
+        appearance: ``ct`` (default), ``v1`` or ``random`` (see :func:`generate_case`).
+        preview: also write PNG previews.
         degeneration: True/False/None (random, 30 %).
         progress: ``progress(stage, fraction, message)`` after each case.
 
@@ -102,7 +105,7 @@ def make_phantom(
         if progress:
             progress("phantom", i / n, f"{name}: generating")
         case = generate_case(case_seed(seed, i), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm,
-                             randomise_appearance=randomise_appearance, degeneration=degeneration)
+                             randomise_appearance=randomise_appearance, appearance=appearance, degeneration=degeneration)
         paths = write_case(case, out, name, preview=preview)
         written += list(paths.values())
         extra = {"structures": paths["structures"].name, "truth": paths["truth"].name, "seed": case.seed}
