@@ -20,6 +20,7 @@ __all__ = [
     "STRUCTURE_CODES",
     "STRUCTURE_NAMES",
     "STRUCTURE_TISSUE",
+    "TISSUE_FALLBACK",
     "VERTEBRA_NAMES",
     "DISC_NAMES",
     "ROOT_NAMES",
@@ -53,6 +54,9 @@ def _build_table() -> dict[str, int]:
     codes["sacrum"] = 7  # S2 and below
     codes["ilium_left"] = 8
     codes["ilium_right"] = 9
+    # surroundings (phantom v2): real CTs show ribs and femora, and they are bone
+    for i, name in enumerate(("rib_left", "rib_right", "femur_left", "femur_right")):
+        codes[name] = 10 + i  # 10..13
     for i, name in enumerate(DISC_NAMES):
         codes[f"disc_{name}"] = 20 + i
     codes["dural_sac"] = 30
@@ -69,6 +73,9 @@ def _build_table() -> dict[str, int]:
     )
     for i, name in enumerate(soft):  # ligamentum_flavum is reserved (not painted in version 1)
         codes[name] = 100 + i
+    # surroundings (phantom v2); metal is implant, not bone (label 0)
+    for i, name in enumerate(("liver", "kidney", "bowel_contrast", "ct_table", "metal")):
+        codes[name] = 120 + i  # 120..124
     return codes
 
 
@@ -77,7 +84,8 @@ STRUCTURE_CODES: dict[str, int] = _build_table()
 #: code -> name.
 STRUCTURE_NAMES: dict[int, str] = {v: k for k, v in STRUCTURE_CODES.items()}
 
-BONE_CODES: tuple[int, ...] = tuple(range(1, 10))
+#: Vertebrae, sacrum, ilia (1-9), ribs and femora (10-13): all label 1.
+BONE_CODES: tuple[int, ...] = tuple(range(1, 14))
 NERVE_CODES: tuple[int, ...] = tuple(range(30, 60))
 
 _SOFT_TISSUE = {
@@ -86,6 +94,14 @@ _SOFT_TISSUE = {
     "vessel_calcification": "calcium", "quadratus_lumborum": "muscle", "iliacus": "muscle",
     "gluteal_muscle": "muscle", "epidural_fat": "fat", "foraminal_fat": "fat",
     "ligamentum_flavum": "ligament", "facet_capsule": "ligament", "sacroiliac_joint": "ligament",
+    "liver": "liver", "kidney": "kidney", "bowel_contrast": "oral_contrast", "ct_table": "table", "metal": "metal",
+}
+
+#: Tissue classes added with the surroundings (HU ranges in ``surroundings.SURROUNDING_HU_RANGES``)
+#: -> an older class used by :func:`structure_lookup` while a value mapping lacks them, so an
+#: appearance model that predates them still gives plausible HU (not the default).
+TISSUE_FALLBACK: dict[str, str] = {
+    "liver": "viscera", "kidney": "viscera", "oral_contrast": "calcium", "table": "ligament", "metal": "bone",
 }
 
 
@@ -117,7 +133,7 @@ def structure_lookup(values: dict[str, float], default: float = 0.0) -> np.ndarr
 
     Args:
         values: value per tissue class (``STRUCTURE_TISSUE`` values) or per structure name;
-            a structure name wins over its tissue.
+            a structure name wins over its tissue, a tissue over its ``TISSUE_FALLBACK`` class.
         default: value of unused codes.
 
     Returns:
@@ -130,6 +146,8 @@ def structure_lookup(values: dict[str, float], default: float = 0.0) -> np.ndarr
             table[code] = values[name]
         elif tissue in values:
             table[code] = values[tissue]
+        elif TISSUE_FALLBACK.get(tissue) in values:
+            table[code] = values[TISSUE_FALLBACK[tissue]]
     return table
 
 
