@@ -67,18 +67,17 @@ CANAL_CLOSING_MM = 3.0
 #: Synthetic stress variants: (name, generate_case keywords). Keywords generate_case does not
 #: accept yet are reported as skipped. Planned keywords are listed so they run once they exist.
 STRESS_VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("phantom default", {}),
-    ("randomised appearance", {"randomise_appearance": True}),
-    ("degenerated level", {"degeneration": True}),
-    ("no noise / blur", {"noise": False}),
-    ("CT-realistic", {"appearance": "ct"}),
-    ("mesh anatomy", {"anatomy": "mesh"}),
-    ("CT + mesh", {"appearance": "ct", "anatomy": "mesh"}),
-    ("CT, low marrow", {"appearance": "ct", "overrides": {"marrow": "low"}}),
-    ("CT, dim cortex", {"appearance": "ct", "overrides": {"cortex": "dim"}}),
-    ("CT, sharp kernel", {"appearance": "ct", "overrides": {"kernel": "sharp"}}),
-    ("CT, IV contrast", {"appearance": "ct", "overrides": {"contrast": "iv"}}),
-    ("CT, metal", {"appearance": "ct", "overrides": {"metal": True}}),
+    ("v1 phantom", {"appearance": "v1", "surroundings": False}),
+    ("v1 randomised", {"appearance": "random", "surroundings": False}),
+    ("v2 CT-realistic", {"appearance": "ct"}),
+    ("v2 CT, mesh anatomy", {"appearance": "ct", "anatomy": "mesh"}),
+    ("v2 randomised, mesh", {"appearance": "random", "anatomy": "mesh"}),
+    ("v2 CT, low marrow 10-110 HU", {"appearance": "ct", "appearance_overrides": {"marrow_hu": (10.0, 110.0)}}),
+    ("v2 CT, dim cortex 400-600 HU", {"appearance": "ct", "appearance_overrides": {"cortex_hu": (400.0, 600.0)}}),
+    ("v2 CT, sharp kernel", {"appearance": "ct", "appearance_overrides": {"kernel": "sharp"}}),
+    ("v2 CT, IV contrast", {"appearance": "ct", "appearance_overrides": {"iv_contrast": True}}),
+    ("v2 CT, metal", {"appearance": "ct", "metal": True}),
+    ("v2 CT, degenerated level", {"appearance": "ct", "degeneration": True}),
 ]
 #: Stress grids: (label, shape (z, y, x), spacing (z, y, x) mm): 96 x 128 x 128 mm.
 STRESS_GRIDS = [("1 mm", (96, 128, 128), (1.0, 1.0, 1.0)), ("3 mm slices", (32, 128, 128), (3.0, 1.0, 1.0))]

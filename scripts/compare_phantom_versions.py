@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: generate_case keywords of each arm; keywords generate_case does not know are reported and dropped.
 ARMS: dict[str, dict] = {
-    "v1": dict(anatomy="primitive", appearance="v1"),
-    "v2": dict(anatomy="mesh", appearance="ct"),
+    "v1": dict(anatomy="primitive", appearance="v1", surroundings=False),
+    "v2_appearance": dict(anatomy="primitive", appearance="ct", surroundings=True),
+    "v2": dict(anatomy="mesh", appearance="ct", surroundings=True),
 }
 #: Share of cases of an arm rendered with its randomised appearance (SynthSeg-style), as the
 #: shipped model's recipe (25 %).

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                        help="give every case one degenerated level (default: 30%% of cases)")
     degen.add_argument("--no-degeneration", dest="degeneration", action="store_const", const=False,
                        help="no degeneration")
+    p.add_argument("--anatomy", choices=("primitive", "mesh"), default="primitive",
+                   help="primitive: bones made of geometric primitives (default); mesh: phantom v2, real bone "
+                        "shapes (Visible Human Male, a mean L2-L5, a second pelvis) with fitted nerves and triangles")
     p.add_argument("--preview", action="store_true", help="also write a PNG per case through the left L5/S1 foramen")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout")
     p.set_defaults(func=run)
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             args.out_dir, n=args.n, seed=args.seed, shape_zyx=tuple(args.shape) if args.shape else None,
             spacing_zyx_mm=tuple(args.spacing) if args.spacing else None,
             randomise_appearance=args.randomise_appearance, appearance=args.appearance, preview=args.preview,
-            degeneration=args.degeneration, progress=progress,
+            degeneration=args.degeneration, progress=progress, anatomy=args.anatomy,
         )
     print(f"wrote {args.n} phantom case(s) to {args.out_dir} ({len(written)} files, manifest {written[-1].name})", file=sys.stderr)
     return 0

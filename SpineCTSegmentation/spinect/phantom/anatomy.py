@@ -21,6 +21,7 @@ from spinect.phantom.parts import Part
 from spinect.phantom.primitives import Ellipsoid, tube_segments
 from spinect.phantom.skeleton import VertebraFrame, build_column
 from spinect.phantom.soft_tissue import abdomen, body_layers, fat_parts, muscles
+from spinect.phantom.surroundings import SurroundingsSettings, sample_surroundings, surrounding_parts
 from spinect.phantom.structures import DISC_NAMES, ROOT_NAMES, SIDES, VERTEBRA_NAMES
 from spinect.phantom.structures import STRUCTURE_CODES as C
 
@@ -45,6 +46,7 @@ class Anatomy:
     foreground: list[Part]
     bones: list[Part]
     nerves: list[Part]
+    surroundings: "SurroundingsSettings | None" = None
 
     def anchor(self) -> np.ndarray:
         """Body point the field of view is centred on: between the L4 body and the S1 endplate,
@@ -132,12 +134,14 @@ def _nerve_parts(frames, params: PhantomParams, roots: dict[tuple[str, str], Roo
     return dura, parts
 
 
-def build_anatomy(params: PhantomParams, rng: np.random.Generator) -> Anatomy:
+def build_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundings: bool = True) -> Anatomy:
     """Everything of one phantom but its appearance.
 
     Args:
         params: anatomy parameters (:func:`spinect.phantom.params.sample_params`).
-        rng: geometry random stream (bowel loops, calcifications).
+        rng: geometry random stream (bowel loops, calcifications, surroundings).
+        surroundings: draw ribs, femora, organs, table and metal (:mod:`spinect.phantom.surroundings`);
+            False gives the first version's anatomy only.
     """
     frames, discs = build_column(params)
     facets = _facets(frames, params, discs)
@@ -162,6 +166,12 @@ def build_anatomy(params: PhantomParams, rng: np.random.Generator) -> Anatomy:
         upper.cutters.append((Part(f"sap_below_{upper.name}", 0, saps), 1.2))
     s1 = frames["S1"]
     anchors = {side: s1.point(B.SIDE_SIGN[side] * (params.vertebrae["S1"].a + 60.0), 0.0, -20.0) for side in SIDES}
-    background = body_layers(frames, params) + abdomen(frames, params, rng) + muscles(frames, params, anchors)
-    foreground = fat_parts(frames, params, list(roots.values()), facets) + _disc_parts(frames, params) + bones + nerves
-    return Anatomy(params, frames, discs, facets, roots, background, foreground, bones, nerves)
+    layers, cavity = body_layers(frames, params), abdomen(frames, params, rng)
+    # surroundings (ribs, femora, organs, table, metal) from a stream of their own, drawn last,
+    # so the geometry above is the same with or without them
+    sur_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
+    settings = sample_surroundings(sur_rng) if surroundings else SurroundingsSettings.none()
+    sur_background, sur_foreground = surrounding_parts(frames, params, sur_rng, settings)
+    background = layers + cavity + sur_background + muscles(frames, params, anchors)
+    foreground = fat_parts(frames, params, list(roots.values()), facets) + _disc_parts(frames, params) + bones + sur_foreground + nerves
+    return Anatomy(params, frames, discs, facets, roots, background, foreground, bones, nerves, settings)

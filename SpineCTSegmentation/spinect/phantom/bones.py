@@ -83,6 +83,9 @@ def pedicle(frame: VertebraFrame, vp: VertebraParams, side: str) -> Pedicle:
     x = vp.canal_half + 0.5 * w
     length = 17.0
     y = vp.b + 0.5 * length - 4.0  # from 4 mm inside the body to the articular pillar
+    measured = getattr(vp, "ped_mid", None)  # mesh vertebrae: the measured pedicle centre
+    if measured is not None:
+        x, y, z = measured[side]
     ang = np.radians(vp.ped_angle)
     axis = frame.direction(s * np.sin(ang), np.cos(ang), 0.0)
     up = frame.axes[2]

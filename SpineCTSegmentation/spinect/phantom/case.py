@@ -11,15 +11,18 @@ import SimpleITK as sitk
 from spinect.errors import SpinectError
 from spinect.phantom import appearance as A
 from spinect.phantom.anatomy import Anatomy, build_anatomy
+from spinect.phantom.mesh_anatomy import build_mesh_anatomy
+from spinect.phantom.meshes import check_anatomy, sample_mesh_params
 from spinect.phantom.params import sample_params
 from spinect.phantom.render import Grid, make_grid, rasterise, supersampling_factors
 from spinect.phantom.structures import STRUCTURE_CODES, labels_from_structures
+from spinect.phantom.surroundings import add_metal_artefacts, apply_circular_fov, apply_surrounding_values, surrounding_values
 from spinect.phantom.truth import build_truth
 
 __all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION"]
 
 #: Bumped whenever the same seed would give a different case.
-PHANTOM_VERSION = "1"
+PHANTOM_VERSION = "2"
 #: Default grid: 200 x 300 x 300 voxels at 1 mm hold L2-S3, both iliac crests and most of the body.
 DEFAULT_SHAPE_ZYX = (200, 300, 300)
 
@@ -88,6 +91,8 @@ def generate_case(
     progress: Callable[[float], None] | None = None,
     appearance: str | None = None,
     appearance_overrides: dict[str, Any] | None = None,
+    surroundings: bool = True,
+    anatomy: str = "primitive",
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -108,13 +113,20 @@ def generate_case(
             (SynthSeg-style randomised intensities); see :mod:`spinect.phantom.appearance`.
         appearance_overrides: ``ct`` mode only, e.g. ``{"marrow_hu": (10, 110)}``,
             ``{"kernel": "sharp"}``, ``{"iv_contrast": True}`` (:data:`appearance.OVERRIDE_KEYS`).
+        surroundings: ribs, femoral heads, liver, kidneys, oral/IV contrast, CT table, metal
+            screws with streaks and a circular field of view, drawn per case
+            (:mod:`spinect.phantom.surroundings`); False gives the version-1 anatomy.
+        anatomy: ``"primitive"`` (default: bones made of geometric primitives) or ``"mesh"``
+            (phantom v2: real bone shapes, :mod:`spinect.phantom.meshes`).
 
     Returns:
         The case, with CT, labels and structure map on the same grid and the truth dict.
 
     Raises:
-        SpinectError: invalid shape, spacing, supersampling factor, appearance or override.
+        SpinectError: invalid shape, spacing, supersampling factor, appearance, override or
+            anatomy, or unreadable bone data.
     """
+    anatomy_kind = check_anatomy(anatomy)
     shape, spacing = check_grid(shape_zyx, spacing_zyx_mm)
     mode = A.appearance_mode(appearance, randomise_appearance)
     A.check_overrides(appearance_overrides)
@@ -122,15 +134,30 @@ def generate_case(
         supersampling_factors(spacing, supersample)
     except ValueError as exc:
         raise SpinectError(str(exc)) from exc
-    geo_ss, look_ss, noise_ss = np.random.SeedSequence(int(seed)).spawn(3)
-    geo_rng, look_rng, noise_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss))
-    params = sample_params(geo_rng, degeneration=degeneration)
-    anatomy = build_anatomy(params, geo_rng)
+    # spawn(4)'s first three streams equal spawn(3)'s: geometry, appearance and noise as in version 1
+    geo_ss, look_ss, noise_ss, sur_ss = np.random.SeedSequence(int(seed)).spawn(4)
+    geo_rng, look_rng, noise_rng, sur_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss))
+    if anatomy_kind == "mesh":
+        params = sample_mesh_params(geo_rng, degeneration=degeneration)
+        anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings)
+    else:
+        params = sample_params(geo_rng, degeneration=degeneration)
+        anatomy = build_anatomy(params, geo_rng, surroundings=surroundings)
     grid = make_grid(anatomy, shape, spacing)
-    look = A.sample_look(mode, look_rng, spacing, appearance_overrides)
+    sur = anatomy.surroundings
+    overrides = dict(appearance_overrides or {})
+    if mode == "ct" and sur is not None and sur.iv_contrast:
+        overrides.setdefault("iv_contrast", True)
+    look = A.sample_look(mode, look_rng, spacing, overrides or None)
+    if mode != "random" and sur is not None:
+        apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
     report = (lambda f: progress(0.8 * f)) if progress else None
     structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report)
+    if sur is not None and sur.metal_levels and noise:
+        add_metal_artefacts(hu, structures, spacing, sur_rng)
     hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
+    if sur is not None and sur.fov_fraction is not None:
+        apply_circular_fov(hu, structures, spacing, sur.fov_fraction)
     labels = labels_from_structures(structures)
     truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise)
     if progress:
@@ -150,6 +177,7 @@ def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool
         "structure_codes": dict(STRUCTURE_CODES),
         "appearance": look.record(noise=noise),
         "parameters": anatomy.params.to_dict(),
+        "surroundings": None if anatomy.surroundings is None else anatomy.surroundings.to_dict(),
     }
     truth.update(build_truth(anatomy, grid, labels=labels))
     return truth

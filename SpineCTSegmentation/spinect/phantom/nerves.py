@@ -23,7 +23,7 @@ from spinect.phantom.primitives import tube_segments
 from spinect.phantom.skeleton import VertebraFrame
 from spinect.phantom.structures import DISC_NAMES, VERTEBRA_NAMES
 
-__all__ = ["Root", "root_centreline", "relax_roots", "dura_centreline", "cauda_part_segments", "DURA_SEMI_AXES"]
+__all__ = ["Root", "root_centreline", "relax_roots", "dura_centreline", "cauda_part_segments", "DURA_SEMI_AXES", "dura_semi_axes"]
 
 #: Dural sac semi-axes (lateral, antero-posterior) per vertebra, mm.
 DURA_SEMI_AXES = {"L1": (9.5, 7.5), "L2": (9.0, 7.0), "L3": (8.5, 6.5), "L4": (8.0, 6.0), "L5": (7.0, 5.5), "S1": (5.5, 4.5)}
@@ -64,7 +64,7 @@ def _lumbar_controls(frames, params: PhantomParams, name: str, side: str) -> tup
     x_pm, _, zp = ped.local_mid
     i = VERTEBRA_NAMES.index(name)
     disc_above = params.discs[DISC_NAMES[i - 1]][0] if i > 0 else 8.0
-    d_lat, d_ap = (v * params.dura_scale for v in DURA_SEMI_AXES[name])
+    d_lat, d_ap = dura_semi_axes(params, name)
     b, ri, rd = vp.b, rp.r_intra, rp.r_drg
     pts = [(s * max(d_lat - ri - 0.5, 2.0), b + 1.5 + 0.9 * d_ap, 0.5 * vp.h_post + 0.5 * disc_above + 4.0),
            (s * (vp.canal_half - 1.5 - ri), b + 1.5 + ri, zp + 1.0)]
@@ -94,7 +94,7 @@ def _sacral_controls(frames, params: PhantomParams, name: str, side: str) -> tup
     if name == "S1":
         ped = pedicle(frame, vp, side)
         _, _, zp = ped.local_mid
-        d_lat, d_ap = (v * params.dura_scale for v in DURA_SEMI_AXES["S1"])
+        d_lat, d_ap = dura_semi_axes(params, "S1")
         disc = params.discs["L5S1"][0]
         pts = [(s * max(d_lat - ri - 0.5, 1.5), b + 1.5 + 0.9 * d_ap, 0.5 * disc + 4.0),
                (s * (vp.canal_half - 1.5 - ri), b + 1.5 + ri, zp + 1.0),
@@ -109,6 +109,15 @@ def _sacral_controls(frames, params: PhantomParams, name: str, side: str) -> tup
         radii = [ri, ri, 0.5 * (ri + rd), rd, rd, 0.9 * rd]
         tunnel = 5
     return np.array([frame.point(*p) for p in pts]), np.array(radii), vp.canal_half, tunnel
+
+
+def dura_semi_axes(params: PhantomParams, name: str) -> tuple[float, float]:
+    """Dural sac semi-axes (lateral, antero-posterior; mm) at vertebra ``name``: fitted to the
+    measured canal on mesh phantoms (``params.extras["dura_semi_axes"]``), else the table."""
+    fitted = params.extras.get("dura_semi_axes", {}).get(name)
+    if fitted is not None:
+        return float(fitted[0]), float(fitted[1])
+    return DURA_SEMI_AXES[name][0] * params.dura_scale, DURA_SEMI_AXES[name][1] * params.dura_scale
 
 
 def root_centreline(frames, params: PhantomParams, name: str, side: str) -> Root:
@@ -198,14 +207,14 @@ def dura_centreline(frames, params: PhantomParams) -> tuple[np.ndarray, np.ndarr
     pts, lat, ap = [], [], []
     for name in VERTEBRA_NAMES[:-1]:
         f, vp = frames[name], params.vertebrae[name]
-        dl, da = (v * params.dura_scale for v in DURA_SEMI_AXES[name])
+        dl, da = dura_semi_axes(params, name)
         first = name == "L1"
         for z in ((0.5 * vp.h_post + 25.0,) if first else ()) + (0.3 * vp.h_post, -0.3 * vp.h_post):
             pts.append(f.point(0.0, vp.b + 1.5 + da, z))
             lat.append(dl)
             ap.append(da)
     s1, vp = frames["S1"], params.vertebrae["S1"]
-    dl, da = (v * params.dura_scale for v in DURA_SEMI_AXES["S1"])
+    dl, da = dura_semi_axes(params, "S1")
     for local, l, a in (((0.0, vp.b + 1.5 + da, -4.0), dl, da), ((0.0, vp.b + 4.0, -24.0), 0.6 * dl, 0.7 * da),
                         ((0.0, 23.0, -36.0), 2.0, 2.0)):
         pts.append(s1.point(*local))

@@ -99,6 +99,11 @@ class SurroundingsSettings:
     metal_levels: tuple[str, ...] = ()
     fov_fraction: float | None = None
 
+    @classmethod
+    def none(cls) -> "SurroundingsSettings":
+        """No surroundings at all (the first phantom version's anatomy)."""
+        return cls(ribs=False, femora=False, organs=False, oral_contrast=False, iv_contrast=False, table=False)
+
     def to_dict(self) -> dict:
         """JSON-serialisable dict."""
         d = asdict(self)

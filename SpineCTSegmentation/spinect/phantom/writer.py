@@ -65,6 +65,7 @@ def make_phantom(
     preview: bool = False,
     degeneration: bool | None = None,
     progress: Callable[[str, float, str], None] | None = None,
+    anatomy: str = "primitive",
 ) -> list[Path]:
     """Generate ``n`` cases into ``out_dir`` (created if missing) with a ``manifest.json``.
 
@@ -81,14 +82,19 @@ def make_phantom(
         preview: also write PNG previews.
         degeneration: True/False/None (random, 30 %).
         progress: ``progress(stage, fraction, message)`` after each case.
+        anatomy: ``primitive`` (default) or ``mesh`` (real bone shapes; see :func:`generate_case`).
 
     Returns:
         Paths written: per case CT, labels, structures, truth (and preview), then the manifest.
 
     Raises:
-        OutputError: ``out_dir`` cannot be created or written. SpinectError: bad n, shape or spacing.
+        OutputError: ``out_dir`` cannot be created or written. SpinectError: bad n, shape, spacing
+            or anatomy.
     """
     from spinect.errors import SpinectError
+    from spinect.phantom.meshes import check_anatomy
+
+    check_anatomy(anatomy)
 
     if int(n) < 1:
         raise SpinectError(f"number of cases must be >= 1, got {n}")
@@ -105,7 +111,8 @@ def make_phantom(
         if progress:
             progress("phantom", i / n, f"{name}: generating")
         case = generate_case(case_seed(seed, i), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm,
-                             randomise_appearance=randomise_appearance, appearance=appearance, degeneration=degeneration)
+                             randomise_appearance=randomise_appearance, appearance=appearance, degeneration=degeneration,
+                             anatomy=anatomy)
         paths = write_case(case, out, name, preview=preview)
         written += list(paths.values())
         extra = {"structures": paths["structures"].name, "truth": paths["truth"].name, "seed": case.seed}
