@@ -372,3 +372,35 @@ def test_bad_triangle_options_are_refused(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert code != 0 and words in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_no_array_view_of_a_temporary_image():
+    """``sitk.GetArrayViewFromImage`` does not keep its image alive: a view of a temporary (a call's
+    result) reads freed memory. CI once saw nerve voxels in a bone-only label map that way. Every
+    view must be of a named image that outlives it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*(root / "SpineCTSegmentation").rglob("*.py"), *(root / "benchmarks").rglob("*.py"),
+                 *(root / "scripts").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "GetArrayViewFromImage"
+                    and node.args and isinstance(node.args[0], ast.Call)):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_the_nerve_check_reads_the_label_map_not_freed_memory():
+    """Bone-only label maps are refused many times over, whatever the allocator left behind."""
+    import numpy as np
+
+    from spinect.errors import InputError
+    from spinect.geometry.measure import _nerve_near_target
+
+    labels = sitk.GetImageFromArray(np.ones((60, 60, 60), np.uint8))
+    for _ in range(30):
+        junk = [sitk.Image(40, 40, 40, sitk.sitkUInt8) + 2 for _ in range(3)]  # freed memory full of 2s
+        del junk
+        with pytest.raises(InputError, match="no nerve"):
+            _nerve_near_target(labels, np.zeros(3), allow_missing=False)

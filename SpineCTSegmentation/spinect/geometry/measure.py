@@ -277,7 +277,9 @@ def _as_auto(measurement: TriangleMeasurement) -> TriangleMeasurement:
 
 def _nerve_near_target(labels: sitk.Image, centre_lps_mm: np.ndarray, allow_missing: bool) -> tuple[int, list[str]]:
     """Count nerve voxels (label 2) near the target; refuse (or warn) when there are none."""
-    near = sitk.GetArrayViewFromImage(crop_around(labels, centre_lps_mm, NERVE_CHECK_RADIUS_MM))
+    # a copy, not a view: a view of the temporary crop would read freed memory once the crop is
+    # collected (seen in CI as phantom nerve voxels in a bone-only label map)
+    near = sitk.GetArrayFromImage(crop_around(labels, centre_lps_mm, NERVE_CHECK_RADIUS_MM))
     count = int(np.count_nonzero(near == 2))
     if count:
         return count, []
