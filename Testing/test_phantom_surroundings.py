@@ -188,3 +188,31 @@ def test_circular_fov():
     small = np.zeros((2, 100, 100), np.float32)
     assert not S.apply_circular_fov(small, np.zeros((2, 100, 100), np.uint8), (1.0, 1.0, 1.0), 0.9)
     assert not small.any()
+
+
+def test_generate_case_metal_switch():
+    """metal=True forces screws (label 0, > 2000 HU, never bone); False/None draw none here; bad values refused."""
+    from spinect.errors import SpinectError
+    from spinect.phantom import generate_case
+    from spinect.phantom.structures import STRUCTURE_CODES
+
+    import SimpleITK as sitk
+
+    kw = dict(shape_zyx=(48, 96, 96), spacing_zyx_mm=(2.0, 2.0, 2.0), window_tables=False)
+    with_metal = generate_case(11, metal=True, **kw)
+    levels = with_metal.truth["surroundings"]["metal_levels"]
+    assert 2 <= len(levels) <= 3 and set(levels) <= set(S.METAL_LEVELS)
+    st = sitk.GetArrayFromImage(with_metal.structures)
+    labels = sitk.GetArrayFromImage(with_metal.labels)
+    hu = sitk.GetArrayFromImage(with_metal.ct)
+    metal = st == STRUCTURE_CODES["metal"]
+    assert metal.sum() > 20
+    assert (labels[metal] == 0).all()  # metal is never bone
+    assert np.median(hu[metal]) > 1500
+    without = generate_case(11, metal=False, **kw)
+    assert without.truth["surroundings"]["metal_levels"] == []
+    assert not (sitk.GetArrayFromImage(without.structures) == STRUCTURE_CODES["metal"]).any()
+    with pytest.raises(SpinectError, match="metal"):
+        generate_case(11, metal="yes", **kw)
+    with pytest.raises(SpinectError, match="surroundings"):
+        generate_case(11, metal=True, surroundings=False, **kw)

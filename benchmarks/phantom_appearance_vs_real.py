@@ -4,9 +4,12 @@ Prints, per source, the HU percentiles (5, 25, 50, 75, 95) of labelled bone and 
 below 100, 100-200 and above 200 HU; optionally saves a side-by-side picture (bone and
 soft-tissue windows) of a mid-sagittal and axial phantom slice vs the real crop.
 
-Run ``python benchmarks/phantom_appearance_vs_real.py [--seeds N] [--png docs/phantom_v2_vs_real.png]``.
-The phantom is rendered at the real crop's spacing (1.5 mm) and only its L2-L4 bone is counted
-(the crop holds L2-L4, VerSe labels 21-23).
+Run ``python benchmarks/phantom_appearance_vs_real.py [--seeds N] [--png docs/phantom_v2_vs_real.png]
+[--chest ~/.cache/spinect/real_ct/chest]``. The phantom is rendered at the real crop's spacing (1.5 mm)
+with its default anatomy (``--anatomy mesh``: real bone shapes) and only its L2-L4 bone is counted
+(the crop holds L2-L4, VerSe labels 21-23). With ``--chest`` (a folder holding the real chest CT
+fetched by ``validate_real_ct.py``), that CT's T12-L3 vertebrae are counted too and shown as a third
+row of the picture.
 """
 
 from __future__ import annotations
@@ -40,12 +43,24 @@ def real_crop() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     return sitk.GetArrayFromImage(ct).astype(np.float32), sitk.GetArrayFromImage(seg) > 0, tuple(reversed(ct.GetSpacing()))
 
 
-def phantom(seed: int, spacing, *, appearance: str = "ct", overrides=None):
+#: Chest CT label ids (structures.csv of the fetched case) of T12, L1, L2 and L3.
+CHEST_LUMBAR_IDS = (32, 31, 30, 29)
+
+
+def chest_ct(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(ct, T12-L3 mask, spacing (z, y, x) mm) of the real chest CT in ``folder``, LPS (z, y, x)."""
+    ct = sitk.DICOMOrient(sitk.ReadImage(str(folder / "cxr_ct.nii.gz")), "LPS")
+    seg = sitk.DICOMOrient(sitk.ReadImage(str(folder / "cxr_labels.nii.gz")), "LPS")
+    bone = np.isin(sitk.GetArrayFromImage(seg), CHEST_LUMBAR_IDS)
+    return sitk.GetArrayFromImage(ct).astype(np.float32), bone, tuple(reversed(ct.GetSpacing()))
+
+
+def phantom(seed: int, spacing, *, appearance: str = "ct", overrides=None, anatomy: str = "mesh"):
     """A 1.5 mm phantom around L2-L4: (ct, L2-L4 bone mask, case)."""
     from spinect.phantom import STRUCTURE_CODES, generate_case
 
     case = generate_case(seed, shape_zyx=(100, 110, 110), spacing_zyx_mm=spacing, appearance=appearance,
-                         appearance_overrides=overrides, window_tables=False)
+                         appearance_overrides=overrides, window_tables=False, anatomy=anatomy)
     ct = sitk.GetArrayFromImage(case.ct).astype(np.float32)
     st = sitk.GetArrayFromImage(case.structures)
     return ct, np.isin(st, [STRUCTURE_CODES[n] for n in ("L2", "L3", "L4")]), case
@@ -56,23 +71,30 @@ def _row(name: str, s: dict) -> str:
             f"<100: {100 * s['lt100']:4.1f} %  100-200: {100 * s['100_200']:4.1f} %  >200: {100 * s['gt200']:4.1f} %")
 
 
-def picture(real_ct, real_bone, ph_ct, ph_bone, out: Path, title: str) -> None:
-    """Mid-sagittal and axial slices through the bone centroid, bone and soft-tissue windows."""
+def picture(rows, out: Path) -> None:
+    """Mid-sagittal and axial slices through each row's bone centroid, bone and soft-tissue windows.
+
+    Args:
+        rows: (ct (z, y, x) HU, bone mask (z, y, x), spacing (z, y, x) mm, title) per row.
+        out: PNG path.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     windows = [(1500, 300), (400, 40)]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.5))
-    for r, (ct, bone, name) in enumerate([(ph_ct, ph_bone, title), (real_ct, real_bone, "real lumbar crop (1.5 mm)")]):
+    fig, axes = plt.subplots(len(rows), 4, figsize=(16, 4.25 * len(rows)))
+    for r, (ct, bone, spacing, name) in enumerate(rows):
         cz, cy, cx = (int(v) for v in np.round(np.argwhere(bone).mean(axis=0)))
-        sag = ct[::-1, :, cx]
-        ax_ = ct[cz]
+        # the same field of view (about 150 mm) around the bone centroid in every row
+        hz, hy, hx = (int(round(75.0 / s)) for s in spacing)
+        sag = ct[max(cz - hz, 0):cz + hz, max(cy - hy, 0):cy + hy, cx][::-1]
+        ax_ = ct[cz, max(cy - hy, 0):cy + hy, max(cx - hx, 0):cx + hx]
         for c, (w, lvl) in enumerate(windows):
-            for k, (img, kind) in enumerate([(sag, "sagittal"), (ax_, "axial")]):
+            for k, (img, kind, aspect) in enumerate([(sag, "sagittal", spacing[0] / spacing[1]), (ax_, "axial", spacing[1] / spacing[2])]):
                 a = axes[r, 2 * c + k]
-                a.imshow(img, cmap="gray", vmin=lvl - w / 2, vmax=lvl + w / 2, interpolation="nearest")
+                a.imshow(img, cmap="gray", vmin=lvl - w / 2, vmax=lvl + w / 2, interpolation="nearest", aspect=aspect)
                 a.set_title(f"{name}\n{kind}, W {w} / L {lvl}", fontsize=9)
                 a.axis("off")
     fig.tight_layout()
@@ -85,24 +107,35 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--png-seed", type=int, default=1)
+    parser.add_argument("--anatomy", choices=("mesh", "primitive"), default="mesh",
+                        help="phantom skeleton: real bone shapes (default) or v1 primitives")
+    parser.add_argument("--chest", type=Path, default=None,
+                        help="folder with the real chest CT (cxr_ct.nii.gz, cxr_labels.nii.gz), e.g. validate_real_ct.py's cache")
     args = parser.parse_args()
     real_ct, real_bone, spacing = real_crop()
     print(_row("real crop (label > 0)", bone_stats(real_ct[real_bone])))
+    chest = chest_ct(args.chest) if args.chest else None
+    if chest is not None:
+        print(_row("real chest CT T12-L3 (model labels)", bone_stats(chest[0][chest[1]])))
     # the real crop's body interior has a median of 51 HU: also show the ct mode with that marrow
     for mode, overrides in [("v1", None), ("ct", None), ("ct", {"age_years": 75}), ("ct", {"marrow_hu": (40, 70)})]:
         vals, ages = [], []
         for seed in range(args.seeds):
-            ct, bone, case = phantom(seed, spacing, appearance=mode, overrides=overrides)
+            ct, bone, case = phantom(seed, spacing, appearance=mode, overrides=overrides, anatomy=args.anatomy)
             vals.append(ct[bone])
             ages.append(case.truth["appearance"].get("ct", {}).get("age_years", float("nan")))
-        label = f"phantom {mode}" + (f" {overrides}" if overrides else "") + f" ({args.seeds} cases)"
+        label = f"phantom {args.anatomy} {mode}" + (f" {overrides}" if overrides else "") + f" ({args.seeds} cases)"
         ages_note = f"  ages {np.round(ages).astype(int).tolist()}" if mode == "ct" and not overrides else ""
         print(_row(label, bone_stats(np.concatenate(vals))), ages_note)
     if args.png:
-        ct, bone, case = phantom(args.png_seed, spacing, appearance="ct", overrides={"age_years": 75})
+        ct, bone, case = phantom(args.png_seed, spacing, appearance="ct", overrides={"age_years": 75}, anatomy=args.anatomy)
         a = case.truth["appearance"]["ct"]
-        picture(real_ct, real_bone, ct, bone, args.png,
-                f"phantom ct mode (age {a['age_years']:.0f}, marrow {a['marrow_hu']:.0f} HU, {a['kernel']} kernel)")
+        rows = [(ct, bone, spacing, f"phantom v2 ({args.anatomy} anatomy, ct mode)\nage {a['age_years']:.0f}, "
+                                    f"marrow {a['marrow_hu']:.0f} HU, {a['kernel']} kernel)"),
+                (real_ct, real_bone, spacing, "real lumbar crop (1.5 mm)")]
+        if chest is not None:
+            rows.append((*chest, "real contrast chest CT, T12-L3\n(0.7 x 0.7 x 2.5 mm)"))
+        picture(rows, args.png)
         print(f"saved {args.png}")
 
 

@@ -194,7 +194,7 @@ def most_open_view(fields: ObstacleFields, frame: EndplateFrame, pts: np.ndarray
 
 
 def validate_case(index: int, seed: int, levels, args) -> list[Row]:
-    anatomy = getattr(args, "anatomy", "primitive")
+    anatomy = getattr(args, "anatomy", "mesh")
     if args.spacing == 1.0:
         case = generate_case(seed, window_tables=False, anatomy=anatomy)
     else:  # a field of view of 80 x 110 x 130 mm around L4-S1 keeps fine grids small
@@ -356,8 +356,8 @@ def main(argv=None) -> int:
     parser.add_argument("--search-labels", action="store_true", help="also run the search on the label maps")
     parser.add_argument("--spacing", type=float, default=1.0, help="phantom voxel size (mm, isotropic)")
     parser.add_argument("--csv", default=None, help="write every comparison to this CSV")
-    parser.add_argument("--anatomy", choices=("primitive", "mesh"), default="primitive",
-                        help="phantom bones: geometric primitives (default) or real bone shapes (phantom v2)")
+    parser.add_argument("--anatomy", choices=("primitive", "mesh"), default="mesh",
+                        help="phantom bones: real bone shapes (phantom v2, default) or geometric primitives (v1)")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     for i in range(args.cases):

@@ -29,6 +29,8 @@ ARMS: dict[str, dict] = {
     "v1": dict(anatomy="primitive", appearance="v1", surroundings=False),
     "v2_appearance": dict(anatomy="primitive", appearance="ct", surroundings=True),
     "v2": dict(anatomy="mesh", appearance="ct", surroundings=True),
+    # both skeletons of v2 (real shapes and primitives) alternating case by case
+    "v2_mix": dict(anatomy=("mesh", "primitive"), appearance="ct", surroundings=True),
 }
 #: Share of cases of an arm rendered with its randomised appearance (SynthSeg-style), as the
 #: shipped model's recipe (25 %).
@@ -79,6 +81,8 @@ def make_data(folder: Path, arm: str, args) -> None:
         randomised = rng.random() < RANDOM_SHARE
         thick = rng.random() < args.thick_share
         kwargs = dict(base)
+        if isinstance(kwargs.get("anatomy"), tuple):  # alternate the listed anatomies
+            kwargs["anatomy"] = kwargs["anatomy"][i % len(kwargs["anatomy"])]
         if randomised:
             kwargs.update(_supported({"appearance": "random"}) if "appearance" in kwargs else {"randomise_appearance": True})
         spacing = (3.0, 1.0, 1.0) if thick else (1.0, 1.0, 1.0)

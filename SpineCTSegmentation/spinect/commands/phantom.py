@@ -41,9 +41,9 @@ def register(subparsers) -> None:
                        help="give every case one degenerated level (default: 30%% of cases)")
     degen.add_argument("--no-degeneration", dest="degeneration", action="store_const", const=False,
                        help="no degeneration")
-    p.add_argument("--anatomy", choices=("primitive", "mesh"), default="primitive",
-                   help="primitive: bones made of geometric primitives (default); mesh: phantom v2, real bone "
-                        "shapes (Visible Human Male, a mean L2-L5, a second pelvis) with fitted nerves and triangles")
+    p.add_argument("--anatomy", choices=("primitive", "mesh"), default="mesh",
+                   help="mesh (default): phantom v2, real bone shapes (Visible Human Male, a mean L2-L5, a second "
+                        "pelvis) with fitted nerves and triangles; primitive: bones made of geometric primitives (v1)")
     p.add_argument("--preview", action="store_true", help="also write a PNG per case through the left L5/S1 foramen")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout")
     p.set_defaults(func=run)

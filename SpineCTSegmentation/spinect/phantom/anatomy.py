@@ -134,7 +134,8 @@ def _nerve_parts(frames, params: PhantomParams, roots: dict[tuple[str, str], Roo
     return dura, parts
 
 
-def build_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundings: bool = True) -> Anatomy:
+def build_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundings: bool = True,
+                  metal: bool | None = None) -> Anatomy:
     """Everything of one phantom but its appearance.
 
     Args:
@@ -170,7 +171,7 @@ def build_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundin
     # surroundings (ribs, femora, organs, table, metal) from a stream of their own, drawn last,
     # so the geometry above is the same with or without them
     sur_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
-    settings = sample_surroundings(sur_rng) if surroundings else SurroundingsSettings.none()
+    settings = sample_surroundings(sur_rng, metal=metal) if surroundings else SurroundingsSettings.none()
     sur_background, sur_foreground = surrounding_parts(frames, params, sur_rng, settings)
     background = layers + cavity + sur_background + muscles(frames, params, anchors)
     foreground = fat_parts(frames, params, list(roots.values()), facets) + _disc_parts(frames, params) + bones + sur_foreground + nerves

@@ -92,7 +92,8 @@ def generate_case(
     appearance: str | None = None,
     appearance_overrides: dict[str, Any] | None = None,
     surroundings: bool = True,
-    anatomy: str = "primitive",
+    anatomy: str = "mesh",
+    metal: bool | None = None,
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -116,8 +117,10 @@ def generate_case(
         surroundings: ribs, femoral heads, liver, kidneys, oral/IV contrast, CT table, metal
             screws with streaks and a circular field of view, drawn per case
             (:mod:`spinect.phantom.surroundings`); False gives the version-1 anatomy.
-        anatomy: ``"primitive"`` (default: bones made of geometric primitives) or ``"mesh"``
-            (phantom v2: real bone shapes, :mod:`spinect.phantom.meshes`).
+        anatomy: ``"mesh"`` (default, phantom v2: real bone shapes, :mod:`spinect.phantom.meshes`)
+            or ``"primitive"`` (bones made of geometric primitives, the first phantom's skeleton).
+        metal: with ``surroundings``: True = always pedicle screws and rods (stress tests),
+            False = never, None = drawn per case (10 %).
 
     Returns:
         The case, with CT, labels and structure map on the same grid and the truth dict.
@@ -127,6 +130,10 @@ def generate_case(
             anatomy, or unreadable bone data.
     """
     anatomy_kind = check_anatomy(anatomy)
+    if metal is not None and not isinstance(metal, (bool, np.bool_)):
+        raise SpinectError(f"metal must be True, False or None, not {metal!r}")
+    if metal and not surroundings:
+        raise SpinectError("metal=True needs surroundings=True (screws and rods are part of the surroundings)")
     shape, spacing = check_grid(shape_zyx, spacing_zyx_mm)
     mode = A.appearance_mode(appearance, randomise_appearance)
     A.check_overrides(appearance_overrides)
@@ -139,10 +146,10 @@ def generate_case(
     geo_rng, look_rng, noise_rng, sur_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss))
     if anatomy_kind == "mesh":
         params = sample_mesh_params(geo_rng, degeneration=degeneration)
-        anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings)
+        anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
     else:
         params = sample_params(geo_rng, degeneration=degeneration)
-        anatomy = build_anatomy(params, geo_rng, surroundings=surroundings)
+        anatomy = build_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
     grid = make_grid(anatomy, shape, spacing)
     sur = anatomy.surroundings
     overrides = dict(appearance_overrides or {})

@@ -71,7 +71,8 @@ def _facets(frames, params: PhantomParams) -> dict[tuple[str, str], FacetJoint]:
     return facets
 
 
-def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundings: bool = True) -> A.Anatomy:
+def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surroundings: bool = True,
+                       metal: bool | None = None) -> A.Anatomy:
     """Everything of one mesh phantom but its appearance (params from
     :func:`spinect.phantom.meshes.sample_mesh_params`; ``rng``: the geometry stream;
     ``surroundings``: as in :func:`spinect.phantom.anatomy.build_anatomy`)."""
@@ -102,7 +103,7 @@ def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surro
     layers, cavity = body_layers(frames, params), abdomen(frames, params, rng)
     # surroundings from a stream of their own, drawn last (as in build_anatomy)
     sur_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
-    settings = sample_surroundings(sur_rng) if surroundings else SurroundingsSettings.none()
+    settings = sample_surroundings(sur_rng, metal=metal) if surroundings else SurroundingsSettings.none()
     sur_background, sur_foreground = surrounding_parts(frames, params, sur_rng, settings)
     background = layers + cavity + sur_background + muscles(frames, params, anchors)
     foreground = (fat_parts(frames, params, list(roots.values()), facets) + A._disc_parts(frames, params) + bones

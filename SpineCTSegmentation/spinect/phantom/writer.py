@@ -65,7 +65,7 @@ def make_phantom(
     preview: bool = False,
     degeneration: bool | None = None,
     progress: Callable[[str, float, str], None] | None = None,
-    anatomy: str = "primitive",
+    anatomy: str = "mesh",
 ) -> list[Path]:
     """Generate ``n`` cases into ``out_dir`` (created if missing) with a ``manifest.json``.
 
@@ -82,7 +82,7 @@ def make_phantom(
         preview: also write PNG previews.
         degeneration: True/False/None (random, 30 %).
         progress: ``progress(stage, fraction, message)`` after each case.
-        anatomy: ``primitive`` (default) or ``mesh`` (real bone shapes; see :func:`generate_case`).
+        anatomy: ``mesh`` (default: real bone shapes) or ``primitive`` (see :func:`generate_case`).
 
     Returns:
         Paths written: per case CT, labels, structures, truth (and preview), then the manifest.
