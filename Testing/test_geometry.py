@@ -318,11 +318,17 @@ def test_points_mode_frame_falls_back_to_b_when_the_b_c_midpoint_misses_the_endp
     image.SetOrigin(origin)
     # B on the endplate, C 30 mm lateral over nothing: the B-C midpoint is > 12 mm from any surface.
     points = np.array([[-5.0, 0.0, 15.0], [-5.0, 0.0, 0.5], [30.0, 0.0, 0.5]])
-    result = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points, allow_missing_nerve=True)
+    # the safe triangle's vertices are not on the endplate: the frame is fitted near B-C, else B
+    result = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points, allow_missing_nerve=True,
+                              triangle="safe")
     report = result.to_dict()
     text = json.dumps(report)
     assert "near B" in text and "near B-C" not in text
     assert abs(np.dot(result.measurement.frame.normal, [0.0, 0.0, 1.0])) > 0.99  # the block top, not a tilt
+    # Kambin: B and C lie on the endplate, so the plane through them that the bone supports
+    kambin = measure_triangle(image, level="L4L5", side="left", points_lps_mm=points, allow_missing_nerve=True)
+    assert kambin.frame_source == "bone surface through B and C"
+    assert np.dot(kambin.measurement.frame.normal, [0.0, 0.0, 1.0]) > 0.99
 
 
 @pytest.mark.parametrize("seeded", [False, True])

@@ -235,13 +235,11 @@ def test_series_without_uids_are_told_apart_by_their_tags(tmp_path, caplog):
     assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(axial))
 
 
-def test_missing_slice_is_warned(tmp_path, caplog):
+def test_missing_slice_is_refused(tmp_path):
     _write_dicom_series(tmp_path, 6, series_uid="1.2.826.0.1.3680043.2.1125.31", prefix="a")
     (tmp_path / "a002.dcm").unlink()
-    with caplog.at_level(logging.WARNING, logger="spinect"):
-        image = read_ct(tmp_path)
-    assert image.GetSize()[2] == 5
-    assert "slice gaps vary from 1.5 to 3 mm" in caplog.text
+    with pytest.raises(InputError, match=r"slices are missing \(gap of 3 mm between a001.dcm and a003.dcm"):
+        read_ct(tmp_path)
 
 
 # --- file formats -------------------------------------------------------------------------

@@ -107,3 +107,25 @@ def test_measure_triangle_auto_writes_json(primitive_case, tmp_path):
     assert q["free_area_mm2"]["view"] == {"theta_deg": 40.0, "phi_deg": 0.0, "side": "right"}
     assert 0 < q["free_area_mm2"]["value"] <= q["projected_triangle_area_mm2"]["value"]
     assert result.measurement.outlines_lps_mm  # polygons for a viewer
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_points_mode_at_l5s1_finds_the_steep_s1_endplate_without_a_level_map(primitive_case, side):
+    """Three clicked points and the label map only (how a physician measures a patient): the S1
+    endplate is steep, and a free fit near B took the superior articular process for it (normal
+    75-80 deg off, projected areas half the truth's). The plane through B and C is within 10 deg."""
+    from spinect.geometry.measure import measure_triangle
+
+    case = primitive_case
+    level = case.truth["levels"]["L5S1"]
+    entry = level[side]["kambin"]
+    pts = np.array(list(entry["points_lps_mm"].values()))
+    result = measure_triangle(case.labels, points_lps_mm=pts, level="L5S1", side=side, theta_deg=30.0)
+    truth = _truth_frame(level)
+    angle = np.degrees(np.arccos(np.clip(result.measurement.frame.normal @ truth.normal, -1.0, 1.0)))
+    assert result.frame_source == "bone surface through B and C"
+    assert angle < 10.0
+    # the projected triangle in the requested view follows: within 10 % of the truth's table
+    table = entry["projected_area_mm2"]
+    expected = table["table"][table["theta_deg"].index(30)][table["phi_deg"].index(0)]
+    assert result.measurement.value("projected_triangle_area_mm2") == pytest.approx(expected, rel=0.10)

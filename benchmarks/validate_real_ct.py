@@ -67,11 +67,12 @@ CANAL_CLOSING_MM = 3.0
 #: Synthetic stress variants: (name, generate_case keywords). Keywords generate_case does not
 #: accept yet are reported as skipped. Planned keywords are listed so they run once they exist.
 STRESS_VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("v1 phantom", {"appearance": "v1", "surroundings": False}),
-    ("v1 randomised", {"appearance": "random", "surroundings": False}),
-    ("v2 CT-realistic", {"appearance": "ct"}),
-    ("v2 CT, mesh anatomy", {"appearance": "ct", "anatomy": "mesh"}),
-    ("v2 randomised, mesh", {"appearance": "random", "anatomy": "mesh"}),
+    # the default anatomy is phantom v2's real bone shapes ("mesh"); v1 = primitives, v1 look, no surroundings
+    ("v1 phantom", {"anatomy": "primitive", "appearance": "v1", "surroundings": False}),
+    ("v1 randomised", {"anatomy": "primitive", "appearance": "random", "surroundings": False}),
+    ("v2 CT, primitive anatomy", {"anatomy": "primitive", "appearance": "ct"}),
+    ("v2 CT-realistic (real shapes)", {"appearance": "ct", "anatomy": "mesh"}),
+    ("v2 randomised", {"appearance": "random", "anatomy": "mesh"}),
     ("v2 CT, low marrow 10-110 HU", {"appearance": "ct", "appearance_overrides": {"marrow_hu": (10.0, 110.0)}}),
     ("v2 CT, dim cortex 400-600 HU", {"appearance": "ct", "appearance_overrides": {"cortex_hu": (400.0, 600.0)}}),
     ("v2 CT, sharp kernel", {"appearance": "ct", "appearance_overrides": {"kernel": "sharp"}}),

@@ -391,13 +391,14 @@ def evaluate(
     class_names: Sequence[str] = ("background", "bone", "nerve"),
     resample_prediction: bool = False,
     show_progress: bool = False,
+    overwrite: bool = False,
 ):
     """``spinect evaluate``: score predictions against labels, or a model on a dataset.
 
     Give ``pred`` and ``labels`` (files or folders matched by case id), or ``data`` (a dataset
     folder; ``model`` defaults to the shipped model). Writes the per-case CSV, the summary CSV,
     the Table-2-style Markdown and a box plot into ``out_dir`` (refused if it already holds a
-    report). Returns ``(EvaluationResult, EvaluationFiles)`` of :mod:`spinect.metrics`.
+    report, unless ``overwrite``). Returns ``(EvaluationResult, EvaluationFiles)`` of :mod:`spinect.metrics`.
     """
     from spinect.commands.evaluate import _model_pairs, run_evaluation
     from spinect.errors import InputError
@@ -414,7 +415,7 @@ def evaluate(
         raise InputError("give pred= and labels=, or data= (and optionally model=)")
     else:
         pairs = match_case_files(pred, labels)
-    check_report_folder(Path(out_dir))
+    check_report_folder(Path(out_dir), overwrite=overwrite)
     return run_evaluation(pairs, Path(out_dir), class_names=tuple(class_names),
                           resample_prediction=resample_prediction, show_progress=show_progress)
 

@@ -61,8 +61,13 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module, plan: ModelPla
 
 
 def load_plan(path: str | os.PathLike) -> ModelPlan:
-    """Read only the plan (from the model file itself)."""
-    return ModelPlan.from_dict(_read_payload(Path(path))["plan"])
+    """Read only the plan (from the model file itself).
+
+    Raises:
+        ModelError: as :func:`load_model` for an unreadable file or an invalid plan.
+    """
+    path = Path(path)
+    return _plan_of(path, _read_payload(path))
 
 
 def load_model(
@@ -75,8 +80,10 @@ def load_model(
     """Build the network described by the file's plan and load its weights (eval mode).
 
     Raises:
-        ModelError: missing/corrupt file, checksum mismatch with the sidecar, weights that do
-            not fit the architecture, or an untrained model when ``allow_untrained`` is False.
+        ModelError: missing/corrupt file, checksum mismatch with the sidecar, an invalid plan
+            (spacing not > 0, HU window not low < high, smoothing < 0, a class count the network
+            does not output), weights that do not fit the architecture, or an untrained model
+            when ``allow_untrained`` is False.
     """
     from spinect.nets import build_network  # local: keeps `spinect.plan` importable without nets
 
@@ -84,16 +91,25 @@ def load_model(
     payload = _read_payload(path)
     if verify_sha256:
         _verify_sidecar(path)
-    try:
-        plan = ModelPlan.from_dict(payload["plan"])
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model file {path} has an invalid plan: {exc}") from exc
+    plan = _plan_of(path, payload)
     if plan.training_status == "untrained" and not allow_untrained:
         raise ModelError(
             f"model {path} is untrained (random weights) and would produce meaningless labels; "
             "train one with `spinect train` or use the default model"
         )
-    network = build_network(**plan.architecture)
+    try:
+        network = build_network(**plan.architecture)
+    except Exception as exc:  # noqa: BLE001 - unknown names or values in the stored architecture
+        raise ModelError(f"model file {path} has an invalid plan: architecture {plan.architecture} ({exc})") from exc
+    outputs = getattr(network, "num_classes", None)
+    if outputs is not None and outputs != plan.num_classes:
+        raise ModelError(
+            f"model file {path} has an invalid plan: its network outputs {outputs} classes but the plan names "
+            f"{plan.num_classes} ({', '.join(plan.class_names)}); labels would be misnamed or missing. Use another model "
+            "or train it again"
+        )
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ModelError(f"model file {path} holds no weights ('state_dict'); it is not a usable spinect model")
     try:
         network.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
@@ -112,10 +128,27 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise ModelError(f"cannot read model file {path} ({type(exc).__name__}: {exc}); is it a spinect model?") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ModelError(f"{path} is not a spinect model file (no '{_FORMAT}' header)")
-    if int(payload.get("format_version", 0)) > _FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelError(f"{path} has format version {version!r}, not an integer; the file is damaged or not a spinect model")
+    if version > _FORMAT_VERSION:
         raise ModelError(f"{path} was written by a newer spinect (format {payload['format_version']}); upgrade spinect")
     _check_finite_weights(path, payload.get("state_dict"))
     return payload
+
+
+def _plan_of(path: Path, payload: dict[str, Any]) -> ModelPlan:
+    """The payload's plan, checked (:class:`ModelPlan` refuses inconsistent values).
+
+    Raises:
+        ModelError: no plan, or one with invalid or inconsistent values, named in the message.
+    """
+    if not isinstance(payload.get("plan"), dict):
+        raise ModelError(f"model file {path} holds no plan (preprocessing and architecture); it is not a usable spinect model")
+    try:
+        return ModelPlan.from_dict(payload["plan"])
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model file {path} has an invalid plan: {exc}; use another model or train it again") from exc
 
 
 def _check_archive(path: Path) -> None:
@@ -155,8 +188,12 @@ def _verify_sidecar(path: Path) -> None:
     if not sidecar.is_file():
         return  # a bare .pt is allowed; the sidecar is a convenience, not a requirement
     try:
-        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+        sidecar_data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the model's sidecar {sidecar}: {exc}") from exc
+    if not isinstance(sidecar_data, dict):
+        raise ModelError(f"the model's sidecar {sidecar} is not a JSON object (it holds a {type(sidecar_data).__name__}); "
+                         "delete it or write it again (it is optional)")
+    expected = sidecar_data.get("sha256")
     if expected and expected != sha256_of_file(path):
         raise ModelError(f"checksum of {path} does not match {sidecar}: the file is corrupt or was changed; download or train it again")

@@ -45,6 +45,7 @@ __all__ = [
     "labels_to_input_grid",
     "segment_image",
     "air_threshold",
+    "warn_if_smaller_than_window",
     "PipelineOutput",
     "WindowProgress",
     "AIR_HU",
@@ -114,6 +115,29 @@ def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tup
     return resampled, normalised
 
 
+def warn_if_smaller_than_window(shape_zyx: Sequence[int], plan: ModelPlan) -> list[str]:
+    """Warn when the CT, on the network's grid, is shorter than one sliding window along an axis.
+
+    The network then sees mostly padding (a 3-slice DICOM series in a 32-slice window): its labels
+    there are unreliable (seen: "nerve" laid in a window-grid pattern over liver, muscle and fat).
+
+    Returns:
+        The warnings logged (empty when the CT fills the window).
+    """
+    warnings = []
+    for axis, voxels, patch, spacing in zip("zyx", shape_zyx, plan.patch_size_zyx, plan.spacing_zyx_mm):
+        if voxels < patch:
+            warnings.append(
+                f"the CT spans only {voxels} voxels ({voxels * spacing:.0f} mm) along {axis} on the model's "
+                f"{spacing:g} mm grid, fewer than the network's window of {patch} ({patch * spacing:.0f} mm): the network "
+                "sees mostly padding, so its labels are UNRELIABLE. Give a CT covering the lumbar spine "
+                f"(at least {patch * spacing:.0f} mm along {axis})"
+            )
+    for message in warnings:
+        log.warning("%s", message)
+    return warnings
+
+
 def _geometry_only(image: sitk.Image) -> sitk.Image:
     """A UInt8 image with ``image``'s size, spacing, origin and direction (its voxels dropped)."""
     grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
@@ -173,6 +197,7 @@ def segment_image(
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     timer = timer or StageTimer()
     network_grid, volume = prepare_network_input(ct, plan, timer=timer)
+    warn_if_smaller_than_window(volume.shape, plan)
     network_grid = _geometry_only(network_grid)  # its HU voxels are no longer needed: ~150 MB less at the peak
     margin_zyx = tuple(int(np.ceil(AIR_MARGIN_MM / s)) for s in plan.spacing_zyx_mm)
     options = dict(patch_size_zyx=plan.patch_size_zyx, stride_zyx=tuple(stride_zyx or plan.stride_zyx),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +64,21 @@ class ModelPlan:
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        """Refuse values that would crash deep inside inference or silently give empty labels."""
+        if len(self.class_names) < 2:
+            raise ValueError(f"class_names needs background and at least one class, got {list(self.class_names)}")
+        if len(self.spacing_zyx_mm) != 3 or not all(_finite(v) and v > 0 for v in self.spacing_zyx_mm):
+            raise ValueError(f"spacing_zyx_mm must be 3 finite voxel sizes > 0 mm, got {list(self.spacing_zyx_mm)}")
+        if len(self.hu_window) != 2 or not all(_finite(v) for v in self.hu_window) or not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) finite HU with low < high, got {list(self.hu_window)} "
+                             "(a reversed window clips every voxel to one value: empty labels)")
+        if not _finite(self.intensity_mean):
+            raise ValueError(f"intensity_mean must be a finite number, got {self.intensity_mean!r}")
+        if not _finite(self.smoothing_mm) or self.smoothing_mm < 0:
+            raise ValueError(f"smoothing_mm must be a finite number >= 0 mm, got {self.smoothing_mm!r}")
         if self.training_status not in TRAINING_STATUSES:
             raise ValueError(f"training_status must be one of {TRAINING_STATUSES}, got {self.training_status!r}")
-        if self.intensity_std <= 0:
+        if not _finite(self.intensity_std) or self.intensity_std <= 0:
             raise ValueError(f"intensity_std must be > 0, got {self.intensity_std}")
         if self.blend not in ("sum", "gaussian"):
             raise ValueError(f"blend must be 'sum' or 'gaussian', got {self.blend!r}")
@@ -100,3 +114,8 @@ class ModelPlan:
 
     def replace(self, **changes: Any) -> "ModelPlan":
         return dataclasses.replace(self, **changes)
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a bool, string or None) that is neither NaN nor infinite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

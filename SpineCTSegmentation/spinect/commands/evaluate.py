@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resample predictions that are off the label grid (nearest neighbour) instead of failing",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace a report already in --out (refused by default)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.set_defaults(func=_run)
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("give --pred PRED --labels LABELS, or --model MODEL --data DATASET")
     else:
         pairs = match_case_files(args.pred, args.labels)
-    check_report_folder(args.out)
+    check_report_folder(args.out, overwrite=args.overwrite)
     _, files = run_evaluation(
         pairs,
         args.out,

@@ -178,7 +178,8 @@ def measure_triangle(
         _check_overlap(ct_image, labels)
     report("distance", 0.05, "signed distance maps of bone and nerve")
     fields = ObstacleFields.from_image(labels, ct=ct_image)
-    frame, frame_source = _frame(frame, structures_image, endplate_lps_mm, points_lps_mm, fields, labels, level)
+    frame, frame_source = _frame(frame, structures_image, endplate_lps_mm, points_lps_mm, fields, labels, level,
+                                 triangle=triangle)
     report("measure", 0.2, f"measuring at theta={theta_deg:g}, phi={phi_deg:g}")
     common = dict(triangle=triangle, level=level, side=side, theta_deg=theta_deg, phi_deg=phi_deg, settings=settings)
     if points_lps_mm is not None:
@@ -231,7 +232,7 @@ def _read_ct(source) -> sitk.Image:
     return read_ct(source)
 
 
-def _frame(frame, structures, endplate, points, fields, labels, level) -> tuple[EndplateFrame, str]:
+def _frame(frame, structures, endplate, points, fields, labels, level, *, triangle: str = "kambin") -> tuple[EndplateFrame, str]:
     if frame is not None:
         return frame, "given"
     if structures is not None:
@@ -248,6 +249,15 @@ def _frame(frame, structures, endplate, points, fields, labels, level) -> tuple[
         return endplate_frame_near(fields, label_array, pts[0]), "bone surface near the endplate point"
     if points is not None:
         pts = np.asarray(points, float).reshape(3, 3)
+        if triangle == "kambin":
+            # B and C lie on the endplate and A above it: the plane through B-C that the bone supports
+            # (a free fit near B took the S1 superior articular process for the endplate, 75-80 deg off)
+            from spinect.geometry.endplate import endplate_frame_through_triangle
+
+            try:
+                return endplate_frame_through_triangle(fields, label_array, pts), "bone surface through B and C"
+            except InputError:
+                pass
         # B and C lie on the endplate; their midpoint can miss it where the endplate is narrow or
         # the clicks sit on its rim, so try B and C themselves before giving up.
         hints = [("B-C", 0.5 * (pts[1] + pts[2])), ("B", pts[1]), ("C", pts[2])]

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 
-from spinect.errors import InputError, SpinectError
+from spinect.errors import InputError, ModelError, SpinectError
 from spinect.inference.device import autocast_dtype, resolve_device
 from spinect.nets.pooling import replace_max_pools
 
@@ -434,10 +434,29 @@ def _stitch_windows(
             accumulated[0][local] += 1.0 if constant else weights[inner]
             count[local] += 1.0 if constant else weights[inner]
         accumulated /= count
+        _refuse_nonfinite(accumulated)
     if progress is not None and done < grid.total:
         progress(grid.total, grid.total)
     crop = tuple(slice(before, before + n) for before, n in zip(grid.pad_before, grid.shape))
     return result[(slice(None), *crop)].to("cpu").contiguous()
+
+
+def _refuse_nonfinite(scores: torch.Tensor) -> None:
+    """NaN scores lose every comparison in the argmax, so they would become background: an empty
+    segmentation with no error. Refuse them instead.
+
+    Raises:
+        ModelError: naming how many voxels got NaN or infinite scores.
+    """
+    if math.isfinite(float(scores.sum())):  # a reduction: no voxel-sized temporary on the common path
+        return
+    bad = sum(int(channel.numel() - torch.isfinite(channel).sum()) for channel in scores)
+    if bad:
+        raise ModelError(
+            f"the network produced NaN or infinite scores ({bad} values): its labels would be empty or wrong. The model "
+            "is damaged or overflows in reduced precision; use another model (or --device cpu), and report it if "
+            "this is the shipped model"
+        )
 
 
 #: Most concurrent CPU network calls chosen automatically (each gets threads // workers threads).

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from spinect.errors import OutputError
+from spinect.errors import OutputError, SpinectError
 
-__all__ = ["atomic_output", "check_output_path", "full_suffix"]
+__all__ = ["atomic_output", "check_output_path", "check_name_encoding", "full_suffix"]
 
 
 def full_suffix(path: str | os.PathLike) -> str:
@@ -32,13 +32,37 @@ def full_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def check_name_encoding(path: str | os.PathLike, *, what: str = "file", error: type[SpinectError] = OutputError) -> None:
+    """Refuse a path whose name holds bytes that are not UTF-8 (``os.fsdecode`` keeps them as surrogates).
+
+    SimpleITK cannot pass such a name to C++: it aborts the whole process (SIGABRT), which would
+    kill 3D Slicer when spinect runs inside it, or fails with an obscure TypeError.
+
+    Raises:
+        error: naming the path (undecodable bytes shown as ``\\xNN``) and asking to rename it.
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise error(
+            f"the {what} name {shown} holds bytes that are not valid UTF-8 text; the image library cannot open such "
+            "names (it would abort the process). Rename the file or folder with plain characters"
+        ) from None
+
+
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Fail early (before any long computation) if ``path`` cannot be written.
 
     Raises:
         OutputError: the folder does not exist, is not a folder, is not writable, ``path`` is a
-            folder, or ``path`` exists and ``overwrite`` is False.
+            folder, ``path`` exists and ``overwrite`` is False, or its name is not UTF-8
+            (:func:`check_name_encoding`).
     """
+    check_name_encoding(path, what="output")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():

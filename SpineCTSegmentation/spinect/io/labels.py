@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinect.errors import InputError
-from spinect.io.atomic import full_suffix
+from spinect.io.atomic import check_name_encoding, full_suffix
 from spinect.plan import CLASS_NAMES
 
 __all__ = [
@@ -105,6 +105,7 @@ def read_labelmap(
     Raises:
         InputError: missing or unreadable file, not 3D, or values outside ``range(len(class_names))``.
     """
+    check_name_encoding(path, what="label map", error=InputError)
     path = Path(path)
     if not path.is_file():
         raise InputError(f"label map {path} does not exist; check the path")

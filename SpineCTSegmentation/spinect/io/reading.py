@@ -9,6 +9,12 @@ SeriesInstanceUID. Series with a UID are grouped by GDCM; files without one are 
 own tags (FrameOfReferenceUID, ImageOrientationPatient, rows, columns, pixel spacing, slice
 thickness) and sorted by ImagePositionPatient projected on the slice normal. The longest series
 is read and the choice is logged on the ``spinect`` logger.
+
+A series that would stack into a wrong grid is refused (:class:`InputError` naming the files):
+a file in the folder that looks like DICOM but cannot be read (truncated, damaged: GDCM would
+silently leave it out), slices of different sizes or orientations, two slices at one position,
+or a missing slice (a gap more than 1.5 times the usual spacing). Smaller variations of the
+spacing are logged as a warning. (dcm2niix and Slicer's DICOM import flag the same faults.)
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinect.errors import InputError
-from spinect.io.atomic import full_suffix
+from spinect.io.atomic import check_name_encoding, full_suffix
 
 __all__ = [
     "check_nifti_integrity",
@@ -254,6 +260,7 @@ def _locale_kept():
 
 
 def _read_image(path: Path) -> sitk.Image:
+    check_name_encoding(path, what="input", error=InputError)
     if not path.exists():
         kind = "folder" if not path.suffix else "file"
         raise InputError(f"input {kind} {path} does not exist; check the path (and the current folder)")
@@ -382,7 +389,10 @@ def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
 
 
 def _read_dicom_folder(folder: Path, *, containing: Path | None = None) -> sitk.Image:
+    for entry in folder.iterdir():  # GDCM lists every name; SimpleITK aborts on non-UTF-8 ones
+        check_name_encoding(entry, what="file", error=InputError)
     series = _find_dicom_series(folder)
+    _refuse_undecodable_files(folder, series)
     if not series:
         raise InputError(
             f"no DICOM image series found in {folder}; give the folder that holds the CT's .dcm files "
@@ -412,6 +422,46 @@ def _choose_series(series: list[_DicomSeries], folder: Path, containing: Path | 
             "; ".join(f"{s.label} ({len(s.files)} slices)" for s in skipped),
         )
     return chosen
+
+
+#: Byte offset and value of the DICOM magic after the 128-byte preamble (DICOM part 10 files).
+_DICM_OFFSET, _DICM = 128, b"DICM"
+
+
+def _refuse_undecodable_files(folder: Path, series: list[_DicomSeries]) -> None:
+    """GDCM leaves a truncated or damaged slice out of its series without a word, so the volume would
+    stack the rest as if nothing were missing. Refuse a folder holding such a file.
+
+    A file counts when it is in no series, looks like DICOM (``DICM`` magic, or a ``.dcm`` name;
+    ``DICOMDIR`` excepted) and GDCM cannot read its header.
+
+    Raises:
+        InputError: naming the unreadable files.
+    """
+    listed = {os.path.realpath(f) for s in series for f in s.files}
+    bad = []
+    for path in sorted(folder.iterdir()):
+        if (not path.is_file() or path.name.startswith(".") or path.name.upper() == "DICOMDIR"
+                or os.path.realpath(path) in listed):
+            continue
+        if (full_suffix(path) == ".dcm" or _has_dicom_magic(path)) and _dicom_tags(str(path)) is None:
+            bad.append(path.name)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InputError(
+            f"DICOM folder {folder}: {shown} cannot be read (truncated or damaged file); a slice left out would "
+            "silently shift the rest of the volume. Copy or export the series again, or move the file(s) out of "
+            "the folder if they are not part of the CT"
+        )
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(_DICM_OFFSET)
+            return handle.read(len(_DICM)) == _DICM
+    except OSError:
+        return False
 
 
 def _find_dicom_series(folder: Path) -> list[_DicomSeries]:
@@ -498,28 +548,93 @@ def _read_dicom_series(series: _DicomSeries, folder: Path) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
+        _refuse_mixed_sizes(series, folder)
         raise InputError(
             f"cannot read DICOM series {series.label} in {folder} ({_first_line(exc)}); the files may be "
             "damaged or use a compression GDCM cannot decode: convert the series to NIfTI in 3D Slicer "
             "and give that file"
         ) from exc
     logger.info("read %s: %s", folder, image_info(image))
-    _warn_if_uneven_slices(reader, image, folder)
+    _check_slices(reader, image, folder)
     return image
 
 
-def _warn_if_uneven_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
-    """Missing slices or variable spacing make the stacked volume's geometry approximate."""
-    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
-    positions = [_floats(reader.GetMetaData(i, _TAG_POSITION), 3) for i in range(len(reader.GetFileNames()))]
-    if len(positions) < 3 or any(p is None for p in positions):
+def _refuse_mixed_sizes(series: _DicomSeries, folder: Path) -> None:
+    """After a failed read: name the slices whose size differs from the first one's, if that is the cause."""
+    sizes = []
+    for file in series.files:
+        tags = _dicom_tags(file) or {}
+        sizes.append((tags.get(_TAG_COLUMNS, "?").strip(), tags.get(_TAG_ROWS, "?").strip()))
+    odd = [Path(f).name for f, size in zip(series.files, sizes) if size != sizes[0]]
+    if odd:
+        raise InputError(
+            f"DICOM series {series.label} in {folder} mixes image sizes: {', '.join(odd[:10])} "
+            f"{'is' if len(odd) == 1 else 'are'} not {sizes[0][0]}x{sizes[0][1]} pixels like {Path(series.files[0]).name}; "
+            "one volume cannot be stacked from them. Give a folder holding only the CT series"
+        )
+
+
+#: Slices closer than this (mm) along the normal are at one position (Slicer's DICOM import uses 0.01 mm too).
+DUPLICATE_SLICE_MM = 0.01
+#: A gap larger than this times the usual slice spacing means missing slices.
+MISSING_SLICE_FACTOR = 1.5
+
+
+def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """Refuse a stack whose grid would be wrong; warn when the slice spacing varies a little.
+
+    Raises:
+        InputError: slices with different orientations, slices at one position (duplicates),
+            slices out of order, or a gap of more than :data:`MISSING_SLICE_FACTOR` times the usual
+            spacing (missing slices), naming the files.
+    """
+    names = [Path(f).name for f in reader.GetFileNames()]
+    count = len(names)
+    orientations = [_floats(reader.GetMetaData(i, _TAG_ORIENTATION), 6) if reader.HasMetaDataKey(i, _TAG_ORIENTATION)
+                    else None for i in range(count)]
+    if all(o is not None for o in orientations):
+        odd = [names[i] for i in range(count) if np.max(np.abs(orientations[i] - orientations[0])) > 1e-3]
+        if odd:
+            raise InputError(
+                f"DICOM {folder}: the series mixes slice orientations ({', '.join(odd[:10])} "
+                f"{'is' if len(odd) == 1 else 'are'} not oriented like {names[0]}: a localizer or a reformatted "
+                "slice?); stacking them would give a wrong volume. Give a folder holding only the axial CT series"
+            )
+    positions = [_floats(reader.GetMetaData(i, _TAG_POSITION), 3) if reader.HasMetaDataKey(i, _TAG_POSITION)
+                 else None for i in range(count)]
+    if count < 2 or any(p is None for p in positions):
         return
-    gaps_mm = np.abs(np.diff([float(np.dot(p, normal)) for p in positions]))
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    along = np.array([float(np.dot(p, normal)) for p in positions])
+    steps = np.diff(along)
+    same = np.flatnonzero(np.abs(steps) < DUPLICATE_SLICE_MM)
+    if same.size:
+        pairs = "; ".join(f"{names[i]} and {names[i + 1]} at {tuple(round(float(v), 2) for v in positions[i])} mm"
+                          for i in same[:5])
+        raise InputError(
+            f"DICOM {folder}: {same.size} pair(s) of slices lie at the same position ({pairs}): duplicated files or "
+            "two series mixed in one folder. Remove the duplicates (or give a folder holding one series only)"
+        )
+    if np.any(np.sign(steps) != np.sign(steps[0])):
+        raise InputError(
+            f"DICOM {folder}: the slice positions do not run in one direction ({', '.join(names[:10])}...); the "
+            "series cannot be stacked into one volume. Convert it in 3D Slicer and give that file"
+        )
+    gaps_mm = np.abs(steps)
+    usual_mm = float(np.percentile(gaps_mm, 25))
+    missing = np.flatnonzero(gaps_mm > MISSING_SLICE_FACTOR * usual_mm)
+    if missing.size:
+        where = "; ".join(f"{gaps_mm[i]:.3g} mm between {names[i]} and {names[i + 1]}" for i in missing[:5])
+        raise InputError(
+            f"DICOM {folder}: slices are missing (gap of {where}, where the slices are {usual_mm:.3g} mm apart); "
+            "stacking the rest would put every later slice in the wrong place. Copy or export the complete "
+            "series again"
+        )
     deviation_mm = float(np.max(np.abs(gaps_mm - image.GetSpacing()[2])))
-    if deviation_mm > max(0.1 * image.GetSpacing()[2], 0.01):
+    if count >= 3 and deviation_mm > max(0.1 * image.GetSpacing()[2], 0.01):
         logger.warning(
-            "DICOM %s: slice gaps vary from %.3g to %.3g mm (missing slices or variable spacing); the "
-            "volume uses their mean, %.3g mm, so positions along the slice axis are off by up to %.3g mm",
+            "DICOM %s: slice gaps vary from %.3g to %.3g mm (variable spacing); the volume uses their mean, "
+            "%.3g mm, so positions along the slice axis are off by up to %.3g mm",
             folder, gaps_mm.min(), gaps_mm.max(), image.GetSpacing()[2], deviation_mm,
         )
 

@@ -278,15 +278,31 @@ def write_evaluation_report(result: EvaluationResult, out_dir: str | os.PathLike
     return files
 
 
-def check_report_folder(out_dir: str | os.PathLike) -> Path:
+#: Files of an evaluation report (:func:`write_evaluation_report`).
+REPORT_FILE_NAMES: tuple[str, ...] = ("metrics_per_case.csv", "metrics_summary.csv", "metrics_summary.md",
+                                      "metrics_boxplot.png")
+
+
+def check_report_folder(out_dir: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Fail early (before scoring) if the report folder cannot be created or written; create nothing.
 
+    Args:
+        out_dir: the report folder.
+        overwrite: False refuses a folder that already holds a report (any of :data:`REPORT_FILE_NAMES`).
+
     Raises:
-        OutputError: ``out_dir`` is a file, or it (or its nearest existing parent) is not writable.
+        OutputError: ``out_dir`` is a file, it (or its nearest existing parent) is not writable,
+            or it holds a report and ``overwrite`` is False.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} is a file; give a folder for the evaluation report")
+    existing_report = [name for name in REPORT_FILE_NAMES if (out / name).exists()] if out.is_dir() else []
+    if existing_report and not overwrite:
+        raise OutputError(
+            f"{out} already holds an evaluation report ({', '.join(existing_report)}); it will not be replaced. "
+            "Give another --out folder, or --overwrite to replace it"
+        )
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

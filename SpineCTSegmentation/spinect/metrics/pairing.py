@@ -2,21 +2,30 @@
 
 ``case07_pred.nii.gz``, ``case07_labels.seg.nrrd`` and ``case07.nrrd`` all have the case id
 ``case07``: the image suffix is dropped, then any trailing role tokens (``_pred``, ``_labels``,
-``_seg``...), case-insensitively.
+``_seg``...), case-insensitively. In a label folder, files named as something other than a label map
+(``case07_ct.nii.gz``, ``case07_structures.nii.gz``: what ``spinect phantom`` writes beside the
+labels) are skipped, so a phantom or dataset folder can be given as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from spinect.errors import InputError
+from spinect.io.atomic import full_suffix
 
 __all__ = ["IMAGE_SUFFIXES", "case_id_from_path", "list_image_files", "match_case_files"]
 
 #: File suffixes read as label maps (longest first, so ``.seg.nrrd`` wins over ``.nrrd``).
 IMAGE_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+logger = logging.getLogger(__name__)
+
+# Files in a folder that are not label maps: the CT (and other images) beside them.
+_NOT_LABELS = re.compile(r"[_.-](ct|image|img|structures)$", re.IGNORECASE)
 
 # Trailing role words, with _, - or . before them; repeated ("case1_pred_seg" -> "case1").
 _ROLE_TOKEN = re.compile(
@@ -25,13 +34,16 @@ _ROLE_TOKEN = re.compile(
 )
 
 
-def case_id_from_path(path: str | os.PathLike) -> str:
-    """Case id of an image file: its name without image suffix and trailing role tokens."""
-    name = Path(path).name
+def _without_image_suffix(name: str) -> str:
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+            return name[: -len(suffix)]
+    return name
+
+
+def case_id_from_path(path: str | os.PathLike) -> str:
+    """Case id of an image file: its name without image suffix and trailing role tokens."""
+    name = _without_image_suffix(Path(path).name)
     while True:
         stripped = _ROLE_TOKEN.sub("", name)
         if stripped == name or not stripped:
@@ -55,13 +67,20 @@ def list_image_files(path: str | os.PathLike, *, what: str) -> dict[str, Path]:
         raise InputError(f"{what} path {path} does not exist; give an existing file or folder")
     if path.is_file():
         return {case_id_from_path(path): path}
-    files = sorted(
+    images = sorted(
         p for p in path.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
     )
+    files = [p for p in images
+             if what != "label" or full_suffix(p) == ".seg.nrrd" or not _NOT_LABELS.search(_without_image_suffix(p.name))]
+    skipped = [p.name for p in images if p not in files]
+    if skipped:
+        logger.info("%s folder %s: skipping %d files that are not label maps (%s)", what, path, len(skipped),
+                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     if not files:
+        also = f" besides CT or structure images ({', '.join(skipped[:3])})" if skipped else ""
         raise InputError(
-            f"{what} folder {path} holds no image file ({', '.join(IMAGE_SUFFIXES)}); check the folder"
+            f"{what} folder {path} holds no label map file ({', '.join(IMAGE_SUFFIXES)}){also}; check the folder"
         )
     by_case: dict[str, Path] = {}
     for file in files:

@@ -22,7 +22,7 @@ from spinect.manifest import DatasetCase
 from spinect.plan import CLASS_NAMES
 from spinect.preprocess import resample_to_reference, resample_to_spacing
 
-__all__ = ["LoadedCase", "DataSplit", "load_case", "load_cases", "split_cases", "SPLIT_NAMES"]
+__all__ = ["LoadedCase", "DataSplit", "load_case", "load_cases", "check_label_grid", "split_cases", "SPLIT_NAMES"]
 
 log = logging.getLogger("spinect")
 
@@ -69,16 +69,19 @@ def load_case(
     """Read one case and put CT and labels on the same ``spacing_zyx_mm`` grid.
 
     The labels are read by class name (Slicer ``.seg.nrrd`` segments included) and resampled
-    with nearest neighbour onto the resampled CT's grid, so a label file whose grid differs from
-    the CT's (Slicer crops segmentations to their extent) still lines up voxel for voxel.
+    with nearest neighbour onto the resampled CT's grid, so a label file cropped from the CT's
+    grid (Slicer crops segmentations to their extent) still lines up voxel for voxel. Any other
+    grid is refused (:func:`check_label_grid`): a header with the wrong spacing or origin would
+    teach the network labels in the wrong place.
 
     Raises:
-        InputError: unreadable files, or a label map that does not overlap its CT.
+        InputError: unreadable files, a label map off its CT's grid, or one that does not overlap its CT.
     """
     from spinect.io import read_ct, read_labelmap
 
     ct = read_ct(case.image)
     labels = read_labelmap(case.label, class_names=tuple(class_names))
+    check_label_grid(labels, ct, case=case)
     spacing_xyz = tuple(float(s) for s in reversed(tuple(spacing_zyx_mm)))
     ct_grid = resample_to_spacing(ct, spacing_xyz, interpolation=image_interpolation, default_value=-1024.0)
     label_grid = resample_to_reference(labels, ct_grid, interpolation="nearest", default_value=0)
@@ -91,6 +94,47 @@ def load_case(
         labels=label_array,
         spacing_zyx_mm=tuple(float(s) for s in spacing_zyx_mm),
     )
+
+
+#: Tolerances of :func:`check_label_grid`: relative spacing, direction cosines, and the label
+#: origin's offset from a CT voxel centre (fraction of a voxel; Slicer stores float32 matrices).
+GRID_SPACING_RTOL = 1e-3
+GRID_DIRECTION_ATOL = 1e-3
+GRID_OFFSET_VOXELS = 0.01
+
+
+def check_label_grid(labels: sitk.Image, ct: sitk.Image, *, case: DatasetCase) -> None:
+    """Refuse a label map that is not on its CT's grid or a crop of it.
+
+    The label map must have the CT's spacing and direction, an origin on a CT voxel centre, and
+    lie inside the CT: the CT's own grid, or the extent Slicer crops a segmentation to. Anything
+    else (twice the spacing, a shifted origin, a header without geometry) means the header is
+    wrong, and resampling would put the labels on the wrong anatomy without a word.
+
+    Raises:
+        InputError: naming the case, both files and both grids.
+    """
+    ct_spacing, label_spacing = np.asarray(ct.GetSpacing(), float), np.asarray(labels.GetSpacing(), float)
+    offset = np.asarray(ct.TransformPhysicalPointToContinuousIndex(labels.GetOrigin()), float)
+    first, last = np.round(offset), np.round(offset) + np.asarray(labels.GetSize()) - 1
+    problem = None
+    if not np.allclose(label_spacing, ct_spacing, rtol=GRID_SPACING_RTOL, atol=0.0):
+        problem = (f"its voxel size {tuple(round(float(v), 4) for v in label_spacing)} mm differs from the CT's "
+                   f"{tuple(round(float(v), 4) for v in ct_spacing)} mm")
+    elif not np.allclose(labels.GetDirection(), ct.GetDirection(), atol=GRID_DIRECTION_ATOL):
+        problem = "its axis directions differ from the CT's"
+    elif np.max(np.abs(offset - np.round(offset))) > GRID_OFFSET_VOXELS:
+        problem = (f"its origin {tuple(round(float(v), 3) for v in labels.GetOrigin())} mm is not on a CT voxel "
+                   f"(offset {tuple(round(float(v), 3) for v in offset)} voxels from the CT's origin)")
+    elif np.any(first < 0) or np.any(last > np.asarray(ct.GetSize()) - 1):
+        problem = (f"it covers CT voxels {tuple(int(v) for v in first)} to {tuple(int(v) for v in last)}, beyond the "
+                   f"CT's {tuple(ct.GetSize())} (origin shifted?)")
+    if problem is not None:
+        raise InputError(
+            f"case {case.id}: label map {case.label} is not on the grid of its CT {case.image}: {problem}. Its header "
+            "geometry is wrong, so the labels would be placed on the wrong anatomy; export the label map on the "
+            "CT's grid (in Slicer: the segmentation's source geometry is the CT) and check both come from the same scan"
+        )
 
 
 def load_cases(
