@@ -216,3 +216,28 @@ def test_generate_case_metal_switch():
         generate_case(11, metal="yes", **kw)
     with pytest.raises(SpinectError, match="surroundings"):
         generate_case(11, metal=True, surroundings=False, **kw)
+
+
+def test_lung_bases_with_vessels_at_the_top_of_a_lumbar_field():
+    """Lung bases reach about L1 posterolaterally; their vessels (blood, bright with IV contrast)
+    lie inside the lung, and lung is never bone or nerve."""
+    import SimpleITK as sitk
+
+    from spinect.phantom import generate_case
+
+    case = generate_case(5, shape_zyx=(200, 176, 176), window_tables=False, appearance_overrides={"iv_contrast": True})
+    st = sitk.GetArrayFromImage(case.structures)
+    ct = sitk.GetArrayFromImage(case.ct)
+    labels = sitk.GetArrayFromImage(case.labels)
+    lung = st == C["lung"]
+    assert lung.sum() > 5000
+    assert np.all(labels[lung] == 0)
+    lowest = np.argwhere(lung)[:, 0].min()
+    l1 = np.argwhere(np.isin(st, [C["L1"]]))[:, 0]
+    assert l1.min() - 40 <= lowest <= l1.max()  # the recess ends near L1 (z grows cranially)
+    assert -950.0 <= float(np.median(ct[lung])) <= -700.0
+    # vessels branch into the lung: blood voxels surrounded by lung
+    from scipy import ndimage
+
+    vessel_in_lung = (st == C["blood_vessel"]) & ndimage.binary_dilation(lung, iterations=2)
+    assert vessel_in_lung.sum() > 20

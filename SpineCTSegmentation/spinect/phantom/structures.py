@@ -74,8 +74,8 @@ def _build_table() -> dict[str, int]:
     for i, name in enumerate(soft):  # ligamentum_flavum is reserved (not painted in version 1)
         codes[name] = 100 + i
     # surroundings (phantom v2); metal is implant, not bone (label 0)
-    for i, name in enumerate(("liver", "kidney", "bowel_contrast", "ct_table", "metal")):
-        codes[name] = 120 + i  # 120..124
+    for i, name in enumerate(("liver", "kidney", "bowel_contrast", "ct_table", "metal", "lung")):
+        codes[name] = 120 + i  # 120..125
     return codes
 
 
@@ -95,6 +95,7 @@ _SOFT_TISSUE = {
     "gluteal_muscle": "muscle", "epidural_fat": "fat", "foraminal_fat": "fat",
     "ligamentum_flavum": "ligament", "facet_capsule": "ligament", "sacroiliac_joint": "ligament",
     "liver": "liver", "kidney": "kidney", "bowel_contrast": "oral_contrast", "ct_table": "table", "metal": "metal",
+    "lung": "lung",
 }
 
 #: Tissue classes added with the surroundings (HU ranges in ``surroundings.SURROUNDING_HU_RANGES``)
@@ -102,6 +103,7 @@ _SOFT_TISSUE = {
 #: appearance model that predates them still gives plausible HU (not the default).
 TISSUE_FALLBACK: dict[str, str] = {
     "liver": "viscera", "kidney": "viscera", "oral_contrast": "calcium", "table": "ligament", "metal": "bone",
+    "lung": "gas",
 }
 
 

@@ -7,7 +7,9 @@
   90-110 mm below and 10-35 mm anterior of the S1 endplate centre, neck, greater trochanter
   and the proximal shaft.
 * **Organs** (sign-only background): liver (right upper quadrant), kidneys (lateral to L1-L3,
-  in front of quadratus lumborum, lateral to psoas), loops of bowel with oral contrast
+  in front of quadratus lumborum, lateral to psoas), lung bases (posterior costophrenic recesses
+  down to about L1, -900..-750 HU) with branching vessels (blood: bright tubes with IV contrast,
+  which a network must not take for trabecular bone), loops of bowel with oral contrast
   (150-600 HU) and gas. Organs only replace abdominal-cavity content (visceral fat, bowel), so
   they never leave the body or cover vessels.
 * **CT table**: a curved plate under the patient's back, outside the body, horizontal in the
@@ -65,6 +67,7 @@ SURROUNDING_HU_RANGES: dict[str, tuple[float, float]] = {
     "oral_contrast": (150.0, 600.0),
     "table": (100.0, 300.0),
     "metal": (2500.0, 3071.0),
+    "lung": (-900.0, -750.0),
 }
 
 #: Vertebrae that can carry pedicle screws.
@@ -307,7 +310,33 @@ def _organ_parts(frames, params: PhantomParams, rng: np.random.Generator) -> lis
         axes = frame_from_vectors(long_axis, np.array([s * 1.0, -0.4, 0.0]), primary_axis=2)
         kidneys.append(Ellipsoid(c, axes, radii=np.array([27.0, 18.0, 55.0]) * rng.uniform(0.9, 1.1)))
     parts.append(_clipped("kidney", kidneys, _CAVITY + (C["liver"],)))
+    parts += _lung_parts(frames, params, rng)
     return parts
+
+
+def _lung_parts(frames, params: PhantomParams, rng: np.random.Generator) -> list[Part]:
+    """Lung bases: the posterior costophrenic recesses reach about L1, lateral to the spine, above
+    the liver and the kidneys' upper poles; vessels branch from the medial top outwards (2.5 ->
+    0.8 mm radius). The lung replaces cavity content and liver (the diaphragm is not drawn); the
+    vessels replace lung only."""
+    v = params.vertebrae
+    l1 = frames["L1"]
+    lungs, vessels = [], []
+    for side, s in SIDE_SIGN.items():
+        radii = np.array([55.0, 55.0, 95.0]) * rng.uniform(0.85, 1.1)
+        bottom = rng.uniform(-30.0, 5.0)  # lowest point relative to the L1 centre (mm): T12-L1 recesses
+        centre = l1.point(s * (v["L1"].a + 50.0), v["L1"].b + 5.0, bottom + radii[2])
+        lungs.append(Ellipsoid(centre, np.eye(3), radii=radii))
+        hilum = l1.point(s * (v["L1"].a + 20.0), -5.0, bottom + 1.6 * radii[2])
+        for _ in range(int(rng.integers(10, 20))):
+            # a random target in the lowest part of the lung (what a lumbar CT shows), reached in
+            # 4 wiggling steps
+            target = centre + radii * rng.uniform(-0.6, 0.6, 3) * np.array([1.0, 1.0, 0.0]) \
+                + np.array([0.0, 0.0, -radii[2] * rng.uniform(0.75, 0.97)])
+            t = np.linspace(0.0, 1.0, 5)[:, None]
+            path = hilum + t * (target - hilum) + rng.normal(0.0, 4.0, (5, 3)) * np.sin(np.pi * t)
+            vessels += tube_segments(path, np.linspace(2.5, 0.8, 5) * rng.uniform(0.8, 1.2))
+    return [_clipped("lung", lungs, _CAVITY + (C["liver"],)), _clipped("blood_vessel", vessels, (C["lung"],))]
 
 
 def _contrast_bowel(frames, params: PhantomParams, rng: np.random.Generator) -> list[Part]:
@@ -494,6 +523,7 @@ def surrounding_values(settings: SurroundingsSettings, rng: np.random.Generator)
         "table": float(rng.uniform(*r["table"])),
         "metal": float(rng.uniform(*r["metal"])),
     }
+    values["lung"] = float(rng.uniform(*r["lung"]))  # drawn last: the other values stay as before
     if iv:
         values["blood"] = float(rng.uniform(*r["blood_contrast"]))
     return values
