@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from spinect.api import segment, train
     from spinect.manifest import DatasetCase, write_manifest
     from spinect.metrics.real_ct import threshold_bone
-    from spinect.model_file import default_model_path
+    from spinect.model_file import default_model_path, load_plan
 
     torch.set_num_threads(args.threads)
     ct, bone = load_crop()
@@ -94,11 +94,14 @@ def main(argv=None) -> int:
 
     models: dict[str, Path] = {"default (no training)": default_model_path()}
     seconds: dict[str, float] = {}
+    # Same network for both arms (the default model's width): only the starting weights differ.
+    base_width = int(load_plan(default_model_path()).architecture["base_width"])
     for name, init in (("fine-tuned from default", default_model_path()), ("from scratch", None)):
         run = args.out / ("run_init" if init else "run_scratch")
         t0 = time.perf_counter()
         result = train(data, run, iterations=args.iterations, val_every=args.iterations, lr=args.lr, batch_size=4,
                        num_threads=args.threads, seed=args.seed, init=init, device="cpu", show_progress=False,
+                       base_width=base_width,
                        resume=(run / "last_state.pt").is_file())
         seconds[name] = time.perf_counter() - t0
         models[name] = result.last_model
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {s['dice']:.3f} | {s['hd95_mm']:.1f} |")
     out = args.out / "finetune_real_crop.json"
     out.write_text(json.dumps({"iterations": args.iterations, "seed": args.seed, "lr": args.lr, "gap_mm": GAP_MM,
-                               "seconds": seconds, "bone": rows, "default_model": str(default_model_path())}, indent=2))
+                               "seconds": seconds, "base_width": base_width, "bone": rows, "default_model": str(default_model_path())}, indent=2))
     print(f"results: {out}")
     return 0
 
