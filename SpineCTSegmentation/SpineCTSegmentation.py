@@ -34,6 +34,7 @@ from SpineCTSegmentationLib import dependencies
 from SpineCTSegmentationLib.mrml_io import conflicting_segment_ids
 from SpineCTSegmentationLib.options import DEFAULT_SMOOTHING_MM, Device, ExistingSegments, Level, Side, TriangleMode
 from SpineCTSegmentationLib.pipeline import SegmentationJob
+from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS, SEGMENTS
 from SpineCTSegmentationLib.triangles import (
     TriangleInputs,
     TrianglesJob,
@@ -86,6 +87,7 @@ class SpineCTSegmentationParameterNode:
     uncertainty - flip test-time augmentation with an uncertainty map and review list.
     keepIslands - keep isolated false-positive islands (removed and reported by default).
     wholeVolume - run the network on every window in the body, not only within 30 mm of bone.
+    vertebralLevels - also label L1-L5 and sacrum (needs a level model).
     trainingFolder, caseId - where "Export for training" writes.
     triangleLevel, triangleSide - the Kambin triangle measured.
     structuresVolume - optional level/structure map (automatic mode and endplate frame).
@@ -102,6 +104,7 @@ class SpineCTSegmentationParameterNode:
     uncertainty: bool = False
     keepIslands: bool = False
     wholeVolume: bool = False
+    vertebralLevels: bool = False
     trainingFolder: pathlib.Path = pathlib.Path()
     caseId: str = ""
     triangleLevel: Level = Level.L5S1
@@ -283,6 +286,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 params.inputVolume, device=params.device,
                 modelPath=modelPathOrNone(params.modelPath), smoothingMm=params.smoothingMm,
                 uncertainty=params.uncertainty, keepIslands=params.keepIslands, wholeVolume=params.wholeVolume,
+                levels=params.vertebralLevels,
             )
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -562,17 +566,18 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         return dependencies.ensure_dependencies(confirm=confirm)
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
-                          uncertainty=False, keepIslands=False, wholeVolume=False):
+                          uncertainty=False, keepIslands=False, wholeVolume=False, levels=False):
         """Export ``inputVolume`` and start the backend; returns a running ``SegmentationJob``.
 
         ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``);
         ``keepIslands`` keeps isolated false-positive islands; ``wholeVolume`` runs every window in
-        the body (by default windows more than 30 mm from bone-dense tissue are skipped).
+        the body (by default windows more than 30 mm from bone-dense tissue are skipped); ``levels``
+        adds segments L1-L5 and sacrum (needs a level model, ``modelPath``).
         """
         job = SegmentationJob(
             inputVolume, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
             device=device, model_path=modelPath, smoothing_mm=smoothingMm, work_dir=slicer.app.temporaryPath,
-            uncertainty=uncertainty, keep_islands=keepIslands, whole_volume=wholeVolume,
+            uncertainty=uncertainty, keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels,
         )
         logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
         job.start()
@@ -598,17 +603,18 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputVolume, outputSegmentation=None, *, device=Device.AUTO, modelPath=None,
                 smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False,
-                keepIslands=False, wholeVolume=False):
+                keepIslands=False, wholeVolume=False, levels=False):
         """Blocking segmentation (scripts and tests); returns the segmentation node.
 
         With ``uncertainty`` the uncertainty map is also loaded as a colour overlay and the review
         list as a table node (named after the CT).
         """
-        conflicts = conflicting_segment_ids(outputSegmentation)
+        conflicts = conflicting_segment_ids(outputSegmentation, SEGMENTS + (LEVEL_SEGMENTS if levels else ()))
         if conflicts and existing == ExistingSegments.ASK:
             raise ValueError(f"segments {conflicts} exist; pass existing=ExistingSegments.REPLACE or NEW_NODE")
         job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm,
-                                     uncertainty=uncertainty, keepIslands=keepIslands, wholeVolume=wholeVolume)
+                                     uncertainty=uncertainty, keepIslands=keepIslands, wholeVolume=wholeVolume,
+                                     levels=levels)
         try:
             start = time.monotonic()
             while job.running:

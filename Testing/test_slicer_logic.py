@@ -575,3 +575,81 @@ def test_segment_command_passes_island_and_whole_volume_choices_to_the_backend()
     chosen = build_parser().parse_args(
         build_segment_command("py", "a.nrrd", "b.nrrd", keep_islands=True, whole_volume=True)[3:])
     assert chosen.keep_islands is True and chosen.whole_volume is True
+
+
+# --- vertebral levels (``--levels``) --------------------------------------------------------
+
+
+def _tiny_level_model(path: Path) -> Path:
+    """A test-only level model made from the tiny 3-class model (every bone voxel starts as L1)."""
+    import torch
+
+    from conftest import make_tiny_model
+    from spinect.model_file import load_model, save_model
+    from spinect.nets import build_network
+    from spinect.plan import LEVEL_CLASS_GROUPS, LEVEL_CLASS_NAMES
+    from spinect.train.trainer import expand_head_to_levels
+
+    three, plan = load_model(make_tiny_model(path.with_name("three.pt")), device="cpu", allow_untrained=True)
+    arch = dict(plan.architecture, num_classes=len(LEVEL_CLASS_NAMES))
+    network = build_network(**arch)
+    network.load_state_dict(expand_head_to_levels(three.state_dict()))
+    with torch.no_grad():  # make bone common enough to be seen in a small phantom
+        network.head.bias[1:9] += 2.0
+    save_model(path, network, plan.replace(architecture=arch, class_names=LEVEL_CLASS_NAMES,
+                                           class_groups=dict(LEVEL_CLASS_GROUPS)))
+    return path
+
+
+def test_level_segments_terminology_matches_the_backend_and_slicer_reads_it(slicer):
+    from spinect.io.labels import SEGMENT_STYLES
+    from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic
+    assert [s.segment_id for s in LEVEL_SEGMENTS] == ["L1", "L2", "L3", "L4", "L5", "sacrum"]
+    for value, spec in enumerate(LEVEL_SEGMENTS, start=1):
+        assert spec.label_value == value
+        style = SEGMENT_STYLES[spec.segment_id]
+        assert list(spec.type) == style.terminology["type"] and list(spec.category) == style.terminology["category"]
+        assert spec.color_rgb == pytest.approx(style.color_rgb)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(terminology_entry(spec), entry)
+        assert entry.GetTypeObject().GetCodeValue() == spec.type[1]
+
+
+def test_levels_run_adds_level_segments_and_never_replaces_a_users_level_segment(slicer, tmp_path):
+    from SpineCTSegmentationLib.mrml_io import ExistingSegmentsError, new_segmentation_node, segment_label_array
+    from SpineCTSegmentationLib.pipeline import SegmentationJob
+    from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS
+
+    model = _tiny_level_model(tmp_path / "level.pt")
+    image = _phantom_ct()
+    scene = slicer.vtkMRMLScene()
+    ct = volume_node_from_image(slicer, scene, image, "phantom")
+    node = new_segmentation_node(ct, name="annotations")
+    user_mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, bool)
+    user_mask[2:6, 5:15, 5:15] = True
+    _add_user_segment(slicer, node, ct, "L3", user_mask)  # the user's own L3, e.g. from TotalSegmentator
+
+    job = SegmentationJob(ct, python_executable=sys.executable, base_env=dict(os.environ), device=Device.CPU,
+                          model_path=model, work_dir=tmp_path, levels=True)
+    assert "--levels" in job.process.command
+    job.start()
+    try:
+        assert job.wait(timeout_s=120) == 0
+        levels_written = sitk.GetArrayFromImage(sitk.ReadImage(str(job.levels_path)))
+        labels_written = sitk.GetArrayFromImage(sitk.ReadImage(str(job.output_path)))
+        with pytest.raises(ExistingSegmentsError, match="L3"):
+            job.finish(node, existing=ExistingSegments.ASK)
+        assert _segment_ids(node) == ["L3"]  # nothing was written
+        result = job.finish(node, existing=ExistingSegments.NEW_NODE)
+    finally:
+        job.cleanup()
+    assert result is not node and _segment_ids(node) == ["L3"]
+    np.testing.assert_array_equal(segment_label_array(node, ct, [_spec("L3")]), user_mask)
+    assert _segment_ids(result) == ["bone", "nerve", *(s.segment_id for s in LEVEL_SEGMENTS)]
+    np.testing.assert_array_equal(segment_label_array(result, ct), labels_written)
+    np.testing.assert_array_equal(segment_label_array(result, ct, list(LEVEL_SEGMENTS)), levels_written)
+    assert (levels_written == 1).any() and np.all(labels_written[levels_written > 0] == 1)
+    for spec in LEVEL_SEGMENTS:
+        assert result.GetSegmentation().GetSegment(spec.segment_id).GetTerminology() == terminology_entry(spec)

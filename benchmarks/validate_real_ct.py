@@ -53,6 +53,9 @@ ALL_CASES = ("crop", "dicom3", "chest")
 
 #: Chest CT label ids (TotalSegmentator v2 style, structures.csv): vertebrae sacrum..C1, ribs, sternum.
 CHEST_VERTEBRAE = tuple(range(25, 51))
+#: Labelled vertebrae whose level a level model is checked on (label values of each case).
+CROP_LEVELS = {"L2": 21, "L3": 22, "L4": 23}  # VerSe numbering
+CHEST_LEVELS = {"T12": 32, "L1": 31, "L2": 30, "L3": 29}  # TotalSegmentator numbering
 CHEST_RIBS_STERNUM = tuple(range(92, 117))
 #: Other labelled bones (humerus, scapula, clavicle, femur, hip, skull, carpal) and costal cartilage.
 CHEST_OTHER_BONE = tuple(range(69, 79)) + (91, 117, 118)
@@ -116,6 +119,7 @@ class RealCase:
     ignore: np.ndarray | None = None
     truth_note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    levels: dict[str, np.ndarray] = field(default_factory=dict)  # labelled vertebra name -> mask
 
 
 def to_lps(image: sitk.Image) -> sitk.Image:
@@ -156,10 +160,12 @@ def load_crop() -> RealCase:
     ct = sitk.ReadImage(str(ct_path))
     vert_img = sitk.ReadImage(str(_need(folder / "sub-ct_seg-vert_label-22_msk.nii.gz")))
     check_same_grid(ct, vert_img, "the vertebra label file")
-    vert = lps_array(vert_img) > 0
+    vert_labels = lps_array(vert_img)
+    vert = vert_labels > 0
     return RealCase("crop", "real lumbar crop L2-L4, 73x47x73 @ 1.5 mm (PIR)", ct_path,
                     lps_array(ct).astype(np.float32), spacing_zyx(ct), vert, vert,
-                    truth_note="vertebra labels of the TPTBox sample (probably VerSe), L2 and L4 partial")
+                    truth_note="vertebra labels of the TPTBox sample (probably VerSe), L2 and L4 partial",
+                    levels={name: vert_labels == value for name, value in CROP_LEVELS.items()})
 
 
 def load_dicom3() -> RealCase:
@@ -217,7 +223,8 @@ def load_chest(cache: Path) -> RealCase:
                     lps_array(ct).astype(np.float32), spacing, truth, vert, ignore=ignore,
                     truth_note="model-predicted (TotalSegmentator-style) vertebrae+ribs+sternum, not manual; "
                                "other labelled bones +3 mm ignored",
-                    extra={"spinal_cord_voxels": int(np.count_nonzero(labels == 79))})
+                    extra={"spinal_cord_voxels": int(np.count_nonzero(labels == 79))},
+                    levels={name: labels == value for name, value in CHEST_LEVELS.items()})
 
 
 # -------------------------------------------------------------------------------------- methods
@@ -231,6 +238,7 @@ class Prediction:
     nerve: np.ndarray | None
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    levels: np.ndarray | None = None  # level map (0 none, k = LEVEL_NAMES[k - 1]) of a level model
 
 
 def predict_threshold(ct_hu: np.ndarray) -> Prediction:
@@ -242,20 +250,26 @@ def predict_threshold(ct_hu: np.ndarray) -> Prediction:
     return Prediction(bone, None, time.perf_counter() - start)
 
 
-def predict_model(source: Path | sitk.Image, model: Path) -> Prediction:
-    """A model through the public API (``spinect.api.segment``, CPU), labels reoriented to LPS."""
+def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | None = None) -> Prediction:
+    """A model through the public API (``spinect.api.segment``, CPU), labels reoriented to LPS.
+
+    Levels are labelled when the model has level classes or ``level_model`` is given."""
     from spinect.api import segment
+    from spinect.model_file import load_plan
 
+    levels = level_model is not None or load_plan(model).has_levels
     start = time.perf_counter()
-    result = segment(source, None, model=model, device="cpu")
+    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=level_model)
     seconds = time.perf_counter() - start
-    labels = lps_array(result.labels) if isinstance(source, Path) else sitk.GetArrayFromImage(result.labels)
+    as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
+    labels = as_array(result.labels)
     return Prediction(labels == 1, labels == 2, seconds,
-                      {"windows": dict(result.window_counts), "removed_islands": len(result.removed_islands)})
+                      {"windows": dict(result.window_counts), "removed_islands": len(result.removed_islands)},
+                      levels=as_array(result.levels) if levels else None)
 
 
-def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source) -> Prediction:
-    return predict_threshold(ct_hu) if name == "threshold" else predict_model(source, models[name])
+def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source, level_model: Path | None = None) -> Prediction:
+    return predict_threshold(ct_hu) if name == "threshold" else predict_model(source, models[name], level_model)
 
 
 # -------------------------------------------------------------------------------------- scoring
@@ -275,7 +289,42 @@ def score_real(case: RealCase, pred: Prediction, canal: np.ndarray) -> dict[str,
         scores["nerve"]["nerve_volume_total_ml"] = volume_ml(pred.nerve, case.spacing_zyx_mm)
     scores["seconds"] = pred.seconds
     scores.update(pred.info)
+    if pred.levels is not None and case.levels:
+        scores["levels"] = level_calls(case.levels, pred.levels)
     return scores
+
+
+def level_calls(truth: dict[str, np.ndarray], level_map: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per labelled vertebra: the level the model gives most of its voxels, and whether it is right.
+
+    ``called``: the most frequent nonzero level among the vertebra's voxels (None if it got none);
+    ``share``: that level's share of the vertebra's voxels; ``right``: called == the vertebra's
+    name, or None for a vertebra the model has no class for (T12).
+    """
+    from spinect.plan import LEVEL_MAP_NAMES, LEVEL_NAMES
+
+    calls = {}
+    for name, mask in truth.items():
+        values = level_map[mask]
+        counts = np.bincount(values[values > 0], minlength=len(LEVEL_MAP_NAMES))
+        called = LEVEL_MAP_NAMES[int(np.argmax(counts))] if counts.sum() else None
+        calls[name] = {"called": called, "share": float(counts.max() / max(values.size, 1)) if counts.sum() else 0.0,
+                       "right": (called == name) if name in LEVEL_NAMES else None}
+    return calls
+
+
+def level_table(scores: dict[str, dict[str, Any]]) -> str | None:
+    """Markdown table of :func:`level_calls` for each method that labels levels, or None."""
+    rows = []
+    for method, s in scores.items():
+        if "levels" not in s:
+            continue
+        cells = [f"{c['called'] or 'none'} ({c['share']:.2f}){'' if c['right'] is None else (' ok' if c['right'] else ' WRONG')}"
+                 for c in s["levels"].values()]
+        rows.append((list(s["levels"]), [method, *cells]))
+    if not rows:
+        return None
+    return markdown_table(["method", *(f"truth {n}" for n in rows[0][0])], [r for _, r in rows])
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -495,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"chest CT folder, fetched there when missing (default {DEFAULT_CACHE})")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument("--level-model", type=Path, default=None, metavar="PATH",
+                        help="label vertebral levels with this level model for every model method and check them "
+                             "against the labelled vertebrae (crop L2-L4, chest T12-L3)")
     return parser
 
 
@@ -544,12 +596,15 @@ def run(args: argparse.Namespace) -> int:
     for name in cases:
         case = loaders[name]()
         canal = spinal_canal_mask(case.vertebra, case.spacing_zyx_mm, closing_mm=CANAL_CLOSING_MM)
-        preds = {m: run_method(m, models, case.ct_hu, case.source) for m in methods}
+        preds = {m: run_method(m, models, case.ct_hu, case.source, args.level_model) for m in methods}
         scores = {m: score_real(case, p, canal) for m, p in preds.items()}
         table = markdown_table(CASE_COLUMNS, [case_row(m, s) for m, s in scores.items()])
         header = (f"### {name}: {case.description}\ntruth: {case.truth_note}; truth bone "
                   f"{np.count_nonzero(case.truth_bone)} voxels, canal {np.count_nonzero(canal)} voxels "
                   f"({np.count_nonzero(canal.any(axis=(1, 2)))} of {canal.shape[0]} axial slices)")
+        levels = level_table(scores)
+        if levels is not None:
+            table += "\n\nvertebral levels (called level, its share of the vertebra's voxels):\n\n" + levels
         print("\n" + header + "\n" + table, flush=True)
         tables.append(header + "\n\n" + table)
         results["cases"][name] = {"description": case.description, "truth_note": case.truth_note,

@@ -91,11 +91,14 @@ def make_data(folder: Path, arm: str, args) -> None:
         case = generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing, window_tables=False, **kwargs)
         cid = f"{arm}_{i:03d}"
         image, label = folder / f"{cid}_ct.nii.gz", folder / f"{cid}_labels.nii.gz"
+        structures = folder / f"{cid}_structures.nii.gz"
         sitk.WriteImage(case.ct, str(image), True)
         sitk.WriteImage(case.labels, str(label), True)
+        sitk.WriteImage(case.structures, str(structures), True)  # levels for `spinect train --classes levels`
         split = "val" if i >= args.n else "train"
         cases.append(DatasetCase(cid, image, label, "phantom", {"split": split, "seed": seed, "generator": kwargs,
-                                                                 "spacing_zyx_mm": list(spacing)}))
+                                                                 "spacing_zyx_mm": list(spacing),
+                                                                 "structures": structures.name}))
         print(f"  {arm} case {i + 1}/{n_total}: {time.perf_counter() - t0:.1f} s {kwargs} {spacing}", flush=True)
     write_manifest(folder, cases)
 

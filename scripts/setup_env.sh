@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-# torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
-python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[test]"
+# The tested versions (torch 2.13.0 CPU build, monai 1.6.1) come from the constraints file: the
+# package itself asks only for ranges (torch>=2.4.1) so that it keeps a user's own PyTorch.
+# torch first: an unconstrained torch pulls gigabytes of CUDA wheels.
+python -m pip install --quiet -c scripts/constraints.txt torch
+python -m pip install --quiet -c scripts/constraints.txt -e ".[test,dicom]"

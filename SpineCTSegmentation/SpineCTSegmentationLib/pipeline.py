@@ -13,8 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-from SpineCTSegmentationLib.mrml_io import import_labelmap_segments, read_labelmap, write_volume
+from SpineCTSegmentationLib.mrml_io import (
+    ExistingSegmentsError,
+    conflicting_segment_ids,
+    import_labelmap_segments,
+    read_labelmap,
+    write_volume,
+)
 from SpineCTSegmentationLib.options import Device, ExistingSegments
+from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS, SEGMENTS
 from SpineCTSegmentationLib.process import BackendProcess, Progress, ProcessEvent, backend_environment, build_segment_command
 
 __all__ = ["BACKEND_DIR", "SegmentationJob", "BackendFailed"]
@@ -43,6 +50,8 @@ class SegmentationJob:
             (``--tta --uncertainty U --review R.json``); :meth:`load_uncertainty` reads them.
         keep_islands: keep isolated false-positive islands (``--keep-islands``).
         whole_volume: run every window in the body, not only near bone (``--whole-volume``).
+        levels: also label vertebral levels (``--levels``; needs a level model): :meth:`finish`
+            adds segments ``L1`` ... ``L5``, ``sacrum`` beside ``bone`` and ``nerve``.
     """
 
     def __init__(
@@ -59,6 +68,7 @@ class SegmentationJob:
         uncertainty: bool = False,
         keep_islands: bool = False,
         whole_volume: bool = False,
+        levels: bool = False,
     ):
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("select a CT volume that has image data")
@@ -70,11 +80,13 @@ class SegmentationJob:
         self.output_path = self.temp_dir / "labels.nrrd"
         self.uncertainty_path = self.temp_dir / "uncertainty.nii.gz" if uncertainty else None
         self.review_path = self.temp_dir / "review.json" if uncertainty else None
+        # the backend writes a label map's level map beside it (spinect.io.writing.levels_output_path)
+        self.levels_path = self.temp_dir / "labels_levels.nrrd" if levels else None
         command = build_segment_command(
             python_executable, self.input_path, self.output_path,
             model_path=model_path, device=device.value, smoothing_mm=smoothing_mm,
             tta=uncertainty, uncertainty_path=self.uncertainty_path, review_path=self.review_path,
-            keep_islands=keep_islands, whole_volume=whole_volume,
+            keep_islands=keep_islands, whole_volume=whole_volume, levels=levels,
         )
         env = backend_environment(base_env, backend_dir=backend_dir, device=device.value)
         self.process = BackendProcess(command, env=env, cwd=str(self.temp_dir))
@@ -136,13 +148,31 @@ class SegmentationJob:
             detail = self.process.error_line or f"the backend exited with code {self.process.returncode}; see the log"
             raise BackendFailed(detail)
         scene = self.volume_node.GetScene()
+        # Decide on conflicts once for every segment this run writes (levels included), before
+        # anything is written: a user's own L1 ... segments are never replaced unasked.
+        specs = SEGMENTS + (LEVEL_SEGMENTS if self.levels_path is not None else ())
+        target = segmentation_node
+        conflicts = conflicting_segment_ids(target, specs) if target is not None else []
+        if conflicts and existing == ExistingSegments.ASK:
+            raise ExistingSegmentsError(target.GetName(), conflicts)
+        if conflicts and existing == ExistingSegments.NEW_NODE:
+            target = None
         labelmap = read_labelmap(self.output_path, scene)
         try:
-            return import_labelmap_segments(
-                labelmap, segmentation_node, reference_volume=self.volume_node, existing=existing
+            node = import_labelmap_segments(
+                labelmap, target, reference_volume=self.volume_node, existing=ExistingSegments.REPLACE,
+                closed_surfaces=self.levels_path is None,
             )
         finally:
             scene.RemoveNode(labelmap)
+        if self.levels_path is None:
+            return node
+        levels = read_labelmap(self.levels_path, scene, name="spinect levels")
+        try:
+            return import_labelmap_segments(levels, node, reference_volume=self.volume_node,
+                                            existing=ExistingSegments.REPLACE, specs=LEVEL_SEGMENTS)
+        finally:
+            scene.RemoveNode(levels)
 
     def load_uncertainty(self, *, name: str | None = None):
         """Load the uncertainty map (colour overlay in the slice views) and the review table.

@@ -100,6 +100,7 @@ def build_segment_command(
     review_path: str | os.PathLike | None = None,
     keep_islands: bool = False,
     whole_volume: bool = False,
+    levels: bool = False,
 ) -> list[str]:
     """Argument list of ``python -m spinect segment`` with progress lines on.
 
@@ -116,6 +117,8 @@ def build_segment_command(
         review_path: write the review list of the most uncertain regions (JSON) here.
         keep_islands: keep isolated false-positive islands (removed and reported by default).
         whole_volume: run the network on every window in the body, not only near bone.
+        levels: also label vertebral levels (``--levels``; needs a level model): a label-map
+            output gets its level map beside it, ``<name>_levels<suffix>``.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
@@ -137,6 +140,8 @@ def build_segment_command(
         command.append("--keep-islands")
     if whole_volume:
         command.append("--whole-volume")
+    if levels:
+        command.append("--levels")
     if verbose:
         command.append("--verbose")
     return command

@@ -14,6 +14,7 @@ __all__ = [
     "BONE",
     "NERVE",
     "SEGMENTS",
+    "LEVEL_SEGMENTS",
     "CATEGORY_CONTEXT",
     "REGION_CONTEXT",
     "terminology_entry",
@@ -51,6 +52,19 @@ NERVE = SegmentSpec("nerve", 2, (244 / 255, 214 / 255, 49 / 255), _TISSUE, ("SCT
 
 #: The segments written by the module, in label-value order.
 SEGMENTS: tuple[SegmentSpec, ...] = (BONE, NERVE)
+
+_ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+#: Vertebral level segments (``spinect segment --levels``): label values of the level map
+#: (1-6), the vertebra codes of the DICOM master list (as SlicerTotalSegmentator uses them) and
+#: the backend's colours (``spinect.io.labels.SEGMENT_STYLES``; a test keeps the two equal).
+LEVEL_SEGMENTS: tuple[SegmentSpec, ...] = tuple(
+    SegmentSpec(name, value, rgb, _ANATOMICAL_STRUCTURE, ("SCT", code, meaning))
+    for value, (name, code, meaning, rgb) in enumerate((
+        ("L1", "66794005", "L1 vertebra", (0.90, 0.45, 0.35)), ("L2", "14293000", "L2 vertebra", (0.95, 0.70, 0.30)),
+        ("L3", "36470004", "L3 vertebra", (0.55, 0.80, 0.35)), ("L4", "11994002", "L4 vertebra", (0.35, 0.75, 0.85)),
+        ("L5", "49668003", "L5 vertebra", (0.50, 0.50, 0.95)), ("sacrum", "54735007", "Sacrum", (0.85, 0.45, 0.85)),
+    ), start=1)
+)
 
 
 def terminology_entry(spec: SegmentSpec) -> str:

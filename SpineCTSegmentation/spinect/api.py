@@ -6,6 +6,7 @@
 ``spinect train``      :func:`train`
 ``spinect evaluate``   :func:`evaluate`
 ``spinect triangles``  :func:`triangles` (alias :func:`measure_kambin`)
+``spinect report``     :func:`report`
 =====================  ==================================================
 
 >>> from spinect.api import segment
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = [
     "evaluate",
     "triangles",
     "measure_kambin",
+    "report",
     "SegmentationResult",
     "ProgressCallback",
     "resolve_model_path",
@@ -72,6 +75,11 @@ class SegmentationResult:
         vvc: {class: volume variation coefficient sigma/mu} with ``tta``/``ensemble``.
         review: :class:`spinect.uncertainty.ReviewRegion` list, most uncertain first.
         members: ensemble members (models x flips); 1 for plain inference.
+        provenance: spinect/torch versions, model name/version/sha256 and the label-changing
+            settings as applied (:func:`spinect.io.provenance.segment_provenance`); also written
+            beside every output file as ``<output>.provenance.json``.
+        levels: with ``levels=True``, the level map on the input grid (0 none, k =
+            :data:`spinect.plan.LEVEL_NAMES` ``[k - 1]``), else None.
     """
 
     labels: sitk.Image
@@ -88,11 +96,20 @@ class SegmentationResult:
     review: list = field(default_factory=list)
     members: int = 1
     window_counts: dict[str, int] = field(default_factory=dict)
+    levels: sitk.Image | None = None
+    provenance: dict = field(default_factory=dict)
 
     def voxel_counts(self) -> dict[str, int]:
         """Voxels per class name on the input grid."""
-        counts = np.bincount(sitk.GetArrayViewFromImage(self.labels).ravel(), minlength=self.plan.num_classes)
-        return {name: int(counts[i]) for i, name in enumerate(self.plan.class_names)}
+        names = self.plan.label_names
+        counts = np.bincount(sitk.GetArrayViewFromImage(self.labels).ravel(), minlength=len(names))
+        result = {name: int(counts[i]) for i, name in enumerate(names)}
+        if self.levels is not None:
+            from spinect.plan import LEVEL_MAP_NAMES
+
+            level_counts = np.bincount(sitk.GetArrayViewFromImage(self.levels).ravel(), minlength=len(LEVEL_MAP_NAMES))
+            result.update({name: int(level_counts[i]) for i, name in enumerate(LEVEL_MAP_NAMES) if i > 0})
+        return result
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
@@ -128,7 +145,11 @@ def segment(
     review_top_k: int = 20,
     overwrite: bool = True,
     allow_untrained: bool = False,
+    force: bool = False,
     progress: ProgressCallback | None = None,
+    levels: bool = False,
+    dicom_seg_output: str | os.PathLike | None = None,
+    level_model: str | os.PathLike | None = None,
 ) -> SegmentationResult:
     """Segment lumbosacral bone and nerves on a CT (``spinect segment``).
 
@@ -153,7 +174,19 @@ def segment(
         review_top_k: how many regions the review list holds.
         overwrite: replace an existing output file (always atomically).
         allow_untrained: accept a model whose plan says ``untrained`` (for tests only).
+        force: run even when the work is beyond sane bounds: more than :data:`MAX_WINDOWS` sliding
+            windows, or an estimated :data:`MAX_MEMORY_BYTES` of working memory
+            (:func:`estimate_memory`); refused with a :class:`SpinectError` otherwise.
         progress: optional ``progress(stage, overall_fraction, message)`` callback.
+        levels: also label the vertebral level of the bone (L1-L5, sacrum). ``.seg.nrrd`` output
+            gets the level segments in a second layer (bone and nerve stay whole); a label-image
+            output gets a second file ``<name>_levels<suffix>`` (0 none, 1-6 = L1-L5, sacrum).
+            The levels come from ``model`` if its plan has level classes and no ``level_model``
+            is given, else from ``level_model`` (default: the shipped level model), whose levels
+            are carried onto ``model``'s bone (:func:`spinect.pipeline.transfer_levels`).
+        level_model: a level model (``spinect train --classes levels``) for ``levels``.
+        dicom_seg_output: also write a DICOM SEG (``.dcm``) referencing the source series; needs a
+            DICOM input (:mod:`spinect.io.dicom_seg`). An ``output`` ending in ``.dcm`` means the same.
 
     Raises:
         InputError, OutputError, ModelError: with a message naming the problem; nothing is written.
@@ -162,11 +195,14 @@ def segment(
 
     from spinect.inference import resolve_device
     from spinect.io import check_output_path, read_ct
+    from spinect.io.provenance import write_sidecars
     from spinect.model_file import load_model
     from spinect.pipeline import BONE_MARGIN_MM, segment_image
     from spinect.profiling import StageTimer, peak_rss_mb
 
     _check_segment_options(smoothing_mm, stride_zyx, batch_size)
+    output, dicom_seg_output = _dicom_seg_split(output, dicom_seg_output)
+    dicom_sources = _dicom_seg_sources(input, dicom_seg_output, overwrite)
     report = _Reporter(progress)
     wants_uncertainty = tta or bool(ensemble)
     if (uncertainty_output or review_output) and not wants_uncertainty:
@@ -176,9 +212,19 @@ def segment(
             check_output_path(path, overwrite=overwrite)  # fail before minutes of work, not after
     model_path = resolve_model_path(model)
     _refuse_clashing_paths({"input CT": None if isinstance(input, sitk.Image) else input, "model": model_path,
-                            "output": output, "--uncertainty": uncertainty_output, "--review": review_output})
+                            "output": output, "--uncertainty": uncertainty_output, "--review": review_output,
+                            "DICOM SEG output": dicom_seg_output})
     torch_device = resolve_device(device)
     network, plan = load_model(model_path, device=torch_device, allow_untrained=allow_untrained)
+    level_network = level_plan = level_path = None
+    if level_model is not None and not levels:
+        raise SpinectError("--level-model is used only with --levels; add --levels or leave out --level-model")
+    if levels and (level_model is not None or not plan.has_levels):
+        level_network, level_plan, level_path = _load_level_model(level_model, torch_device, allow_untrained)
+    if levels and output is not None:
+        from spinect.io.writing import levels_output_path
+
+        check_output_path(levels_output_path(output), overwrite=overwrite)
     networks = [network] + [_load_compatible(p, plan, torch_device, allow_untrained) for p in ensemble]
     if plan.training_status != "trained":
         log.warning("model %s is marked %r: its labels are not meaningful for patients", model_path, plan.training_status)
@@ -189,7 +235,8 @@ def segment(
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
         ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input)
-    _check_window_count(ct, plan, stride_zyx)
+    _check_window_count(ct, plan, stride_zyx, force=force)
+    _check_memory(ct, plan, force=force)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
 
     def on_window(done: int, total: int) -> None:
@@ -198,8 +245,16 @@ def segment(
     out = segment_image(
         ct, networks, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx,
         batch_size=batch_size, tta=tta, remove_islands=not keep_islands, window_progress=on_window, timer=timer,
-        bone_margin_mm=None if whole_volume else BONE_MARGIN_MM,
+        bone_margin_mm=None if whole_volume else BONE_MARGIN_MM, levels=levels and level_network is None,
     )
+    if level_network is not None:
+        report("infer", 1.0, "vertebral levels (level model)")
+        with timer.stage("level model"):
+            from spinect.pipeline import transfer_levels
+
+            coarse = segment_image(ct, level_network, level_plan, device=torch_device, batch_size=batch_size,
+                                   levels=True, smoothing_mm=0.0, bone_margin_mm=None if whole_volume else BONE_MARGIN_MM)
+            out = dataclasses.replace(out, levels=transfer_levels(out.labels, coarse.levels))
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
     islands = [_island_dict(r, lps, plan) for r, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
     for island in islands[:_ISLANDS_LOGGED]:
@@ -212,21 +267,93 @@ def segment(
     if out.uncertainty is not None:
         from spinect.uncertainty import uncertain_regions
 
-        review = uncertain_regions(out.uncertainty, out.labels, class_names=plan.class_names, top_k=review_top_k)
+        review = uncertain_regions(out.uncertainty, out.labels, class_names=plan.label_names, top_k=review_top_k)
     written = None
     report("write", 0.0, f"writing {output}")
     with timer.stage("write"):
         _write_outputs(out, review, output=output, uncertainty_output=uncertainty_output,
                        review_output=review_output, plan=plan, overwrite=overwrite)
         written = Path(output) if output is not None else None
+        provenance = _provenance(input, model_path, plan, ensemble, str(torch_device), smoothing_mm=smoothing_mm,
+                                 blend=blend, stride_zyx=stride_zyx, tta=tta, keep_islands=keep_islands,
+                                 whole_volume=whole_volume, levels=levels)
+        if level_path is not None:  # the levels came from a second model
+            from spinect.io.provenance import model_identity
+
+            provenance["level_model"] = model_identity(level_path, level_plan)
+        if dicom_seg_output is not None:
+            from spinect.io.dicom_seg import write_result_dicom_seg
+
+            provenance = write_result_dicom_seg(out.labels, dicom_seg_output, source_files=dicom_sources, plan=plan,
+                                                provenance=provenance, levels=out.levels, overwrite=overwrite)
+            written = written or Path(dicom_seg_output)
+        write_sidecars({"segmentation": output, "levels": _levels_file(output, out.levels),
+                        "uncertainty": uncertainty_output, "review": review_output, "dicom-seg": dicom_seg_output},
+                       provenance, overwrite=overwrite)
     report("done", 1.0, "finished")
     vram = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
     return SegmentationResult(
         labels=out.labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
         timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram, removed_islands=islands,
         uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
-        window_counts=dict(timer.counts),
+        window_counts=dict(timer.counts), levels=out.levels, provenance=provenance,
     )
+
+
+def _levels_file(output, levels) -> Path | None:
+    """The separate level-map file written beside a label-image output (None for .seg.nrrd or no levels)."""
+    if output is None or levels is None:
+        return None
+    from spinect.io.writing import levels_output_path
+
+    path = levels_output_path(output)
+    return None if path == Path(output) else path
+
+
+def _dicom_seg_split(output, dicom_seg_output):
+    """An ``output`` ending in ``.dcm`` is the DICOM SEG: (label output, DICOM SEG output)."""
+    from spinect.io.atomic import full_suffix
+
+    if output is None or full_suffix(output) != ".dcm":
+        return output, dicom_seg_output
+    if dicom_seg_output is not None:
+        raise SpinectError(f"two DICOM SEG outputs ({output} and --dicom-seg {dicom_seg_output}); give one")
+    return None, output
+
+
+def _dicom_seg_sources(input, dicom_seg_output, overwrite: bool):
+    """The source slices of a DICOM SEG output, checked before any computation (None without one)."""
+    if dicom_seg_output is None:
+        return None
+    from spinect.io.dicom_seg import check_dicom_seg_request
+
+    return check_dicom_seg_request(input, dicom_seg_output, overwrite=overwrite)
+
+
+def _provenance(input, model_path, plan: ModelPlan, ensemble, device: str, **settings) -> dict:
+    """What made this result (:func:`spinect.io.provenance.segment_provenance`); settings as applied."""
+    from spinect.io.provenance import segment_provenance, segment_settings
+
+    return segment_provenance(
+        input=None if isinstance(input, sitk.Image) else input, model_path=model_path, plan=plan, ensemble=ensemble,
+        settings=segment_settings(plan, ensemble=ensemble, **settings), label_names=plan.label_names, device=device)
+
+
+def _load_level_model(level_model, device, allow_untrained: bool):
+    """The level model for ``levels`` (given, or the shipped one); refused if it names no levels."""
+    from spinect.model_file import default_level_model_path, load_model
+
+    path = Path(level_model) if level_model is not None else default_level_model_path()
+    if level_model is None and not path.is_file():
+        raise ModelError("--levels needs a model that labels vertebral levels: the model has no level classes and no "
+                         f"level model is installed at {path}; pass --level-model with a model trained by "
+                         "`spinect train --classes levels`, or omit --levels")
+    network, plan = load_model(path, device=device, allow_untrained=allow_untrained)
+    if not plan.has_levels:
+        raise ModelError(f"--levels needs a model that labels vertebral levels, but {path} predicts only "
+                         f"{', '.join(plan.class_names[1:])}; pass --level-model with a level model "
+                         "(trained with `spinect train --classes levels`) or omit --levels")
+    return network, plan, path
 
 
 def _in_memory_ct(image: sitk.Image) -> sitk.Image:
@@ -238,7 +365,7 @@ def _in_memory_ct(image: sitk.Image) -> sitk.Image:
 
 
 def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:
-    return {"class_name": plan.class_names[island.label_value], "voxels": island.voxels,
+    return {"class_name": plan.label_names[island.label_value], "voxels": island.voxels,
             "volume_mm3": island.volume_mm3, "centroid_lps_mm": tuple(centroid_lps_mm),
             "distance_mm": island.distance_mm, "reason": island.reason}
 
@@ -253,22 +380,28 @@ def _check_segment_options(smoothing_mm, stride_zyx, batch_size) -> None:
     Raises:
         SpinectError: naming the option, the value and the allowed range.
     """
-    import math
-
     if smoothing_mm is not None:
-        if not isinstance(smoothing_mm, (int, float)) or not math.isfinite(smoothing_mm) or not 0.0 <= smoothing_mm <= 10.0:
+        if (not isinstance(smoothing_mm, (int, float, np.integer, np.floating)) or isinstance(smoothing_mm, bool)
+                or not 0.0 <= smoothing_mm <= 10.0):  # NaN fails too; no float(): a huge int would overflow
             raise SpinectError(f"--smoothing-mm must be a number of mm within 0-10 (0 = off), got {smoothing_mm!r}")
     if stride_zyx is not None:
-        if len(stride_zyx) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in stride_zyx):
+        if (not isinstance(stride_zyx, (tuple, list, np.ndarray)) or len(stride_zyx) != 3
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= 100_000
+                           for v in stride_zyx)):
             raise SpinectError(f"--stride must be 3 positive integers (voxels along z y x), got {stride_zyx!r}")
-    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 1024:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or not 1 <= batch_size <= 1024:
         raise SpinectError(f"--batch-size must be an integer within 1-1024, got {batch_size!r}")
 
 
-def _check_window_count(ct: sitk.Image, plan: ModelPlan, stride_zyx) -> None:
-    """Estimate the sliding windows on the network's grid; refuse absurd counts (hours of work)."""
+def _network_grid_shape(ct: sitk.Image, plan: ModelPlan) -> np.ndarray:
+    """(z, y, x) voxel counts of the CT's extent on the network's grid (the plan's spacing, 1 mm)."""
     extent_mm = np.asarray(ct.GetSize()[::-1], float) * np.asarray(ct.GetSpacing()[::-1], float)
-    voxels = np.ceil(extent_mm / np.asarray(plan.spacing_zyx_mm, float))
+    return np.ceil(extent_mm / np.asarray(plan.spacing_zyx_mm, float))
+
+
+def _check_window_count(ct: sitk.Image, plan: ModelPlan, stride_zyx, *, force: bool = False) -> None:
+    """Estimate the sliding windows on the network's grid; refuse absurd counts (hours of work) unless ``force``."""
+    voxels = _network_grid_shape(ct, plan)
     stride = np.asarray(stride_zyx if stride_zyx is not None else plan.stride_zyx, float)
     patch = np.asarray(plan.patch_size_zyx, float)
     if np.any(stride > patch):
@@ -278,10 +411,50 @@ def _check_window_count(ct: sitk.Image, plan: ModelPlan, stride_zyx) -> None:
         )
     windows = int(np.prod(np.ceil(np.maximum(voxels - patch, 0) / stride) + 1))
     if windows > MAX_WINDOWS:
-        raise SpinectError(
-            f"this CT needs about {windows:,} sliding windows with stride {tuple(int(v) for v in stride)} (limit "
-            f"{MAX_WINDOWS:,}); that would run for hours. Use the default stride {tuple(plan.stride_zyx)} or a smaller CT"
-        )
+        message = (f"this CT needs about {windows:,} sliding windows with stride {tuple(int(v) for v in stride)} (limit "
+                   f"{MAX_WINDOWS:,}); that would run for hours")
+        if force:
+            log.warning("%s; running anyway (--force)", message)
+            return
+        raise SpinectError(f"{message}. Use the default stride {tuple(plan.stride_zyx)} or a smaller CT, or add --force "
+                           "to run anyway")
+
+
+#: Refuse a segmentation whose working arrays would need more memory than this (``--force`` overrides).
+MAX_MEMORY_BYTES = 16 * 2**30
+
+
+def estimate_memory(ct: sitk.Image, plan: ModelPlan) -> tuple[int, int]:
+    """Working memory of a segmentation, estimated from the CT's header before any work.
+
+    Counted on the network's grid (the plan's spacing, 1 mm: the CT's extent, not its voxel count,
+    decides): the float32 input, the blended class scores (``num_classes`` float32), the blending
+    weights (float32) and the labels (uint8). The network's windows themselves are small and fixed.
+
+    Returns:
+        (voxels on the network grid, bytes).
+    """
+    voxels = int(np.prod(_network_grid_shape(ct, plan)))
+    bytes_per_voxel = 4 + 4 * plan.num_classes + 4 + 1
+    return voxels, voxels * bytes_per_voxel
+
+
+def _check_memory(ct: sitk.Image, plan: ModelPlan, *, force: bool = False) -> None:
+    """Refuse a segmentation estimated to need more than :data:`MAX_MEMORY_BYTES` unless ``force``."""
+    voxels, needed = estimate_memory(ct, plan)
+    if needed <= MAX_MEMORY_BYTES:
+        return
+    shape = tuple(int(v) for v in _network_grid_shape(ct, plan))
+    extent = tuple(round(n * s) for n, s in zip(ct.GetSize(), ct.GetSpacing()))
+    message = (f"this CT spans {extent[0]} x {extent[1]} x {extent[2]} mm ({ct.GetSize()} voxels of "
+               f"{tuple(round(s, 3) for s in ct.GetSpacing())} mm), which is {voxels:,} voxels ({shape[::-1]}) on the "
+               f"network's {tuple(plan.spacing_zyx_mm)[::-1]} mm grid: about {needed / 2**30:.1f} GiB of working memory "
+               f"(limit {MAX_MEMORY_BYTES / 2**30:.0f} GiB)")
+    if force:
+        log.warning("%s; running anyway (--force)", message)
+        return
+    raise SpinectError(f"{message}. Check the voxel size in the header (a wrong header makes a small CT look huge), "
+                       "crop the CT to the lumbar spine, or add --force to run anyway")
 
 
 def _refuse_clashing_paths(paths: dict[str, str | os.PathLike | None]) -> None:
@@ -315,7 +488,7 @@ def _write_outputs(out, review, *, output, uncertainty_output, review_output, pl
     from spinect.uncertainty import write_review
 
     if output is not None:
-        write_labelmap(out.labels, output, class_names=plan.class_names, overwrite=overwrite)
+        write_labelmap(out.labels, output, class_names=plan.label_names, overwrite=overwrite, levels=out.levels)
     if uncertainty_output is not None:
         write_image(out.uncertainty, uncertainty_output, overwrite=overwrite)
     if review_output is not None:
@@ -435,3 +608,15 @@ def triangles(seg, *, level: str, side: str, **options):
 def measure_kambin(seg, *, level: str, side: str, **options):
     """:func:`triangles` with ``triangle="kambin"`` (the common case, named for readers of the papers)."""
     return triangles(seg, level=level, side=side, triangle="kambin", **options)
+
+
+def report(output: str | os.PathLike, *, seg=None, triangles: Sequence[str | os.PathLike] = (), provenance=None,
+           ct=None, case_id: str | None = None, pdf: str | os.PathLike | None = None, overwrite: bool = True):
+    """``spinect report OUT.html --seg SEG --triangles T.json ...``: one HTML page (and PDF) for a case.
+
+    Returns ``{"html": path, "pdf": path}`` (``pdf`` only when asked). See :mod:`spinect.report`.
+    """
+    from spinect.report import gather_report, write_report
+
+    content = gather_report(seg=seg, triangles=triangles, provenance=provenance, ct=ct, case_id=case_id)
+    return write_report(content, output, pdf=pdf, overwrite=overwrite)

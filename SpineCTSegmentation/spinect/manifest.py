@@ -65,6 +65,8 @@ def read_manifest(folder: str | os.PathLike) -> list[DatasetCase]:
             source=str(entry.get("source", "")),
             extra={k: v for k, v in entry.items() if k not in ("id", "image", "label", "source")},
         )
+        if isinstance(case.extra.get("structures"), str):  # a phantom's structure map, relative like the others
+            case.extra["structures"] = str((folder / case.extra["structures"]).resolve())
         for p in (case.image, case.label):
             if not p.exists():
                 raise InputError(f"case {case.id} in {path}: file {p} is missing")

@@ -22,7 +22,8 @@ from spinect.errors import ModelError
 from spinect.io.atomic import atomic_output
 from spinect.plan import ModelPlan
 
-__all__ = ["save_model", "load_model", "load_plan", "sha256_of_file", "sidecar_path", "default_model_path"]
+__all__ = ["save_model", "load_model", "load_plan", "sha256_of_file", "sidecar_path", "default_model_path",
+           "default_level_model_path"]
 
 _FORMAT = "spinect-model"
 _FORMAT_VERSION = 1
@@ -31,6 +32,11 @@ _FORMAT_VERSION = 1
 def default_model_path() -> Path:
     """Where the shipped default model lives inside the package."""
     return Path(__file__).resolve().parent / "models" / "spinect_default.pt"
+
+
+def default_level_model_path() -> Path:
+    """Where the shipped vertebral-level model lives (used by ``segment --levels``; may be absent)."""
+    return Path(__file__).resolve().parent / "models" / "spinect_levels.pt"
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

@@ -36,7 +36,7 @@ import torch
 
 from spinect.errors import SpinectError
 from spinect.inference import argmax_labels, predict_probabilities
-from spinect.plan import ModelPlan
+from spinect.plan import LEVEL_MAP_NAMES, ModelPlan
 from spinect.postprocess import RemovedIsland, median_smooth_labels, suppress_islands
 from spinect.preprocess import normalise_hu, resample_to_reference, resample_to_spacing
 
@@ -47,6 +47,7 @@ __all__ = [
     "air_threshold",
     "warn_if_smaller_than_window",
     "PipelineOutput",
+    "transfer_levels",
     "WindowProgress",
     "AIR_HU",
     "AIR_MARGIN_MM",
@@ -82,6 +83,8 @@ class PipelineOutput:
             TTA ran, else None.
         vvc: {class name: sigma/mu of member volumes} when an ensemble or TTA ran.
         members: number of ensemble members (1 = plain inference).
+        levels: with ``levels=True``, a UInt8 level map on the input grid (0 none, k =
+            :data:`spinect.plan.LEVEL_NAMES` ``[k - 1]``), nonzero only inside ``labels``' bone.
     """
 
     labels: sitk.Image
@@ -90,6 +93,7 @@ class PipelineOutput:
     uncertainty: sitk.Image | None = None
     vvc: dict[str, float] | None = None
     members: int = 1
+    levels: sitk.Image | None = None
 
 
 def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tuple[sitk.Image, np.ndarray]:
@@ -180,6 +184,7 @@ def segment_image(
     amp: bool | None = None,
     skip_air: bool = True,
     bone_margin_mm: float | None = BONE_MARGIN_MM,
+    levels: bool = False,
 ) -> PipelineOutput:
     """Segment one CT image already in memory.
 
@@ -191,7 +196,15 @@ def segment_image(
     (None = bfloat16 where the device computes it natively). ``skip_air``: do not run windows that
     see only air; ``bone_margin_mm``: do not run windows farther than this from any voxel of at
     least :data:`BONE_HU` (None = run every window in the body; see the module docstring).
+
+    A model with a class map (``plan.class_groups``, e.g. a level model) has its classes merged
+    into SPINECT's bone and nerve right after the argmax, so islands, smoothing and the labels are
+    the same as for a 3-class model. ``levels`` (needs ``plan.has_levels``) also returns the
+    vertebral level of each bone voxel (:attr:`PipelineOutput.levels`).
     """
+    if levels and not plan.has_levels:
+        raise SpinectError("this model does not label vertebral levels (its classes: "
+                           f"{', '.join(plan.class_names)}); run without levels or use a level model")
     from spinect.profiling import StageTimer
 
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
@@ -225,8 +238,9 @@ def segment_image(
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
     del volume
     with timer.stage("argmax"):
-        labels_grid = argmax_labels(scores)
+        classes_grid = argmax_labels(scores)
         del scores
+        labels_grid = _lookup(classes_grid, plan.spinect_lookup()) if plan.class_groups else classes_grid
     removed: list[RemovedIsland] = []
     if remove_islands:
         with timer.stage("islands"):
@@ -237,13 +251,77 @@ def segment_image(
     with timer.stage("smooth"):
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         smoothed = median_smooth_labels(sitk.GetArrayViewFromImage(labels), spacing_zyx, kernel_mm=kernel_mm,
-                                        num_classes=plan.num_classes)
+                                        num_classes=len(plan.label_names))
         result = sitk.GetImageFromArray(smoothed)
         result.CopyInformation(ct)
+    level_map = None
+    if levels:
+        with timer.stage("levels"):
+            level_map = _level_map(classes_grid, labels_grid, smoothed, network_grid, ct, plan, spacing_zyx, kernel_mm)
+    del classes_grid
     islands_lps = [network_grid.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in r.centroid_zyx[::-1]))
                    for r in removed]
     if ensemble is None:
-        return PipelineOutput(result, removed, islands_lps)
+        return PipelineOutput(result, removed, islands_lps, levels=level_map)
     uncertainty = labels_to_input_grid(ensemble.vote_entropy, network_grid, ct)
     vvc = {plan.class_names[k]: v for k, v in ensemble.vvc.items()}
-    return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members)
+    return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members, levels=level_map)
+
+
+def _lookup(values_zyx: np.ndarray, table: Sequence[int]) -> np.ndarray:
+    """Map integer labels through ``table`` (value -> new value), as uint8."""
+    return np.asarray(table, dtype=np.uint8)[values_zyx]
+
+
+def _level_map(classes_grid: np.ndarray, labels_grid: np.ndarray, smoothed_zyx: np.ndarray, network_grid: sitk.Image,
+               ct: sitk.Image, plan: ModelPlan, spacing_zyx, kernel_mm: float) -> sitk.Image:
+    """Level of each bone voxel of the final labels, on the input grid (see :class:`PipelineOutput`).
+
+    The network's level classes, restricted to the bone that survived island removal, are
+    resampled to the input grid and median-smoothed like the labels (a voxel where two levels meet
+    keeps its unsmoothed level), then cut to the final bone, so the level segments never leave the
+    bone segment. Bone the network gave no level (ilium, other bone) or that smoothing added stays
+    without a level.
+    """
+    level_grid = _lookup(classes_grid, plan.level_lookup())
+    level_grid[labels_grid != 1] = 0  # islands removed from bone are removed from the levels too
+    on_input = sitk.GetArrayFromImage(labels_to_input_grid(level_grid, network_grid, ct))
+    smooth_levels = median_smooth_labels(on_input, spacing_zyx, kernel_mm=kernel_mm, num_classes=len(LEVEL_MAP_NAMES))
+    # Where two levels meet at the bone's surface neither keeps a median majority; the bone does.
+    # Such voxels keep their unsmoothed level rather than lose it.
+    lost = (smooth_levels == 0) & (on_input > 0)
+    smooth_levels[lost] = on_input[lost]
+    smooth_levels[smoothed_zyx != 1] = 0
+    image = sitk.GetImageFromArray(smooth_levels.astype(np.uint8))
+    image.CopyInformation(ct)
+    return image
+
+
+#: A bone voxel takes the level of the nearest level-model voxel within this distance (mm).
+LEVEL_TRANSFER_MM = 6.0
+
+
+def transfer_levels(labels: sitk.Image, levels: sitk.Image, *, max_distance_mm: float = LEVEL_TRANSFER_MM) -> sitk.Image:
+    """Give each bone voxel of ``labels`` the level of ``levels`` there, or of the nearest voxel
+    that has one within ``max_distance_mm`` (a coarse level model's bone is a few mm off).
+
+    Args:
+        labels: SPINECT label map (1 = bone) on the CT's grid.
+        levels: a level map on the same grid (0 none, k = :data:`spinect.plan.LEVEL_NAMES` ``[k - 1]``).
+
+    Returns:
+        UInt8 level map on that grid, nonzero only on bone.
+    """
+    from scipy import ndimage
+
+    bone = sitk.GetArrayFromImage(labels) == 1
+    source = sitk.GetArrayFromImage(levels).astype(np.uint8)
+    out = np.zeros(source.shape, np.uint8)
+    if source.any() and bone.any():
+        spacing_zyx = tuple(reversed(labels.GetSpacing()))
+        distance, nearest = ndimage.distance_transform_edt(source == 0, sampling=spacing_zyx, return_indices=True)
+        reach = bone & (distance <= max_distance_mm)
+        out[reach] = source[tuple(index[reach] for index in nearest)]
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(labels)
+    return image

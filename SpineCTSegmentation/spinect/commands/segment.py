@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         description="Segment lumbosacral bone (label 1) and nerves (label 2) on a CT with the SPINECT 3D U-Net.",
     )
     p.add_argument("input", help="CT: NIfTI, NRRD, MHA file or a DICOM series folder")
-    p.add_argument("output", help="output: .seg.nrrd (Slicer segmentation) or .nii.gz/.nrrd/.mha label map")
+    p.add_argument("output", help="output: .seg.nrrd (Slicer segmentation), .nii.gz/.nrrd/.mha label map, or .dcm "
+                                  "(DICOM SEG; needs a DICOM series as input)")
     p.add_argument("--model", default=None, help="model file from `spinect train` (default: the shipped model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--smoothing-mm", type=float, default=None, help="median smoothing kernel in mm (default 1.5; 0 = off)")
@@ -35,7 +36,18 @@ def register(subparsers) -> None:
     p.add_argument("--keep-islands", action="store_true", help="keep isolated false-positive islands (removed and reported by default)")
     p.add_argument("--whole-volume", action="store_true",
                    help="run the network on every window in the body (default: skip windows > 30 mm from bone-dense tissue)")
+    p.add_argument("--levels", action="store_true",
+                   help="also label vertebral levels L1-L5 and sacrum (from a level model, see --level-model): .seg.nrrd gets "
+                        "level segments in a second layer; a label image gets OUT_levels.<suffix>")
+    p.add_argument("--dicom-seg", default=None, metavar="OUT.dcm",
+                   help="also write a DICOM SEG referencing the input DICOM series (needs a DICOM input)")
+    p.add_argument("--level-model", default=None, metavar="MODEL.pt",
+                   help="with --levels: the level model to use (default: the model itself if it has level classes, "
+                        "else the shipped level model)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the work is beyond sane bounds (> 200,000 sliding windows, or > 16 GiB of "
+                        "estimated working memory on the network's 1 mm grid); refused otherwise")
     p.add_argument("--progress-lines", action="store_true", help="print machine-readable SPINECT_PROGRESS lines on stdout (for Slicer)")
     p.add_argument("--verbose", action="store_true", help="print per-stage timings and peak memory")
     p.set_defaults(func=run)
@@ -57,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, tta=args.tta, ensemble=args.ensemble, keep_islands=args.keep_islands,
             whole_volume=args.whole_volume,
             uncertainty_output=args.uncertainty, review_output=args.review,
-            overwrite=not args.no_overwrite, progress=progress,
+            overwrite=not args.no_overwrite, force=args.force, progress=progress, levels=args.levels, level_model=args.level_model, dicom_seg_output=args.dicom_seg,
         )
     counts = result.voxel_counts()
     found = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background")
     print(f"wrote {result.output_path} ({found} voxels; device {result.device})", file=sys.stderr)
+    if "dicom_seg" in result.provenance and args.dicom_seg:
+        print(f"wrote DICOM SEG {args.dicom_seg}", file=sys.stderr)
     if result.removed_islands:
         volume = sum(i["volume_mm3"] for i in result.removed_islands)
         print(f"removed {len(result.removed_islands)} false-positive island(s), {volume:.0f} mm³ in all "

@@ -41,6 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--init", default=None, metavar="MODEL.pt",
                    help="fine-tune: start from this model's weights (its architecture, grid and HU normalisation are kept; "
                         "e.g. the default model, then your own corrected cases)")
+    p.add_argument("--classes", choices=("spinect", "levels"), default="spinect",
+                   help="spinect: background, bone, nerve (default); levels: L1-L5, sacrum, ilium, other bone, dural sac, "
+                        "roots (phantom cases take them from their structure maps); a level model still gives bone and "
+                        "nerve, and `segment --levels` the vertebral levels. --init with a 3-class model starts each class "
+                        "as its bone or nerve")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="grid the network works on, mm (default 1 1 1, SPINECT's, or the --init model's; e.g. 3 3 3 for a "
+                        "level model that sees 96x192x192 mm per window)")
+    p.add_argument("--early-nerve-weight", type=float, default=20.0,
+                   help="nerve class weight for the first 40 %% of iterations (default 20, SPINECT's; then 2)")
     p.add_argument("--stop-at", type=int, default=None, help="pause after N iterations (checkpointed; continue later with --resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the network and the sampling (default 0)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per iteration and process (default 4)")
@@ -63,6 +73,9 @@ def config_from_args(args: argparse.Namespace):
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if (args.iterations is not None and args.iterations < 1) or (args.epochs is not None and args.epochs < 1):
         raise InputError("--iterations / --epochs must be >= 1")
+    spacing = getattr(args, "spacing", None)
+    if spacing is not None and not all(0.3 <= v <= 10.0 for v in spacing):
+        raise InputError(f"--spacing must be 3 voxel sizes within 0.3-10 mm, got {spacing}")
     if not Path(args.data).is_dir():
         raise InputError(f"dataset folder {args.data} not found; pass a folder with manifest.json or <id>_ct/<id>_labels pairs")
     return TrainingConfig(
@@ -72,8 +85,22 @@ def config_from_args(args: argparse.Namespace):
         base_width=args.base_width, norm=args.norm, device=args.device, resume=args.resume, stop_at=args.stop_at, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, num_threads=args.threads, show_progress=not args.no_progress,
         amp=PRECISIONS[getattr(args, "precision", "fp32")], init=_init_model(getattr(args, "init", None)),
+        classes=getattr(args, "classes", "spinect"),
+        early_nerve_weight=_positive_weight(getattr(args, "early_nerve_weight", 20.0)),
+        **({"spacing_zyx_mm": tuple(float(v) for v in spacing), "spacing_from_init": False} if spacing is not None else {}),
         command="spinect " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
+
+
+def _positive_weight(value: float) -> float:
+    """``--early-nerve-weight``: a finite number > 0."""
+    import math
+
+    from spinect.errors import InputError
+
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InputError(f"--early-nerve-weight must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _init_model(value: str | None) -> Path | None:
@@ -94,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
     import os
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only process 0 validates and reports
+    scored = "bone, nerve" + (" and each level" if config.classes == "levels" else "")
     log.info(
-        "best mean Dice (bone, nerve) %.4f at step %d -> %s; last -> %s",
-        result.best_score, result.best_step, result.best_model, result.last_model,
+        "best mean validation Dice (%s) %.4f at step %d -> %s; last -> %s",
+        scored, result.best_score, result.best_step, result.best_model, result.last_model,
     )
     return 0

@@ -8,6 +8,7 @@ largest inscribed circle, found exactly on that outline's polygons.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,8 +102,12 @@ def _check_range(name: str, value: float, lo: float, hi: float, unit: str) -> No
     """Options are checked where they are defined: NaN, infinities and absurd values are refused."""
     from spinect.errors import InputError
 
+    if isinstance(value, (str, bytes, bytearray, bool, np.bool_)):  # float("1.5") would pass, then fail deep inside
+        raise InputError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)
+    except OverflowError:  # an int beyond float range: far outside any range
+        number = math.inf
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a number, got {value!r}") from None
     if not (lo <= number <= hi):  # also False for NaN

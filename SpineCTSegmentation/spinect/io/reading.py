@@ -36,6 +36,7 @@ from spinect.io.atomic import check_name_encoding, full_suffix
 
 __all__ = [
     "check_nifti_integrity",
+    "dicom_series_files",
     "check_geometry",
     "read_ct",
     "validate_ct",
@@ -288,10 +289,16 @@ def check_nifti_integrity(path: str | os.PathLike) -> None:
     header announces (offset + voxels x bytes per voxel) are all there.
 
     Raises:
-        InputError: damaged gzip data, or fewer data bytes than the header promises.
+        InputError: damaged gzip data, or fewer data bytes than the header promises; a ``x.nii.gz``
+            beside a ``x.nii`` (niftilib would read ``x.nii`` instead).
     """
     path = Path(path)
     gz = full_suffix(path) == ".nii.gz"
+    if gz and path.with_suffix("").is_file():
+        raise InputError(
+            f"{path} has an uncompressed twin {path.with_suffix('').name} in the same folder, and the NIfTI reader "
+            f"(niftilib) silently reads {path.with_suffix('').name} instead of the file named. Remove or rename one of the two"
+        )
     with (gzip.open if gz else open)(path, "rb") as stream:
         try:
             header = stream.read(348)
@@ -402,7 +409,33 @@ def _read_dicom_folder(folder: Path, *, containing: Path | None = None) -> sitk.
     return _read_dicom_series(chosen, folder)
 
 
-def _choose_series(series: list[_DicomSeries], folder: Path, containing: Path | None) -> _DicomSeries:
+def dicom_series_files(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The files of the DICOM series :func:`read_ct` reads from ``path``, in slice order (index z).
+
+    Returns:
+        The file paths (slice k of the volume is file k), or None when ``path`` is not a DICOM
+        series (a NIfTI/NRRD/MHA file or a non-DICOM file).
+
+    Raises:
+        InputError: as :func:`read_ct` for a DICOM folder it cannot read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder, containing = path, None
+    elif path.is_file() and full_suffix(path) not in CT_FILE_SUFFIXES and (
+            full_suffix(path) == ".dcm" or _is_dicom_file(path)):
+        folder, containing = path.parent, path
+    else:
+        return None
+    with _locale_kept():
+        series = _find_dicom_series(folder)
+        if not series:
+            return None
+        return _choose_series(series, folder, containing, quiet=True).files
+
+
+def _choose_series(series: list[_DicomSeries], folder: Path, containing: Path | None, *,
+                   quiet: bool = False) -> _DicomSeries:
     if containing is not None:
         target = os.path.realpath(containing)
         matches = [s for s in series if target in {os.path.realpath(f) for f in s.files}]
@@ -410,6 +443,8 @@ def _choose_series(series: list[_DicomSeries], folder: Path, containing: Path | 
             raise InputError(f"{containing} is not part of a readable DICOM image series in {folder}")
         return matches[0]
     chosen = max(series, key=lambda s: len(s.files))  # first of the longest on ties
+    if quiet:  # the same choice again (read_ct logged it already)
+        return chosen
     skipped = [s for s in series if s is not chosen]
     logger.info("DICOM %s: reading series %s (%d slices)", folder, chosen.label, len(chosen.files))
     if skipped:

@@ -20,7 +20,7 @@ from spinect.io.atomic import atomic_output, check_output_path, full_suffix
 from spinect.io.labels import check_labelmap, labelmap_to_segmentation
 from spinect.plan import CLASS_NAMES
 
-__all__ = ["write_labelmap", "write_image", "verify_image_file", "check_gzip_stream", "LABEL_OUTPUT_SUFFIXES",
+__all__ = ["write_labelmap", "levels_output_path", "write_image", "verify_image_file", "check_gzip_stream", "LABEL_OUTPUT_SUFFIXES",
            "IMAGE_OUTPUT_SUFFIXES"]
 
 #: Single-file image formats (SimpleITK; .nhdr/.mhd are left out: they write two files).
@@ -35,6 +35,7 @@ def write_labelmap(
     *,
     class_names: Sequence[str] = CLASS_NAMES,
     overwrite: bool = True,
+    levels: sitk.Image | None = None,
 ) -> Path:
     """Write a label map (class index per voxel) to ``path``.
 
@@ -45,6 +46,10 @@ def write_labelmap(
             or ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha`` (UInt8 label image, compressed).
         class_names: class names; index = label value, index 0 is background.
         overwrite: replace an existing file (otherwise OutputError).
+        levels: optional vertebral level map on the same grid (values index
+            :data:`spinect.plan.LEVEL_MAP_NAMES`). ``.seg.nrrd``: its segments (``L1`` ... ``sacrum``,
+            SNOMED CT vertebra codes) go into a second layer, overlapping ``bone``. Label images:
+            written to :func:`levels_output_path` (``<name>_levels<suffix>``) before ``path``.
 
     Returns:
         ``path`` as a Path.
@@ -54,16 +59,33 @@ def write_labelmap(
             ``overwrite=False``, or the write failed (nothing is left under ``path``).
         InputError: ``label`` is not a 3D label map with values in ``range(len(class_names))``.
     """
+    from spinect.plan import LEVEL_MAP_NAMES
+
     path = _checked_path(path, LABEL_OUTPUT_SUFFIXES, "label map", overwrite=overwrite)
     check_labelmap(label, class_names=class_names)
+    layers = [] if levels is None else [(levels, LEVEL_MAP_NAMES)]
+    if levels is not None:
+        check_labelmap(levels, class_names=LEVEL_MAP_NAMES, source="the level map")
     if full_suffix(path) == ".seg.nrrd":
-        _refuse_foreign_segments(path, class_names)
-        segmentation = labelmap_to_segmentation(label, class_names=class_names)
+        _refuse_foreign_segments(path, tuple(class_names) + LEVEL_MAP_NAMES[1:])
+        segmentation = labelmap_to_segmentation(label, class_names=class_names, layers=layers)
         with atomic_output(path, verify=lambda tmp: _verify_segmentation(tmp, segmentation), overwrite=overwrite) as tmp:
             import slicerio  # lazy: Slicer's own process imports spinect without slicerio
             _guarded(lambda: slicerio.write_segmentation(str(tmp), segmentation), path)
         return path
+    if levels is not None:
+        write_image(sitk.Cast(levels, sitk.sitkUInt8), levels_output_path(path), overwrite=overwrite)
     return write_image(sitk.Cast(label, sitk.sitkUInt8), path, overwrite=overwrite)
+
+
+def levels_output_path(path: str | os.PathLike) -> Path:
+    """Where a label-image output's level map goes: ``out.nii.gz`` -> ``out_levels.nii.gz``;
+    a ``.seg.nrrd`` holds its levels itself (returned unchanged)."""
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix == ".seg.nrrd":
+        return path
+    return path.with_name(path.name[: len(path.name) - len(suffix)] + "_levels" + suffix)
 
 
 def _refuse_foreign_segments(path: Path, class_names: Sequence[str]) -> None:
@@ -100,6 +122,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, overwrite: bool =
         image: the image; pixel type and geometry are written as they are.
         path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file.
         overwrite: replace an existing file (otherwise OutputError).
+        levels: optional vertebral level map on the same grid (values index
+            :data:`spinect.plan.LEVEL_MAP_NAMES`). ``.seg.nrrd``: its segments (``L1`` ... ``sacrum``,
+            SNOMED CT vertebra codes) go into a second layer, overlapping ``bone``. Label images:
+            written to :func:`levels_output_path` (``<name>_levels<suffix>``) before ``path``.
 
     Returns:
         ``path`` as a Path.

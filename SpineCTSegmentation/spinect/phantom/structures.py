@@ -32,6 +32,7 @@ __all__ = [
     "LABEL_NERVE",
     "root_code",
     "labels_from_structures",
+    "level_classes_from_structures",
     "structure_lookup",
 ]
 
@@ -165,4 +166,32 @@ def labels_from_structures(structures: np.ndarray) -> np.ndarray:
     table = np.zeros(256, np.uint8)
     table[list(BONE_CODES)] = LABEL_BONE
     table[list(NERVE_CODES)] = LABEL_NERVE
+    return table[structures]
+
+
+def level_classes_from_structures(structures: np.ndarray) -> np.ndarray:
+    """Class indices of a level model (:data:`spinect.plan.LEVEL_CLASS_NAMES`) from a structure map.
+
+    L1-L5 -> their level, S1 and the rest of the sacrum -> ``sacrum``, ilia -> ``ilium``, ribs and
+    femora -> ``other_bone``, dural sac -> ``dural_sac``, every root segment (and the sacral cauda
+    equina) -> ``nerve_root``; the rest (discs, soft tissue, metal) -> background. The union of the
+    bone classes is exactly :func:`labels_from_structures`' bone, and likewise for nerve.
+
+    Args:
+        structures: (Z, Y, X) uint8 structure codes.
+
+    Returns:
+        (Z, Y, X) uint8 class indices.
+    """
+    from spinect.plan import LEVEL_CLASS_NAMES
+
+    index = {name: i for i, name in enumerate(LEVEL_CLASS_NAMES)}
+    table = np.zeros(256, np.uint8)
+    for level in ("L1", "L2", "L3", "L4", "L5"):
+        table[STRUCTURE_CODES[level]] = index[level]
+    table[[STRUCTURE_CODES["S1"], STRUCTURE_CODES["sacrum"]]] = index["sacrum"]
+    table[[STRUCTURE_CODES["ilium_left"], STRUCTURE_CODES["ilium_right"]]] = index["ilium"]
+    table[[STRUCTURE_CODES[n] for n in ("rib_left", "rib_right", "femur_left", "femur_right")]] = index["other_bone"]
+    table[STRUCTURE_CODES["dural_sac"]] = index["dural_sac"]
+    table[[c for c in NERVE_CODES if c != STRUCTURE_CODES["dural_sac"]]] = index["nerve_root"]
     return table[structures]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -77,10 +78,10 @@ def load_case(
     Raises:
         InputError: unreadable files, a label map off its CT's grid, or one that does not overlap its CT.
     """
-    from spinect.io import read_ct, read_labelmap
+    from spinect.io import read_ct
 
     ct = read_ct(case.image)
-    labels = read_labelmap(case.label, class_names=tuple(class_names))
+    labels = _read_case_labels(case, tuple(class_names))
     check_label_grid(labels, ct, case=case)
     spacing_xyz = tuple(float(s) for s in reversed(tuple(spacing_zyx_mm)))
     ct_grid = resample_to_spacing(ct, spacing_xyz, interpolation=image_interpolation, default_value=-1024.0)
@@ -94,6 +95,35 @@ def load_case(
         labels=label_array,
         spacing_zyx_mm=tuple(float(s) for s in spacing_zyx_mm),
     )
+
+
+def _read_case_labels(case: DatasetCase, class_names: tuple[str, ...]) -> sitk.Image:
+    """The case's label map in ``class_names``' indices.
+
+    For a level model's classes (:data:`spinect.plan.LEVEL_CLASS_NAMES`) a phantom case's
+    structure map (manifest field ``structures``) gives the levels; any other case must name
+    its segments by class (``L1`` ... ``sacrum``, ``ilium``, ``other_bone``, ``dural_sac``,
+    ``nerve_root`` in a ``.seg.nrrd``, or a label image with those indices).
+    """
+    from spinect.io import read_labelmap
+    from spinect.plan import LEVEL_CLASS_NAMES
+
+    structures = case.extra.get("structures")
+    if class_names == LEVEL_CLASS_NAMES and structures:
+        from spinect.phantom.structures import level_classes_from_structures
+
+        path = Path(structures) if Path(structures).is_absolute() else (case.label.parent / str(structures)).resolve()
+        if not path.is_file():
+            raise InputError(f"case {case.id}: structure map {path} (manifest field 'structures') is missing")
+        codes = sitk.ReadImage(str(path))
+        image = sitk.GetImageFromArray(level_classes_from_structures(sitk.GetArrayFromImage(codes).astype(np.uint8)))
+        image.CopyInformation(codes)
+        return image
+    labels = read_labelmap(case.label, class_names=class_names)
+    if class_names == LEVEL_CLASS_NAMES and not sitk.GetArrayViewFromImage(labels).any():
+        raise InputError(f"case {case.id}: {case.label} has no level labels ({', '.join(class_names[1:])}) and no phantom "
+                         "structure map; train a level model on phantom cases or on segmentations with level segments")
+    return labels
 
 
 #: Tolerances of :func:`check_label_grid`: relative spacing, direction cosines, and the label

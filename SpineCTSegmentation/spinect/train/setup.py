@@ -20,11 +20,11 @@ import numpy as np
 from spinect.errors import InputError
 from spinect.io.atomic import atomic_output
 from spinect.manifest import discover_cases
-from spinect.plan import CLASS_NAMES, ModelPlan
+from spinect.plan import CLASS_NAMES, LEVEL_CLASS_GROUPS, LEVEL_CLASS_NAMES, ModelPlan
 from spinect.preprocess import intensity_statistics, normalise_hu
 from spinect.train.dataset import DataSplit, LoadedCase, load_cases, split_cases
 
-__all__ = ["RunData", "prepare_run_data", "build_plan", "write_run_files", "SPLIT_FILE_NAME"]
+__all__ = ["RunData", "prepare_run_data", "build_plan", "write_run_files", "run_class_names", "SPLIT_FILE_NAME"]
 
 log = logging.getLogger("spinect")
 
@@ -52,6 +52,18 @@ class RunData:
     sources: tuple[str, ...]
 
 
+#: ``--classes`` choices -> the network's classes.
+RUN_CLASSES: dict[str, tuple[str, ...]] = {"spinect": CLASS_NAMES, "levels": LEVEL_CLASS_NAMES}
+
+
+def run_class_names(config) -> tuple[str, ...]:
+    """The classes this run trains (``config.classes``: ``spinect`` or ``levels``)."""
+    choice = getattr(config, "classes", "spinect")
+    if choice not in RUN_CLASSES:
+        raise InputError(f"--classes must be one of {', '.join(RUN_CLASSES)}, got {choice!r}")
+    return RUN_CLASSES[choice]
+
+
 def prepare_run_data(config, *, saved: dict[str, Any] | None = None, intensity: tuple[float, float] | None = None) -> RunData:
     """Read ``config.data``, split it (or reuse the ``saved`` run's split) and normalise it.
 
@@ -68,7 +80,7 @@ def prepare_run_data(config, *, saved: dict[str, Any] | None = None, intensity: 
         split = split_cases(cases, seed=config.seed, fold=config.fold, folds=config.folds)
     by_id = {c.id: c for c in cases}
     val_ids = split.val[: config.max_val_cases] if config.max_val_cases else split.val
-    options = dict(spacing_zyx_mm=config.spacing_zyx_mm, image_interpolation=config.image_interpolation, class_names=CLASS_NAMES)
+    options = dict(spacing_zyx_mm=config.spacing_zyx_mm, image_interpolation=config.image_interpolation, class_names=run_class_names(config))
     log.info("loading %d training and %d validation cases from %s", len(split.train), len(val_ids), config.data)
     train = load_cases([by_id[i] for i in split.train], **options)
     val = load_cases([by_id[i] for i in val_ids], **options)
@@ -95,7 +107,7 @@ def build_plan(config, data: RunData) -> ModelPlan:
 
     architecture = {
         "name": "spinect_unet", "base_width": int(config.base_width), "levels": int(config.levels),
-        "in_channels": 1, "num_classes": len(CLASS_NAMES), "norm": config.norm,
+        "in_channels": 1, "num_classes": len(run_class_names(config)), "norm": config.norm,
     }
     provenance = {
         "training_data": ", ".join(data.sources) or "unspecified",
@@ -105,11 +117,13 @@ def build_plan(config, data: RunData) -> ModelPlan:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fold": int(config.fold), "folds": int(config.folds), "seed": int(config.seed),
         "iterations": int(config.total_iterations), "batch_size": int(config.batch_size), "lr": float(config.lr),
-        "loss": "weighted softmax cross-entropy 1:1:20 for the first 40 % of iterations, then 1:1:2",
+        "loss": f"weighted softmax cross-entropy 1:1:{float(getattr(config, 'early_nerve_weight', 20.0)):g} for the first 40 % of iterations, then 1:1:2",
         "spinect_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
     return ModelPlan(
-        architecture=architecture, class_names=CLASS_NAMES, spacing_zyx_mm=tuple(config.spacing_zyx_mm),
+        architecture=architecture, class_names=run_class_names(config),
+        class_groups=dict(LEVEL_CLASS_GROUPS) if run_class_names(config) == LEVEL_CLASS_NAMES else {},
+        spacing_zyx_mm=tuple(config.spacing_zyx_mm),
         hu_window=tuple(config.hu_window), intensity_mean=data.intensity_mean, intensity_std=data.intensity_std,
         patch_size_zyx=tuple(config.patch_size_zyx), stride_zyx=tuple(config.stride_zyx),
         image_interpolation=config.image_interpolation, training_status=config.training_status,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from spinect.errors import InputError
-from spinect.plan import ModelPlan
+from spinect.plan import CLASS_NAMES, ModelPlan
 from spinect.train.augment import augment_patch, build_augmentation, region_size_for
 from spinect.train.dataset import DataSplit, LoadedCase
 from spinect.train.history import TrainingLog
@@ -62,6 +62,11 @@ class TrainingConfig:
     backward passes are not bit-reproducible (a resumed run no longer ends on the same weights)
     and with tiny networks it produced non-finite gradients; steps whose loss or gradients are not
     finite are skipped with a warning in any precision.
+
+    ``classes``: ``spinect`` (background, bone, nerve) or ``levels`` (:data:`spinect.plan.
+    LEVEL_CLASS_NAMES`: L1-L5, sacrum, ilium, other bone, dural sac, roots; phantom cases take
+    them from their structure maps). A level model still gives bone and nerve (its plan maps
+    its classes onto them), and with ``segment --levels`` the vertebral levels too.
     """
 
     data: Path
@@ -98,6 +103,11 @@ class TrainingConfig:
     amp: bool | None = False
     channels_last: bool = True
     init: Path | None = None
+    classes: str = "spinect"
+    early_nerve_weight: float = 20.0
+    #: With ``init``: take the grid (spacing) from the init model (True) or keep ``spacing_zyx_mm``
+    #: (False: e.g. a coarse level model started from the 1 mm default model's weights).
+    spacing_from_init: bool = True
 
     @property
     def total_iterations(self) -> int:
@@ -176,26 +186,53 @@ def _apply_init_model(config: TrainingConfig) -> tuple[dict[str, torch.Tensor], 
     """
     from spinect.errors import ModelError
     from spinect.model_file import load_model
-    from spinect.plan import CLASS_NAMES
+    from spinect.train.setup import run_class_names
 
     try:
         network, plan = load_model(config.init, device="cpu")
     except ModelError as exc:
         raise InputError(f"--init {config.init}: {exc}") from exc
-    if tuple(plan.class_names) != tuple(CLASS_NAMES):
-        raise InputError(
-            f"--init {config.init} predicts classes {list(plan.class_names)}, but training uses {list(CLASS_NAMES)}; "
-            "start from a model with the same classes or train from scratch"
-        )
+    wanted = run_class_names(config)
+    weights = network.state_dict()
+    if tuple(plan.class_names) != wanted:
+        if not (tuple(plan.class_names) == CLASS_NAMES and config.classes == "levels"):
+            raise InputError(
+                f"--init {config.init} predicts classes {list(plan.class_names)}, but training uses {list(wanted)}; "
+                "start from a model with the same classes (or a 3-class model for --classes levels) or train from scratch"
+            )
+        weights = expand_head_to_levels(weights)
     arch = plan.architecture
     config.base_width = int(arch.get("base_width", config.base_width))
     config.levels = int(arch.get("levels", config.levels))
     config.norm = str(arch.get("norm", config.norm))
-    config.spacing_zyx_mm = tuple(float(v) for v in plan.spacing_zyx_mm)
+    if config.spacing_from_init:
+        config.spacing_zyx_mm = tuple(float(v) for v in plan.spacing_zyx_mm)
+    elif tuple(config.spacing_zyx_mm) != tuple(plan.spacing_zyx_mm):
+        log.info("fine-tuning on a %s mm grid; %s was trained on %s mm", tuple(config.spacing_zyx_mm), config.init,
+                 tuple(plan.spacing_zyx_mm))
     config.hu_window = tuple(float(v) for v in plan.hu_window)
     config.patch_size_zyx = tuple(int(v) for v in plan.patch_size_zyx)
     log.info("fine-tuning from %s (base width %d, %d levels)", config.init, config.base_width, config.levels)
-    return network.state_dict(), (float(plan.intensity_mean), float(plan.intensity_std))
+    return weights, (float(plan.intensity_mean), float(plan.intensity_std))
+
+
+def expand_head_to_levels(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A 3-class model's weights with its 1x1x1 head copied onto a level model's classes.
+
+    Each level-model class starts as the 3-class model's class it belongs to (every bone class
+    as ``bone``, dural sac and roots as ``nerve``), so the level model starts with the same
+    bone/nerve labels and fine-tuning only has to learn to tell the levels apart.
+    """
+    from spinect.plan import LEVEL_CLASS_GROUPS, LEVEL_CLASS_NAMES
+
+    source = {"background": 0, **{n: 1 for n in LEVEL_CLASS_GROUPS["bone"]}, **{n: 2 for n in LEVEL_CLASS_GROUPS["nerve"]}}
+    rows = torch.tensor([source[n] for n in LEVEL_CLASS_NAMES])
+    out = dict(state_dict)
+    for key in ("head.weight", "head.bias"):
+        if key not in out:
+            raise InputError(f"the --init model has no 1x1x1 head ({key}); it cannot start a level model")
+        out[key] = out[key][rows].clone()
+    return out
 
 
 class _Loop:
@@ -205,17 +242,17 @@ class _Loop:
         self.config, self.context, self.device = config, context, device
         self.model, self.network, self.optimizer, self.plan, self.data = model, network, optimizer, plan, data
         self.best_score, self.best_step = best
-        self.schedule = WeightSchedule(total_steps=config.total_iterations)
+        self.schedule = class_weight_schedule(plan, config.total_iterations, early_nerve_weight=config.early_nerve_weight)
         region = region_size_for(config.patch_size_zyx, max_jitter_mm=config.max_jitter_mm, spacing_mm=min(config.spacing_zyx_mm))
         self.sampler = PatchSampler(
             [c.image_hu for c in data.train], [c.labels for c in data.train], region_size_zyx=region,
-            class_fractions=config.class_fractions, pad_image_value=data.pad_value,
+            class_fractions=class_fractions_for(plan, config.class_fractions), pad_image_value=data.pad_value,
         )
         self.augment = build_augmentation(
             config.patch_size_zyx, image_interpolation=config.image_interpolation, max_jitter_mm=config.max_jitter_mm,
             spacing_mm=min(config.spacing_zyx_mm), noise_std=config.noise_std,
         )
-        self.foreground = list(plan.class_names[1:])
+        self.foreground = list(validation_names(plan))
         self.skipped_steps = 0
         self.amp_dtype = training_autocast_dtype(device, config.amp)
         self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
@@ -282,6 +319,7 @@ class _Loop:
         """Validate, keep the best weights, write last.pt / last_state.pt and the curves (process 0)."""
         if self.context.is_main:
             dice = validate(self.network, self.data.val, self.plan, device=self.device)
+            # Mean Dice of what validation reports: a level model's bone, nerve and each level.
             score = float(np.mean(list(dice.values())))
             improved = score > self.best_score
             if improved:
@@ -367,14 +405,64 @@ def validate(network: torch.nn.Module, cases: list[LoadedCase], plan: ModelPlan,
     from spinect.inference import predict_probabilities
     from spinect.metrics import overlap_scores
 
-    scores: dict[str, list[float]] = {name: [] for name in plan.class_names[1:]}
+    scores: dict[str, list[float]] = {name: [] for name in validation_names(plan)}
     for case in cases:
         probabilities = predict_probabilities(
             case.image_hu, network, patch_size_zyx=plan.patch_size_zyx, stride_zyx=plan.stride_zyx,
             blend=plan.blend, batch_size=batch_size, device=device,
         )
         predicted = torch.argmax(probabilities, dim=0).numpy()
-        for value, name in enumerate(plan.class_names[1:], start=1):
-            scores[name].append(overlap_scores(predicted == value, case.labels == value).dice)
+        for name, values in _class_masks(plan, predicted, case.labels):
+            scores[name].append(overlap_scores(*values).dice)
     return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def validation_names(plan: ModelPlan) -> tuple[str, ...]:
+    """What validation reports: each foreground class; for a model with a class map, bone and
+    nerve (unions) first, then each vertebral level."""
+    if not plan.class_groups:
+        return tuple(plan.class_names[1:])
+    from spinect.plan import LEVEL_NAMES
+
+    return ("bone", "nerve", *(n for n in LEVEL_NAMES if n in plan.class_names))
+
+
+def _class_masks(plan: ModelPlan, predicted: np.ndarray, truth: np.ndarray):
+    """(name, (predicted mask, true mask)) for each of :func:`validation_names`."""
+    for name in validation_names(plan):
+        if plan.class_groups and name in plan.class_groups:
+            values = [plan.class_names.index(n) for n in plan.class_groups[name]]
+            yield name, (np.isin(predicted, values), np.isin(truth, values))
+        else:
+            value = plan.class_names.index(name)
+            yield name, (predicted == value, truth == value)
+
+
+def class_weight_schedule(plan: ModelPlan, total_steps: int, *, early_nerve_weight: float = 20.0) -> WeightSchedule:
+    """SPINECT's 1:1:20 then 1:1:2 schedule (the 20 is ``early_nerve_weight``), each class of a
+    class map weighted as its group (bone or nerve).
+
+    A coarse level model (3 mm) hardly sees nerves, and 20x made one label a broad band around
+    them as nerve (bone Dice 0.004 after 500 steps); such runs use a lower early weight.
+    """
+    base = WeightSchedule(total_steps=total_steps)
+    early_by_group = (base.early[0], base.early[1], float(early_nerve_weight))
+    if not plan.class_groups:
+        return WeightSchedule(total_steps=total_steps, early=early_by_group)
+    group = plan.spinect_lookup()  # class -> 0/1/2
+    early = tuple(float(early_by_group[g]) for g in group)
+    late = tuple(float(base.late[g]) for g in group)
+    return WeightSchedule(total_steps=total_steps, early=early, late=late)
+
+
+def class_fractions_for(plan: ModelPlan, fractions: dict[int, float]) -> dict[int, float]:
+    """Patch-centre shares by SPINECT label (1 bone, 2 nerve), spread over a class map's classes."""
+    if not plan.class_groups:
+        return dict(fractions)
+    group = plan.spinect_lookup()
+    out: dict[int, float] = {}
+    for label, share in fractions.items():
+        members = [c for c, g in enumerate(group) if g == label]
+        out.update({c: share / len(members) for c in members})
+    return out
 
