@@ -329,3 +329,17 @@ def test_train_cli_keeps_an_explicit_spacing_with_init_and_refuses_bad_weights(t
     assert code == 0
     plan = load_plan(tmp_path / "run" / "last.pt")
     assert plan.spacing_zyx_mm == (3.0, 3.0, 3.0) and plan.has_levels
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--patch", "30", "64", "64"], "--patch must be 3 multiples of 16"),
+    (["--stride", "40", "40", "40"], "--stride must be 3 positive integers no larger than the window"),
+    (["--spacing", "0", "1", "1"], "--spacing must be 3 voxel sizes"),
+])
+def test_train_grid_options_are_checked_before_any_work(tmp_path, capsys, option, message):
+    from spinect.cli import main
+
+    (tmp_path / "data").mkdir()
+    code = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *option])
+    assert code != 0 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -38,7 +38,8 @@ from spinect.geometry.window import WindowSettings  # noqa: E402
 from spinect.io.labels import check_labelmap, read_labelmap  # noqa: E402
 from spinect.plan import CLASS_NAMES, ModelPlan  # noqa: E402
 
-FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# database=None: no .hypothesis/ folder in the checkout; failures print the example to reproduce.
+FAST = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Anything a caller might pass: numbers of every kind and size, non-numbers, containers.
 ANY_NUMBER = st.one_of(
@@ -188,7 +189,7 @@ def test_view_angles_accept_the_documented_range_or_refuse_by_name(angle, option
         assert option in message, (value, message)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.floats(-200, 200).map(lambda v: f"{v:.3f}"),

@@ -52,7 +52,7 @@ def test_estimate_counts_the_1mm_grid_not_the_file(wide_case):
     assert needed > api.MAX_MEMORY_BYTES
     assert wide_case[0].stat().st_size < 200_000  # small on disk
     levels = ModelPlan(architecture={"name": "spinect_unet", "base_width": 4},
-                       class_names=("background", "L1", "L2", "L3", "L4", "L5", "sacrum"))
+                       class_names=("background", "bone", "nerve", "L3", "L4", "L5", "sacrum"))
     assert api.estimate_memory(ct, levels)[1] == GRID_VOXELS * (4 + 4 * 7 + 4 + 1)  # more classes, more scores
 
 

@@ -146,6 +146,7 @@ def segment(
     overwrite: bool = True,
     allow_untrained: bool = False,
     force: bool = False,
+    allow_gaps: bool = False,
     progress: ProgressCallback | None = None,
     levels: bool = False,
     dicom_seg_output: str | os.PathLike | None = None,
@@ -177,6 +178,9 @@ def segment(
         force: run even when the work is beyond sane bounds: more than :data:`MAX_WINDOWS` sliding
             windows, or an estimated :data:`MAX_MEMORY_BYTES` of working memory
             (:func:`estimate_memory`); refused with a :class:`SpinectError` otherwise.
+        allow_gaps: a DICOM series with missing slices is resampled onto an even grid (with a
+            warning; the labels are on that grid) instead of refused; recorded in the provenance
+            sidecars as ``input_resampled`` (:func:`spinect.io.reading.gap_resampling`).
         progress: optional ``progress(stage, overall_fraction, message)`` callback.
         levels: also label the vertebral level of the bone (L1-L5, sacrum). ``.seg.nrrd`` output
             gets the level segments in a second layer (bone and nerve stay whole); a label-image
@@ -234,7 +238,8 @@ def segment(
 
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
-        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input)
+        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=allow_gaps)
+    resampled = _refuse_resampled_dicom_seg(ct, dicom_seg_output)
     _check_window_count(ct, plan, stride_zyx, force=force)
     _check_memory(ct, plan, force=force)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
@@ -277,6 +282,8 @@ def segment(
         provenance = _provenance(input, model_path, plan, ensemble, str(torch_device), smoothing_mm=smoothing_mm,
                                  blend=blend, stride_zyx=stride_zyx, tta=tta, keep_islands=keep_islands,
                                  whole_volume=whole_volume, levels=levels)
+        if resampled is not None:  # --allow-gaps resampled the series: the labels are on that grid
+            provenance["input_resampled"] = resampled
         if level_path is not None:  # the levels came from a second model
             from spinect.io.provenance import model_identity
 
@@ -298,6 +305,21 @@ def segment(
         uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
         window_counts=dict(timer.counts), levels=out.levels, provenance=provenance,
     )
+
+
+def _refuse_resampled_dicom_seg(ct: sitk.Image, dicom_seg_output) -> dict | None:
+    """What ``--allow-gaps`` did to the CT (None: nothing); a DICOM SEG of a resampled series is refused."""
+    from spinect.errors import InputError
+    from spinect.io.reading import gap_resampling
+
+    resampled = gap_resampling(ct)
+    if resampled is not None and dicom_seg_output is not None:
+        raise InputError(
+            "--allow-gaps resampled the DICOM series onto an even grid, so its labels do not lie on the source "
+            "slices that a DICOM SEG must reference; write a .seg.nrrd or .nii.gz label map instead, or export the "
+            "complete series again"
+        )
+    return resampled
 
 
 def _levels_file(output, levels) -> Path | None:
@@ -446,9 +468,12 @@ def _check_memory(ct: sitk.Image, plan: ModelPlan, *, force: bool = False) -> No
         return
     shape = tuple(int(v) for v in _network_grid_shape(ct, plan))
     extent = tuple(round(n * s) for n, s in zip(ct.GetSize(), ct.GetSpacing()))
-    message = (f"this CT spans {extent[0]} x {extent[1]} x {extent[2]} mm ({ct.GetSize()} voxels of "
-               f"{tuple(round(s, 3) for s in ct.GetSpacing())} mm), which is {voxels:,} voxels ({shape[::-1]}) on the "
-               f"network's {tuple(plan.spacing_zyx_mm)[::-1]} mm grid: about {needed / 2**30:.1f} GiB of working memory "
+    def xyz(values) -> str:
+        return " x ".join(f"{v:g}" for v in values)
+
+    message = (f"this CT spans {xyz(extent)} mm ({xyz(ct.GetSize())} voxels of {xyz(round(v, 3) for v in ct.GetSpacing())} "
+               f"mm), which is {voxels:,} voxels ({xyz(shape[::-1])}) on the network's "
+               f"{xyz(plan.spacing_zyx_mm[::-1])} mm grid: about {needed / 2**30:.1f} GiB of working memory "
                f"(limit {MAX_MEMORY_BYTES / 2**30:.0f} GiB)")
     if force:
         log.warning("%s; running anyway (--force)", message)

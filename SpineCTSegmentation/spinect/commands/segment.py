@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="with --levels: the level model to use (default: the model itself if it has level classes, "
                         "else the shipped level model)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="resample a DICOM series with missing slices onto an even grid (interpolating across the gap, "
+                        "with a warning; noted in the provenance sidecar) instead of refusing it")
     p.add_argument("--force", action="store_true",
                    help="run even when the work is beyond sane bounds (> 200,000 sliding windows, or > 16 GiB of "
                         "estimated working memory on the network's 1 mm grid); refused otherwise")
@@ -56,8 +59,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from spinect.api import segment
 
-    if args.batch_size < 1:
-        raise SystemExit("spinect segment: error: --batch-size must be >= 1")
     if args.progress_lines:
         display = contextlib.nullcontext(progress_lines_callback())
     else:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, tta=args.tta, ensemble=args.ensemble, keep_islands=args.keep_islands,
             whole_volume=args.whole_volume,
             uncertainty_output=args.uncertainty, review_output=args.review,
-            overwrite=not args.no_overwrite, force=args.force, progress=progress, levels=args.levels, level_model=args.level_model, dicom_seg_output=args.dicom_seg,
+            overwrite=not args.no_overwrite, force=args.force, allow_gaps=args.allow_gaps, progress=progress, levels=args.levels, level_model=args.level_model, dicom_seg_output=args.dicom_seg,
         )
     counts = result.voxel_counts()
     found = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "background")

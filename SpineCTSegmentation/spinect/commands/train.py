@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="grid the network works on, mm (default 1 1 1, SPINECT's, or the --init model's; e.g. 3 3 3 for a "
                         "level model that sees 96x192x192 mm per window)")
+    p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="training and inference window in voxels (default 32 64 64, SPINECT's)")
+    p.add_argument("--stride", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="sliding-window stride of the model's inference, voxels (default 20 40 40)")
     p.add_argument("--early-nerve-weight", type=float, default=20.0,
                    help="nerve class weight for the first 40 %% of iterations (default 20, SPINECT's; then 2)")
     p.add_argument("--stop-at", type=int, default=None, help="pause after N iterations (checkpointed; continue later with --resume)")
@@ -76,6 +80,19 @@ def config_from_args(args: argparse.Namespace):
     spacing = getattr(args, "spacing", None)
     if spacing is not None and not all(0.3 <= v <= 10.0 for v in spacing):
         raise InputError(f"--spacing must be 3 voxel sizes within 0.3-10 mm, got {spacing}")
+    patch, stride = getattr(args, "patch", None), getattr(args, "stride", None)
+    if patch is not None and not all(16 <= v <= 256 and v % 16 == 0 for v in patch):
+        raise InputError(f"--patch must be 3 multiples of 16 within 16-256 voxels (the U-Net halves it 4 times), got {patch}")
+    if stride is not None and (not all(v >= 1 for v in stride)
+                               or any(st > pa for st, pa in zip(stride, patch or (32, 64, 64)))):
+        raise InputError(f"--stride must be 3 positive integers no larger than the window, got {stride}")
+    grid = {}
+    if spacing is not None:
+        grid["spacing_zyx_mm"] = tuple(float(v) for v in spacing)
+    if patch is not None:
+        grid["patch_size_zyx"] = tuple(int(v) for v in patch)
+    if stride is not None:
+        grid["stride_zyx"] = tuple(int(v) for v in stride)
     if not Path(args.data).is_dir():
         raise InputError(f"dataset folder {args.data} not found; pass a folder with manifest.json or <id>_ct/<id>_labels pairs")
     return TrainingConfig(
@@ -87,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
         amp=PRECISIONS[getattr(args, "precision", "fp32")], init=_init_model(getattr(args, "init", None)),
         classes=getattr(args, "classes", "spinect"),
         early_nerve_weight=_positive_weight(getattr(args, "early_nerve_weight", 20.0)),
-        **({"spacing_zyx_mm": tuple(float(v) for v in spacing), "spacing_from_init": False} if spacing is not None else {}),
+        **grid, grid_from_init=not grid,
         command="spinect " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 

@@ -21,10 +21,9 @@ import SimpleITK as sitk
 from spinect.errors import InputError
 from spinect.geometry.endplate import endplate_frame_from_structures, endplate_frame_near
 from spinect.geometry.frame import EndplateFrame, frame_from_endplate_points
-from spinect.geometry.projection import ObstacleFields
 from spinect.geometry.results import TriangleMeasurement
-from spinect.geometry.trajectory import SearchSettings, TrajectoryResult, search_trajectory
-from spinect.geometry.triangles import LEVELS, TRIANGLES, check_choice, measure_points, measure_seed
+from spinect.geometry.trajectory import SearchSettings, TrajectoryResult
+from spinect.geometry.triangles import LEVELS, TRIANGLES, check_choice
 from spinect.geometry.window import WindowSettings
 
 __all__ = ["TrianglesResult", "measure_triangle", "crop_around", "ROI_RADIUS_MM", "LOCAL_ROI_RADIUS_MM"]
@@ -159,48 +158,29 @@ def measure_triangle(
     for path in (json_path, heatmap_path):
         if path is not None:
             check_output_path(path)
-    report = progress or (lambda stage, fraction, message: None)
-    report("read", 0.0, "reading the label map")
-    labels = _read_labels(seg)
-    structures_image = _read_labels(structures, what="level map", any_values=True) if structures is not None else None
-    if auto:
-        if structures_image is None:
-            raise InputError("--auto needs a level map (--structures) to find the vertebrae and roots")
-        from spinect.geometry.landmarks import auto_landmarks
+    from spinect.geometry.session import TriangleSession, check_target
 
-        points_lps_mm = auto_landmarks(structures_image, level=level, side=side, triangle=triangle)
-    centre = np.asarray(points_lps_mm, float).reshape(-1, 3).mean(axis=0) if points_lps_mm is not None else np.asarray(seed_lps_mm, float).reshape(3)
+    report = progress or (lambda stage, fraction, message: None)
+    mode = "points" if points_lps_mm is not None else "seed" if seed_lps_mm is not None else "auto"
+    around = None if auto else next(p for p in check_target(mode, points_lps_mm, seed_lps_mm) if p is not None)
     reach_skin = optimize or (settings is not None and settings.depth_before_mm is None)
-    nerve_near, warnings = _nerve_near_target(labels, centre, allow_missing_nerve)
-    labels = crop_around(labels, centre, ROI_RADIUS_MM if reach_skin else LOCAL_ROI_RADIUS_MM)
-    ct_image = _read_ct(ct) if ct is not None else None
-    if ct_image is not None:
-        _check_overlap(ct_image, labels)
-    report("distance", 0.05, "signed distance maps of bone and nerve")
-    fields = ObstacleFields.from_image(labels, ct=ct_image)
-    frame, frame_source = _frame(frame, structures_image, endplate_lps_mm, points_lps_mm, fields, labels, level,
-                                 triangle=triangle)
-    report("measure", 0.2, f"measuring at theta={theta_deg:g}, phi={phi_deg:g}")
-    common = dict(triangle=triangle, level=level, side=side, theta_deg=theta_deg, phi_deg=phi_deg, settings=settings)
-    if points_lps_mm is not None:
-        measurement = measure_points(fields, frame, np.asarray(points_lps_mm, float).reshape(3, 3), **common)
-    else:
-        measurement = measure_seed(fields, frame, seed_lps_mm, upper_line_lps_mm=upper_line_lps_mm, **common)
-    if auto:
-        measurement = _as_auto(measurement)
-    trajectory = None
-    if optimize:
-        trajectory = search_trajectory(
-            fields, frame, side=side, triangle=triangle, level=level,
-            points_lps_mm=None if points_lps_mm is None else np.asarray(points_lps_mm, float).reshape(3, 3),
-            seed_lps_mm=seed_lps_mm if points_lps_mm is None else None,
-            upper_line_lps_mm=upper_line_lps_mm, search=search, measure=settings,
-            progress=lambda done, total: report("search", 0.25 + 0.7 * done / max(total, 1), f"view {done}/{total}"),
-        )
+    # open + measure (+ optimize): a TriangleSession held open (Slicer, the benchmark) gives the
+    # same numbers for the same crop
+    session = TriangleSession.open(
+        seg, level=level, side=side, triangle=triangle, ct=ct, structures=structures,
+        endplate_lps_mm=endplate_lps_mm, frame=frame, around_lps_mm=around, auto=auto, reach_skin=reach_skin,
+        allow_missing_nerve=allow_missing_nerve, progress=report,
+    )
+    target = dict(points_lps_mm=around if mode == "points" else None, seed_lps_mm=around if mode == "seed" else None,
+                  upper_line_lps_mm=upper_line_lps_mm, settings=settings)
+    measured = session.measure(mode, theta_deg=theta_deg, phi_deg=phi_deg, **target)
+    measurement, frame_source = measured.measurement, measured.frame_source
+    warnings, nerve_near = measured.warnings, measured.nerve_voxels_near_target
+    trajectory = session.optimize(mode, search=search, **target) if optimize else None
     result = TrianglesResult(measurement, trajectory, frame_source, {}, warnings, nerve_near)
     files = _write(result, json_path, heatmap_path)
     report("done", 1.0, "done")
-    return TrianglesResult(measurement, trajectory, frame_source, files)
+    return TrianglesResult(measurement, trajectory, frame_source, files, warnings, nerve_near)
 
 
 def _read_labels(source, *, what: str = "label map", any_values: bool = False) -> sitk.Image:
@@ -277,12 +257,6 @@ def _vertebra_code(name: str) -> int:
     from spinect.phantom.structures import STRUCTURE_CODES
 
     return STRUCTURE_CODES[name]
-
-
-def _as_auto(measurement: TriangleMeasurement) -> TriangleMeasurement:
-    from dataclasses import replace
-
-    return replace(measurement, mode="auto")
 
 
 def _nerve_near_target(labels: sitk.Image, centre_lps_mm: np.ndarray, allow_missing: bool) -> tuple[int, list[str]]:

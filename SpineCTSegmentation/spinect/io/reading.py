@@ -23,6 +23,7 @@ import contextlib
 import gzip
 import locale
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from spinect.io.atomic import check_name_encoding, full_suffix
 __all__ = [
     "check_nifti_integrity",
     "dicom_series_files",
+    "gap_resampling",
     "check_geometry",
     "read_ct",
     "validate_ct",
@@ -86,13 +88,16 @@ class _DicomSeries:
     files: tuple[str, ...]
 
 
-def read_ct(path: str | os.PathLike) -> sitk.Image:
+def read_ct(path: str | os.PathLike, *, allow_gaps: bool = False) -> sitk.Image:
     """Read a 3D CT volume in Hounsfield units.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage
             (``.mha``, ``.mhd``) file; a folder holding a DICOM series (the longest series is
             taken when there are several); or one DICOM file (its series is read from its folder).
+        allow_gaps: a DICOM series with missing slices is resampled onto an even grid (linear
+            interpolation across the gaps, a warning) instead of refused; the image then carries
+            what was done (:func:`gap_resampling`).
 
     Returns:
         3D ``sitkFloat32`` image, HU, with the file's origin, spacing and direction (LPS mm).
@@ -103,7 +108,7 @@ def read_ct(path: str | os.PathLike) -> sitk.Image:
     """
     path = Path(path)
     with _locale_kept():
-        image = _read_image(path)
+        image = _read_image(path, allow_gaps=allow_gaps)
     validate_ct(image, source=str(path))
     return sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
 
@@ -260,13 +265,13 @@ def _locale_kept():
             locale.setlocale(locale.LC_ALL, saved)
 
 
-def _read_image(path: Path) -> sitk.Image:
+def _read_image(path: Path, *, allow_gaps: bool = False) -> sitk.Image:
     check_name_encoding(path, what="input", error=InputError)
     if not path.exists():
         kind = "folder" if not path.suffix else "file"
         raise InputError(f"input {kind} {path} does not exist; check the path (and the current folder)")
     if path.is_dir():
-        return _read_dicom_folder(path)
+        return _read_dicom_folder(path, allow_gaps=allow_gaps)
     if not path.is_file():
         raise InputError(
             f"{path} is not a regular file (a pipe, socket or device); reading it could block forever. "
@@ -275,7 +280,7 @@ def _read_image(path: Path) -> sitk.Image:
     if full_suffix(path) in CT_FILE_SUFFIXES:
         return _read_image_file(path)
     if full_suffix(path) == ".dcm" or _is_dicom_file(path):
-        return _read_dicom_folder(path.parent, containing=path)
+        return _read_dicom_folder(path.parent, containing=path, allow_gaps=allow_gaps)
     raise InputError(
         f"{path} is not an image format spinect reads; give a DICOM folder or a "
         f"{', '.join(CT_FILE_SUFFIXES)} file"
@@ -304,6 +309,7 @@ def check_nifti_integrity(path: str | os.PathLike) -> None:
             header = stream.read(348)
         except (EOFError, OSError, gzip.BadGzipFile) as exc:
             raise _damaged(path, f"unreadable gzip data: {exc}") from exc
+    _check_nifti_header(path, header)
     needed = _nifti_data_end(header)
     if gz:
         from spinect.io.writing import check_gzip_stream
@@ -316,6 +322,44 @@ def check_nifti_integrity(path: str | os.PathLike) -> None:
         available = path.stat().st_size
     if needed is not None and available < needed:
         raise _damaged(path, f"the header announces {needed} bytes of data, the file holds {available}")
+
+
+_NIFTI1_MAGIC = (b"n+1\0", b"ni1\0")
+
+
+def _check_nifti_header(path: Path, header: bytes) -> None:
+    """Refuse header fields niftilib would silently replace or guess.
+
+    A voxel size (pixdim) of 0 or NaN is read as 1 mm; a header without the NIfTI magic is read as
+    ANALYZE 7.5, whose orientation is guessed; a header size other than NIfTI-1's 348 (or
+    NIfTI-2's 540) bytes means the file is not NIfTI or is damaged, yet niftilib may still read it.
+    """
+    if len(header) < 348:
+        raise _damaged(path, f"{len(header)} bytes, shorter than a NIfTI header (348 bytes)")
+    sizes = {struct.unpack(endian + "i", header[:4])[0]: endian for endian in "<>"}
+    if 540 in sizes:
+        return  # NIfTI-2: SimpleITK refuses it itself
+    if 348 not in sizes:
+        raise InputError(
+            f"cannot read {path}: its header size field is {struct.unpack('<i', header[:4])[0]}, not 348, so it is not a "
+            "NIfTI-1 file or its header is damaged. Export the image again as NIfTI"
+        )
+    endian = sizes[348]
+    if header[344:348] not in _NIFTI1_MAGIC:
+        raise InputError(
+            f"cannot read {path}: its header has no NIfTI magic ('n+1', found {header[344:348]!r}): it is an old "
+            "ANALYZE 7.5 file or a damaged one, whose orientation the reader would guess. Convert it to NIfTI "
+            "(3D Slicer, dcm2niix) or export it again"
+        )
+    dims = struct.unpack(endian + "8h", header[40:56])
+    pixdim = struct.unpack(endian + "8f", header[76:108])
+    spatial = [float(v) for v in pixdim[1 : 1 + min(max(dims[0], 0), 3)]]
+    if any(not math.isfinite(v) or v == 0.0 for v in spatial):
+        raise InputError(
+            f"{path} has voxel size {tuple(spatial)} mm in its header (pixdim), which the NIfTI reader would silently "
+            f"replace with 1 mm; spinect needs finite voxel sizes of {SPACING_LIMITS_MM[0]:g}-{SPACING_LIMITS_MM[1]:g} "
+            "mm. The file's header is wrong: export the image again"
+        )
 
 
 def _damaged(path: Path, why: str) -> InputError:
@@ -395,7 +439,7 @@ def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
     return None
 
 
-def _read_dicom_folder(folder: Path, *, containing: Path | None = None) -> sitk.Image:
+def _read_dicom_folder(folder: Path, *, containing: Path | None = None, allow_gaps: bool = False) -> sitk.Image:
     for entry in folder.iterdir():  # GDCM lists every name; SimpleITK aborts on non-UTF-8 ones
         check_name_encoding(entry, what="file", error=InputError)
     series = _find_dicom_series(folder)
@@ -406,7 +450,7 @@ def _read_dicom_folder(folder: Path, *, containing: Path | None = None) -> sitk.
             "(or a NIfTI/NRRD file)"
         )
     chosen = _choose_series(series, folder, containing)
-    return _read_dicom_series(chosen, folder)
+    return _read_dicom_series(chosen, folder, allow_gaps=allow_gaps)
 
 
 def dicom_series_files(path: str | os.PathLike) -> tuple[str, ...] | None:
@@ -575,7 +619,7 @@ def _dicom_tags(file: str) -> dict[str, str] | None:
     return {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
 
 
-def _read_dicom_series(series: _DicomSeries, folder: Path) -> sitk.Image:
+def _read_dicom_series(series: _DicomSeries, folder: Path, *, allow_gaps: bool = False) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
     reader.SetOutputPixelType(sitk.sitkFloat32)  # rescale slope/intercept applied in float
@@ -590,8 +634,8 @@ def _read_dicom_series(series: _DicomSeries, folder: Path) -> sitk.Image:
             "and give that file"
         ) from exc
     logger.info("read %s: %s", folder, image_info(image))
-    _check_slices(reader, image, folder)
-    return image
+    gaps = _check_slices(reader, image, folder, allow_gaps=allow_gaps)
+    return image if gaps is None else _resample_evenly(image, gaps, folder)
 
 
 def _refuse_mixed_sizes(series: _DicomSeries, folder: Path) -> None:
@@ -615,8 +659,13 @@ DUPLICATE_SLICE_MM = 0.01
 MISSING_SLICE_FACTOR = 1.5
 
 
-def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path, *,
+                  allow_gaps: bool = False) -> _SliceGaps | None:
     """Refuse a stack whose grid would be wrong; warn when the slice spacing varies a little.
+
+    Returns:
+        None, or with ``allow_gaps`` the slice positions of a series with missing slices (to be
+        resampled by :func:`_resample_evenly`).
 
     Raises:
         InputError: slices with different orientations, slices at one position (duplicates),
@@ -635,6 +684,7 @@ def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Pat
                 f"{'is' if len(odd) == 1 else 'are'} not oriented like {names[0]}: a localizer or a reformatted "
                 "slice?); stacking them would give a wrong volume. Give a folder holding only the axial CT series"
             )
+    _check_pixel_spacing(reader, names, folder)
     positions = [_floats(reader.GetMetaData(i, _TAG_POSITION), 3) if reader.HasMetaDataKey(i, _TAG_POSITION)
                  else None for i in range(count)]
     if count < 2 or any(p is None for p in positions):
@@ -660,10 +710,13 @@ def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Pat
     missing = np.flatnonzero(gaps_mm > MISSING_SLICE_FACTOR * usual_mm)
     if missing.size:
         where = "; ".join(f"{gaps_mm[i]:.3g} mm between {names[i]} and {names[i + 1]}" for i in missing[:5])
+        if allow_gaps:
+            return _SliceGaps(along=along, first_position=positions[0], usual_mm=usual_mm, where=where,
+                              gaps=[(names[i], names[i + 1], float(gaps_mm[i])) for i in missing])
         raise InputError(
             f"DICOM {folder}: slices are missing (gap of {where}, where the slices are {usual_mm:.3g} mm apart); "
             "stacking the rest would put every later slice in the wrong place. Copy or export the complete "
-            "series again"
+            "series again, or add --allow-gaps to resample it onto an even grid (interpolating across the gap)"
         )
     deviation_mm = float(np.max(np.abs(gaps_mm - image.GetSpacing()[2])))
     if count >= 3 and deviation_mm > max(0.1 * image.GetSpacing()[2], 0.01):
@@ -672,6 +725,92 @@ def _check_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Pat
             "%.3g mm, so positions along the slice axis are off by up to %.3g mm",
             folder, gaps_mm.min(), gaps_mm.max(), image.GetSpacing()[2], deviation_mm,
         )
+
+
+#: Metadata key of a CT resampled across missing slices (:func:`gap_resampling`).
+GAP_RESAMPLING_KEY = "spinect.gap_resampling"
+
+
+@dataclass(frozen=True)
+class _SliceGaps:
+    """A DICOM series with missing slices: slice k lies at ``along[k]`` mm along the image's normal."""
+
+    along: np.ndarray
+    first_position: np.ndarray
+    usual_mm: float
+    where: str
+    gaps: list[tuple[str, str, float]]
+
+
+def gap_resampling(image: sitk.Image) -> dict | None:
+    """What :func:`read_ct` with ``allow_gaps`` did to ``image`` (a JSON-ready dict), or None."""
+    import json
+
+    return json.loads(image.GetMetaData(GAP_RESAMPLING_KEY)) if image.HasMetaDataKey(GAP_RESAMPLING_KEY) else None
+
+
+def _resample_evenly(image: sitk.Image, gaps: _SliceGaps, folder: Path) -> sitk.Image:
+    """Put the slices of a series with missing slices on an even grid from its first to its last slice.
+
+    Each new slice is interpolated linearly between the two acquired slices around it (inside a gap,
+    between the slices on either side: anatomy there is guessed). The spacing is the usual one,
+    adjusted so that the first and last acquired slices stay on the grid.
+    """
+    import json
+
+    array = sitk.GetArrayViewFromImage(image)  # (z, y, x), slice k at gaps.along[k]
+    sign = 1.0 if gaps.along[-1] > gaps.along[0] else -1.0
+    relative = (gaps.along - gaps.along[0]) * sign  # increasing from 0
+    count = int(round(relative[-1] / gaps.usual_mm)) + 1
+    step = float(relative[-1] / (count - 1))
+    targets = np.arange(count) * step
+    upper = np.clip(np.searchsorted(relative, targets, side="right"), 1, len(relative) - 1)
+    lower = upper - 1
+    weight = np.clip((targets - relative[lower]) / (relative[upper] - relative[lower]), 0.0, 1.0).astype(np.float32)
+    resampled = np.empty((count, *array.shape[1:]), np.float32)
+    for k in range(count):  # slice by slice: no (count, y, x) temporaries
+        resampled[k] = array[lower[k]] * (1.0 - weight[k]) + array[upper[k]] * weight[k]
+    wide = (relative[upper] - relative[lower]) > MISSING_SLICE_FACTOR * gaps.usual_mm
+    guessed = int(np.count_nonzero(wide & (weight > 1e-6) & (weight < 1 - 1e-6)))
+    out = sitk.GetImageFromArray(resampled)
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3).copy()
+    direction[:, 2] *= sign
+    out.SetDirection(direction.ravel().tolist())
+    out.SetOrigin(tuple(float(v) for v in gaps.first_position))
+    out.SetSpacing((*image.GetSpacing()[:2], step))
+    note = {
+        "reason": "DICOM series with missing slices, read with --allow-gaps",
+        "folder": str(folder),
+        "gaps": [{"between": [a, b], "gap_mm": round(mm, 4)} for a, b, mm in gaps.gaps],
+        "acquired_slices": int(len(gaps.along)),
+        "resampled_slices": count,
+        "slice_spacing_mm": round(step, 6),
+        "interpolated_across_gaps": guessed,
+        "method": "linear interpolation along the slice normal between the nearest acquired slices",
+    }
+    out.SetMetaData(GAP_RESAMPLING_KEY, json.dumps(note))
+    logger.warning(
+        "DICOM %s: slices are missing (gap of %s, where the slices are %.3g mm apart); --allow-gaps: resampled %d "
+        "slices onto %d evenly spaced ones (%.4g mm), %d of them interpolated across the gap(s): the anatomy there is "
+        "GUESSED, labels in the gap are unreliable. Recorded in the output's provenance",
+        folder, gaps.where, gaps.usual_mm, len(gaps.along), count, step, guessed,
+    )
+    return out
+
+
+def _check_pixel_spacing(reader: sitk.ImageSeriesReader, names: list[str], folder: Path) -> None:
+    """Refuse a PixelSpacing (0028,0030) that is 0, negative or not two numbers: GDCM reads such slices as 1 mm."""
+    for i, name in enumerate(names):
+        if not reader.HasMetaDataKey(i, _TAG_PIXEL_SPACING):
+            continue  # absent: check_geometry judges the spacing GDCM chose
+        text = reader.GetMetaData(i, _TAG_PIXEL_SPACING)
+        values = _floats(text, 2)
+        if values is None or not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise InputError(
+                f"DICOM {folder}: {name} has Pixel Spacing {text.strip()!r}, which is not two voxel sizes > 0 mm; the "
+                "reader would silently use 1 mm and the segmentation would have the wrong size. Export the series "
+                "again from the scanner or PACS"
+            )
 
 
 def _is_dicom_file(path: Path) -> bool:

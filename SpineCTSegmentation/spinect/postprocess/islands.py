@@ -141,52 +141,148 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     qualified |= _tubular(components, boxes, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
                           min_elongation=tube_elongation)
     qualified[0] = qualified[main] = False
-    spacing_mm = np.asarray(spacing, dtype=float)
+    pieces = _NervePieces(components, boxes, main, np.asarray(spacing, dtype=float), max_distance_mm)
+    # Chains: the pieces other than the main one, joined when their closest voxels lie within
+    # ``max_distance_mm`` (the graph is built once; a chain is one of its connected components).
+    chain = pieces.chains()
     keep = np.zeros(count + 1, dtype=bool)
     keep[main] = True  # the main component anchors even when small
-    others = (components > 0) & (components != main)
-    owner = components[others]
-    points = np.argwhere(others) * spacing_mm
     # A qualified piece anchors, with the fragments chained to it, when that chain is a root the field
     # of view cut off from the sac: some piece of it reaches the image edge and some lies near bone
-    # (a root predicted as a dotted line may reach the edge with a small fragment only).
-    for index in np.flatnonzero(qualified):
-        if keep[index]:
-            continue
-        own = owner == index
-        members = np.append(_reach(points[own], points[~own], owner[~own], max_distance_mm), index)
-        pieces = [(components[boxes[m - 1]] == m, boxes[m - 1]) for m in members]
-        if detached.cut_by_edge(pieces, offset):
+    # (a root predicted as a dotted line may reach the edge with a small fragment only). Each chain
+    # with a qualified piece is tested once.
+    order = np.argsort(chain, kind="stable")
+    bounds = np.searchsorted(chain[order], np.arange(count + 2))
+    for c in np.unique(chain[qualified]):
+        members = order[bounds[c]:bounds[c + 1]]
+        if detached.cut_by_edge([boxes[m - 1] for m in members],
+                                lambda i, members=members: components[boxes[members[i] - 1]] == members[i], offset):
             keep[members] = True
-    small = ~keep[owner]
-    if small.any():
-        # Kept pieces grow outwards: a small piece within ``max_distance_mm`` of a kept one is kept,
-        # then pieces near it, and so on -- a root predicted as a dotted line of fragments stays
-        # whole, while islands far from all of them go.
-        frontier = np.concatenate([_nearest_candidates(components == main) * spacing_mm, points[~small]])
-        keep[_reach(frontier, points[small], owner[small], max_distance_mm)] = True
+    # Kept pieces grow outwards: a piece within ``max_distance_mm`` of a kept one is kept, then pieces
+    # near it, and so on -- a root predicted as a dotted line of fragments stays whole, while islands
+    # far from all of them go. A chain is kept or not as a whole, so what is left to grow from is the
+    # main component: the chains that come within ``max_distance_mm`` of it are kept.
+    keep[np.isin(chain, chain[pieces.near_main()])] = True
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
                    f"nerve piece > {max_distance_mm:g} mm from every kept nerve piece (the dural sac/main nerve, "
                    "root pieces cut off by the edge of the image near bone, and the fragments chained to them)")
 
 
-def _reach(frontier: np.ndarray, points: np.ndarray, owner: np.ndarray, max_distance_mm: float) -> np.ndarray:
-    """Ids of the pieces reached from ``frontier`` (mm), chaining piece to piece within ``max_distance_mm``.
+class _NervePieces:
+    """The nerve pieces other than the main one, their voxels (mm) and their "within d" graph.
 
-    ``points`` (mm) are the voxels of the candidate pieces and ``owner`` their piece ids. Distances
-    by KD-trees over each round's newly reached pieces, queried with the unreached voxels only.
+    Linear in the number of pieces: candidate pairs come from a grid of cells about ``d`` wide over
+    the pieces' bounding boxes (two pieces closer than ``d`` have boxes in the same or neighbouring
+    cells), are filtered by the distance between their boxes, and only then tested exactly with a
+    KD-tree query bounded by ``d``; a pair already joined through other pieces is not tested.
     """
-    reached_all: list[np.ndarray] = []
-    while len(frontier) and len(points):
-        distance = cKDTree(frontier).query(points, distance_upper_bound=max_distance_mm * 1.001, workers=-1)[0]
-        reached = np.unique(owner[distance <= max_distance_mm])
-        if len(reached) == 0:
-            break
-        reached_all.append(reached)
-        joined = np.isin(owner, reached)
-        frontier, points, owner = points[joined], points[~joined], owner[~joined]
-    return np.concatenate(reached_all) if reached_all else np.zeros(0, dtype=np.int64)
+
+    def __init__(self, components, boxes, main, spacing_mm, max_distance_mm) -> None:
+        self.components, self.main, self.spacing, self.d = components, main, spacing_mm, float(max_distance_mm)
+        self.count = len(boxes)
+        self.box_start = np.array([[sl.start for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
+        self.box_stop = np.array([[sl.stop for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
+        # Voxels of every piece but the main one, grouped by piece id (one pass over the labelled box).
+        flat = np.flatnonzero(components)
+        owner = components.ravel()[flat]
+        other = owner != main
+        flat, owner = flat[other], owner[other]
+        order = np.argsort(owner, kind="stable")
+        self.owner = owner[order]
+        self.points = np.stack(np.unravel_index(flat[order], components.shape), axis=1) * spacing_mm
+        self.first = np.searchsorted(self.owner, np.arange(self.count + 2))
+        self._trees: dict[int, cKDTree] = {}
+
+    def voxels(self, piece: int) -> np.ndarray:
+        return self.points[self.first[piece]:self.first[piece + 1]]
+
+    def _tree(self, piece: int) -> cKDTree:
+        tree = self._trees.get(piece)
+        if tree is None:
+            tree = self._trees[piece] = cKDTree(self.voxels(piece))
+        return tree
+
+    def _box_gap_mm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Distance (mm) between the voxel centres' boxes of pieces ``a`` and ``b`` (ids, arrays)."""
+        gap = np.maximum(0, np.maximum(self.box_start[a - 1] - (self.box_stop[b - 1] - 1),
+                                       self.box_start[b - 1] - (self.box_stop[a - 1] - 1)))
+        return np.sqrt(((gap * self.spacing) ** 2).sum(axis=1))
+
+    def _candidate_pairs(self) -> np.ndarray:
+        """(K, 2) piece id pairs (i < j, main excluded) whose boxes lie within ``d``."""
+        ids = np.array([i for i in range(1, self.count + 1) if i != self.main], dtype=np.int64)
+        if len(ids) < 2:
+            return np.zeros((0, 2), dtype=np.int64)
+        cell = np.maximum(1, np.ceil(self.d / self.spacing)).astype(np.int64)  # voxels per cell and axis
+        lo, hi = self.box_start[ids - 1] // cell, (self.box_stop[ids - 1] - 1) // cell
+        # Each piece is registered in the cells its box covers and looks in those and their neighbours.
+        span = int(hi.max()) + 3  # cells per axis, with -1 and hi + 1
+        reg_piece, reg_cell = _cells(ids, lo, hi, span)
+        look_piece, look_cell = _cells(ids, lo - 1, hi + 1, span)
+        order = np.argsort(reg_cell, kind="stable")
+        reg_cell, reg_piece = reg_cell[order], reg_piece[order]
+        left, right = np.searchsorted(reg_cell, look_cell, "left"), np.searchsorted(reg_cell, look_cell, "right")
+        n = right - left
+        a = np.repeat(look_piece, n)
+        b = reg_piece[np.repeat(right - n.cumsum(), n) + np.arange(int(n.sum()))] if n.sum() else a
+        pairs = np.unique(np.stack([a, b], axis=1)[a < b], axis=0)
+        if len(pairs) == 0:
+            return pairs.reshape(0, 2)
+        return pairs[self._box_gap_mm(pairs[:, 0], pairs[:, 1]) <= self.d * 1.001]
+
+    def _close(self, a: int, b: int) -> bool:
+        """True when some voxel of piece ``a`` lies within ``d`` of some voxel of piece ``b``."""
+        if self.first[a + 1] - self.first[a] > self.first[b + 1] - self.first[b]:
+            a, b = b, a  # query the smaller piece's voxels against the larger one's tree
+        distance = self._tree(b).query(self.voxels(a), distance_upper_bound=self.d * 1.001)[0]
+        return bool((distance <= self.d).any())
+
+    def chains(self) -> np.ndarray:
+        """Chain id per component id: connected components of the "within d" graph (union-find).
+
+        Background and the main component get ids of their own, which no other piece shares.
+        """
+        parent = np.arange(self.count + 1)
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for a, b in self._candidate_pairs().tolist():
+            ra, rb = root(a), root(b)
+            if ra != rb and self._close(a, b):
+                parent[max(ra, rb)] = min(ra, rb)
+        return np.array([root(i) for i in range(self.count + 1)])
+
+    def near_main(self) -> np.ndarray:
+        """Ids of the pieces with a voxel within ``d`` of the main component (bounded KD-tree query)."""
+        ids = np.array([i for i in range(1, self.count + 1) if i != self.main], dtype=np.int64)
+        if len(ids) == 0:
+            return ids
+        ids = ids[self._box_gap_mm(ids, np.full_like(ids, self.main)) <= self.d * 1.001]
+        if len(ids) == 0:
+            return ids
+        box = tuple(slice(int(s), int(e)) for s, e in zip(self.box_start[self.main - 1], self.box_stop[self.main - 1]))
+        targets = (_nearest_candidates(self.components[box] == self.main) + self.box_start[self.main - 1]) * self.spacing
+        near = np.isin(self.owner, ids)
+        distance = cKDTree(targets).query(self.points[near], distance_upper_bound=self.d * 1.001, workers=-1)[0]
+        return np.unique(self.owner[near][distance <= self.d])
+
+
+def _cells(ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """(piece id, cell key) for every cell of each piece's cell range [lo, hi] (inclusive, 3 axes)."""
+    extent = hi - lo + 1
+    n = extent.prod(axis=1)
+    piece = np.repeat(ids, n)
+    local = np.arange(int(n.sum())) - np.repeat(n.cumsum() - n, n)
+    ext = np.repeat(extent, n, axis=0)
+    z, rest = np.divmod(local, ext[:, 1] * ext[:, 2])
+    y, x = np.divmod(rest, ext[:, 2])
+    cz, cy, cx = (np.repeat(lo, n, axis=0) + np.stack([z, y, x], axis=1) + 1).T  # + 1: keys of cell -1 stay >= 0
+    return piece, (cz * span + cy) * span + cx
 
 
 class _DetachedRootTest:
@@ -203,17 +299,18 @@ class _DetachedRootTest:
         self.edge_voxels, self.max_bone_mm = int(edge_voxels), float(max_bone_mm)
         self.grow = np.ceil(self.max_bone_mm / self.spacing).astype(int)
 
-    def cut_by_edge(self, pieces, offset: Sequence[int]) -> bool:
-        """True when some of ``pieces`` reaches the edge and some lies near bone.
+    def cut_by_edge(self, boxes, mask_of, offset: Sequence[int]) -> bool:
+        """True when some of a chain's pieces reaches the edge and some lies near bone.
 
-        ``pieces``: (mask, box) pairs, boxes in a region of the volume whose first voxel is ``offset``.
+        ``boxes``: the pieces' boxes in a region of the volume whose first voxel is ``offset``;
+        ``mask_of(i)``: piece ``i``'s mask in its box, asked for only when the edge test passes.
         """
-        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)) for _, box in pieces]
+        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)) for box in boxes]
         shape = self.labels.shape
         if not any(any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape))
                    for box in boxes):
             return False
-        return any(self._near_bone(mask, box) for (mask, _), box in zip(pieces, boxes))
+        return any(self._near_bone(mask_of(i), box) for i, box in enumerate(boxes))
 
     def _near_bone(self, mask: np.ndarray, box: tuple[slice, ...]) -> bool:
         shape = self.labels.shape

@@ -105,9 +105,10 @@ class TrainingConfig:
     init: Path | None = None
     classes: str = "spinect"
     early_nerve_weight: float = 20.0
-    #: With ``init``: take the grid (spacing) from the init model (True) or keep ``spacing_zyx_mm``
-    #: (False: e.g. a coarse level model started from the 1 mm default model's weights).
-    spacing_from_init: bool = True
+    #: With ``init``: take the grid (spacing, patch) from the init model (True) or keep this config's
+    #: ``spacing_zyx_mm``, ``patch_size_zyx`` and ``stride_zyx`` (False: e.g. a coarse level model
+    #: with a large window, started from the 1 mm default model's weights).
+    grid_from_init: bool = True
 
     @property
     def total_iterations(self) -> int:
@@ -205,13 +206,13 @@ def _apply_init_model(config: TrainingConfig) -> tuple[dict[str, torch.Tensor], 
     config.base_width = int(arch.get("base_width", config.base_width))
     config.levels = int(arch.get("levels", config.levels))
     config.norm = str(arch.get("norm", config.norm))
-    if config.spacing_from_init:
+    if config.grid_from_init:
         config.spacing_zyx_mm = tuple(float(v) for v in plan.spacing_zyx_mm)
-    elif tuple(config.spacing_zyx_mm) != tuple(plan.spacing_zyx_mm):
-        log.info("fine-tuning on a %s mm grid; %s was trained on %s mm", tuple(config.spacing_zyx_mm), config.init,
-                 tuple(plan.spacing_zyx_mm))
+        config.patch_size_zyx = tuple(int(v) for v in plan.patch_size_zyx)
+    else:
+        log.info("fine-tuning on a %s mm grid with %s-voxel windows; %s was trained on %s mm, %s", tuple(config.spacing_zyx_mm),
+                 tuple(config.patch_size_zyx), config.init, tuple(plan.spacing_zyx_mm), tuple(plan.patch_size_zyx))
     config.hu_window = tuple(float(v) for v in plan.hu_window)
-    config.patch_size_zyx = tuple(int(v) for v in plan.patch_size_zyx)
     log.info("fine-tuning from %s (base width %d, %d levels)", config.init, config.base_width, config.levels)
     return weights, (float(plan.intensity_mean), float(plan.intensity_std))
 
