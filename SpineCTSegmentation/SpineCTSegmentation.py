@@ -36,10 +36,13 @@ from SpineCTSegmentationLib.options import DEFAULT_SMOOTHING_MM, Device, Existin
 from SpineCTSegmentationLib.pipeline import SegmentationJob
 from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS, SEGMENTS
 from SpineCTSegmentationLib.triangles import (
+    REMEASURE_DELAY_S,
+    LiveMeasureScheduler,
     TriangleInputs,
     TrianglesJob,
     apply_camera,
     control_points_ras,
+    placement_plan,
     update_window_nodes,
     write_table_csv,
 )
@@ -127,7 +130,7 @@ def modelPathOrNone(path: pathlib.Path) -> Optional[pathlib.Path]:
 
 class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     POLL_INTERVAL_MS = 200
-    REMEASURE_DELAY_MS = 600
+    REMEASURE_DELAY_MS = int(REMEASURE_DELAY_S * 1000)
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -141,12 +144,14 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPollJob)
-        # Triangles: one backend run at a time; slider moves re-measure after a pause.
+        # Triangles: one backend run at a time; point drags and slider moves re-measure after a
+        # pause (LiveMeasureScheduler decides; the QTimers only wake it up).
         self._triangleJob = None
         self._triangleMode = None
         self._triangleReport = None
         self._triangleTable = None
-        self._triangleRerun = False
+        self._liveScheduler = LiveMeasureScheduler()
+        self._observedPointList = None
         self._placingNode = None
         self._placingCount = 0
         self._triangleTimer = qt.QTimer()
@@ -177,6 +182,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.squareEndplateButton.connect("clicked(bool)", self.onSquareEndplate)
         self.ui.optimizeButton.connect("clicked(bool)", self.onOptimize)
         self.ui.exportTableButton.connect("clicked(bool)", self.onExportTable)
+        self.ui.reportButton.connect("clicked(bool)", self.onWriteReport)
         self.ui.thetaSliderWidget.connect("valueChanged(double)", self.onViewAngleChanged)
         self.ui.phiSliderWidget.connect("valueChanged(double)", self.onViewAngleChanged)
         reviewView = self.ui.reviewTableView  # a QTableView: Qt's connect/selectionModel are inherited
@@ -221,6 +227,9 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._triangleJob.cleanup()
             self._triangleJob = None
         self.stopPlacing()
+        self.observePointList(None)
+        self._liveScheduler.finished()
+        self._liveScheduler.reset()
         self.logic.cleanupTriangles()
         self._triangleReport = None
         self._triangleMode = None
@@ -267,6 +276,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.optimizeButton.enabled = canMeasure and self._triangleMode is not None
         self.ui.squareEndplateButton.enabled = self._triangleReport is not None
         self.ui.exportTableButton.enabled = self._triangleReport is not None
+        self.ui.reportButton.enabled = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
 
     # Segmentation
 
@@ -391,10 +401,29 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         return node
 
     def startPlacing(self, node, count: int, mode: TriangleMode) -> None:
-        """Place ``count`` points in ``node`` (3D view clicks snap to the visible surface)."""
+        """Place ``count`` points in ``node`` (3D view clicks snap to the visible surface).
+
+        Points already in the list are kept (a list with some points gets the missing ones
+        appended); a complete list is replaced only when the user says so, else it is measured
+        as it is (dragged points stay where they were dragged).
+        """
         self.stopPlacing()
-        node.RemoveAllControlPoints()
-        self._placingNode, self._placingCount, self._triangleMode = node, count, mode
+        defined = node.GetNumberOfDefinedControlPoints()
+        replace = defined >= count and slicer.util.confirmYesNoDisplay(
+            _("'{name}' already has {defined} point(s). Replace them with {count} new click(s)?\n\n"
+              "No keeps them: drag them in the 3D view to move them.").format(name=node.GetName(), defined=defined, count=count))
+        plan = placement_plan(defined, count, replace=replace)
+        self._triangleMode = mode
+        self._liveScheduler.reset(required_points=count)
+        if plan.remove_existing:
+            node.RemoveAllControlPoints()
+        if plan.to_place == 0:
+            self.setStatus(plan.message)
+            if plan.measure_now:
+                self.measureTriangles()
+            return
+        self._placingNode, self._placingCount = node, count
+        self._liveScheduler.placing = True
         self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
         markupsLogic = slicer.util.getModuleLogic("Markups")
         markupsLogic.SetActiveList(node)
@@ -403,10 +432,33 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.setStatus(_("Click {count} point(s) on the bone/nerve surfaces in the 3D view: {labels}").format(count=count, labels=labels))
 
     def stopPlacing(self) -> None:
+        self._liveScheduler.placing = False
         if self._placingNode is not None:
             self.removeObserver(self._placingNode, self._placingNode.PointPositionDefinedEvent, self.onPointPlaced)
             self._placingNode = None
             slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+
+    def observePointList(self, node) -> None:
+        """Re-measure when a point of ``node`` (the list being measured) is dragged; None: stop."""
+        old = self._observedPointList
+        if old is node:
+            return
+        if old is not None:
+            self.removeObserver(old, old.PointModifiedEvent, self.onTrianglePointModified)
+            self.removeObserver(old, old.PointRemovedEvent, self.onTrianglePointModified)
+        self._observedPointList = node
+        if node is not None:
+            self.addObserver(node, node.PointModifiedEvent, self.onTrianglePointModified)
+            self.addObserver(node, node.PointRemovedEvent, self.onTrianglePointModified)
+
+    def onTrianglePointModified(self, caller, event) -> None:
+        """A point was dragged (Slicer sends many events per drag): measure once it rests."""
+        if self._triangleMode not in (TriangleMode.POINTS, TriangleMode.SEED):
+            return
+        if self._liveScheduler.points_changed(control_points_ras(caller)):
+            if self._triangleReport is not None:
+                self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(self._triangleReport, stale=True)
+            self._remeasureTimer.start()
 
     def onPointPlaced(self, caller, event) -> None:
         node = caller
@@ -432,8 +484,11 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         """Run the backend for the current mode and view (queued if a run is going on)."""
         if self._triangleMode is None:
             return
-        if self._triangleJob is not None:
-            self._triangleRerun = not optimize
+        if self._triangleJob is not None:  # queued (Optimize too), run with the latest points after this one
+            if optimize:
+                self._liveScheduler.request_optimize()
+            else:
+                self._liveScheduler.view_changed()
             return
         params = self._parameterNode
         if self._triangleMode == TriangleMode.POINTS:
@@ -442,12 +497,19 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             node = self.trianglePointList("Kambin seed", "seed")
         else:
             node = None
+        self.observePointList(node)
         with slicer.util.tryWithErrorDisplay(_("Could not start the triangle measurement."), waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay,
+                                                 requirements=dependencies.TRIANGLE_REQUIREMENTS, includeTorch=False):
+                self.setStatus(_("Python packages were not installed; nothing was measured."))
+                return
+            positions = control_points_ras(node) if node is not None else None
             self._triangleJob = self.logic.startTriangles(
                 params.outputSegmentation, params.inputVolume, level=params.triangleLevel, side=params.triangleSide,
                 mode=self._triangleMode, pointsNode=node, structuresVolume=params.structuresVolume,
                 thetaDeg=params.thetaDeg, phiDeg=params.phiDeg, optimize=optimize,
             )
+            self._liveScheduler.started(positions)
             self.setStatus(_("Searching the best view (about a minute)...") if optimize else _("Measuring..."))
             self._triangleTimer.start()
         self.updateButtons()
@@ -484,10 +546,10 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self.setStatus(_("Triangle measured."))
         finally:
             job.cleanup()
+            self._liveScheduler.finished()
             self.updateButtons()
-            if self._triangleRerun:
-                self._triangleRerun = False
-                self.measureTriangles()
+            if self._liveScheduler.waiting:  # points moved or Optimize clicked during the run
+                self._remeasureTimer.start()
 
     def onViewAngleChanged(self, value) -> None:
         """Move the camera now; measure again once the slider rests."""
@@ -498,16 +560,22 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         with slicer.util.tryWithErrorDisplay(_("Could not move the 3D view."), waitCursor=False):
             self.logic.lookAlongView(self._triangleReport, theta, phi)
         self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(self._triangleReport, stale=True)
+        self._liveScheduler.view_changed()
         self._remeasureTimer.start()
 
     def onRemeasure(self) -> None:
-        self.measureTriangles()
+        """The quiet time after a drag or slider move passed, or a run ended: start what is due."""
+        action = self._liveScheduler.due()
+        if action is not None:
+            self.measureTriangles(optimize=action == "optimize")
+        elif self._liveScheduler.waiting and self._triangleJob is None:
+            self._remeasureTimer.start()  # woke up early: wait out the rest of the quiet time
 
     def onSquareEndplate(self) -> None:
         self._parameterNode.phiDeg = 0.0  # the endplate projects to a line
 
     def onOptimize(self) -> None:
-        self.measureTriangles(optimize=True)
+        self.measureTriangles(optimize=True)  # queued, not dropped, while a measurement runs
 
     def onExportTable(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export triangle measurements"),
@@ -516,6 +584,17 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self.logic.exportTableCsv(self._triangleTable, path)
+            self.setStatus(_("Wrote {path}").format(path=written))
+
+    def onWriteReport(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Write case report"),
+                                              "spinect_report.html", _("HTML pages (*.html)"))
+        if not path:
+            return
+        params = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not write the report."), waitCursor=True):
+            measurements = [self._triangleReport] if self._triangleReport is not None else []
+            written = self.logic.writeReport(params.outputSegmentation, params.inputVolume, path, measurements=measurements)
             self.setStatus(_("Wrote {path}").format(path=written))
 
     # Export for training
@@ -561,9 +640,14 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
             return candidate
         raise RuntimeError("PythonSlicer executable not found; reinstall Slicer")
 
-    def ensureDependencies(self, confirm=slicer.util.confirmOkCancelDisplay) -> bool:
-        """Install PyTorch, MONAI and the other backend packages after ``confirm(message)``."""
-        return dependencies.ensure_dependencies(confirm=confirm)
+    def ensureDependencies(self, confirm=slicer.util.confirmOkCancelDisplay, *, requirements=None,
+                           includeTorch: bool = True) -> bool:
+        """Install PyTorch, MONAI and the other backend packages after ``confirm(message)``.
+
+        ``requirements``/``includeTorch``: a subset, e.g. ``dependencies.TRIANGLE_REQUIREMENTS``
+        without PyTorch for the triangle tool (which never imports torch).
+        """
+        return dependencies.ensure_dependencies(confirm=confirm, requirements=requirements, include_torch=includeTorch)
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
                           uncertainty=False, keepIslands=False, wholeVolume=False, levels=False):
@@ -690,6 +774,15 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def exportTableCsv(tableNode, path) -> pathlib.Path:
         return write_table_csv(tableNode, path)
+
+    def writeReport(self, segmentationNode, volumeNode, path, *, measurements=(), pdfPath=None) -> pathlib.Path:
+        """One HTML page for the case (``spinect report``): segment volumes, the given triangle
+        measurements (the backend's JSON reports), provenance and the synthetic-training notice."""
+        from SpineCTSegmentationLib.report import write_case_report
+
+        return write_case_report(segmentationNode, volumeNode, path, python_executable=self.pythonSlicerExecutable(),
+                                 base_env=slicer.util.startupEnvironment(), measurements=measurements,
+                                 pdf_path=pdfPath, work_dir=slicer.app.temporaryPath)
 
     @staticmethod
     def lookAlongView(report, thetaDeg: float, phiDeg: float, *, parallelScaleMm: float = 40.0) -> None:

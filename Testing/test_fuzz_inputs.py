@@ -206,6 +206,15 @@ def _each_slice(**tags):
     return edit
 
 
+def _without_pixel_spacing(files):
+    import pydicom
+
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(f)
+
+
 def _two_gaps(files):
     files[1].unlink()
     files[3].unlink()
@@ -344,6 +353,7 @@ CASES = {
     "dicom one slice": (_dicom_case(_one_slice_left), 3, ("2D",)),
     "dicom no image files": (_dicom_case(_only_non_dicom), 3, ("no DICOM image series",)),
     "dicom pixel spacing 0": (_dicom_case(_each_slice(PixelSpacing=[0, 0])), 3, ("voxel size",)),
+    "dicom pixel spacing missing": (_dicom_case(_without_pixel_spacing), 3, ("no Pixel Spacing", "1 mm")),
     "dicom pixel spacing 50 mm": (_dicom_case(_each_slice(PixelSpacing=[50, 50])), 3, ("voxel size",)),
     "dicom stored without rescale": (_dicom_case(_each_slice(RescaleIntercept=1024)), 3, ("does not look like a CT",)),
     # options

@@ -81,6 +81,19 @@ def test_api_refuses_too(wide_case, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_huge_ct_is_refused_from_its_header_before_its_voxels_are_read(wide_case, tmp_path, monkeypatch):
+    import spinect.io
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the voxels were read before the size check")
+
+    monkeypatch.setattr(spinect.io, "read_ct", no_read)
+    ct, model = wide_case
+    with pytest.raises(SpinectError, match=r"GiB of working memory"):
+        api.segment(ct, tmp_path / "labels.nii.gz", model=model, device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bound", ["MAX_MEMORY_BYTES", "MAX_WINDOWS"])
 def test_force_overrides_the_bound_with_a_warning(tmp_path, synthetic_ct_path, tiny_model, monkeypatch, caplog, capsys,
                                                   bound):

@@ -653,3 +653,26 @@ def test_levels_run_adds_level_segments_and_never_replaces_a_users_level_segment
     assert (levels_written == 1).any() and np.all(labels_written[levels_written > 0] == 1)
     for spec in LEVEL_SEGMENTS:
         assert result.GetSegmentation().GetSegment(spec.segment_id).GetTerminology() == terminology_entry(spec)
+
+
+def test_write_report_gives_every_segments_volume_and_leaves_no_temp_files(slicer, ct_and_labels, tmp_path):
+    from SpineCTSegmentationLib.mrml_io import import_labelmap_segments
+    from SpineCTSegmentationLib.report import ReportFailed, write_case_report
+
+    ct, labelmap, labels = ct_and_labels
+    node = import_labelmap_segments(labelmap, None, reference_volume=ct, closed_surfaces=False)
+    page = write_case_report(node, ct, tmp_path / "case.html", python_executable=sys.executable,
+                             base_env=dict(os.environ), work_dir=tmp_path, case_id="case 7")
+    html = page.read_text(encoding="utf-8")
+    voxel_mm3 = 0.8 * 0.9 * 2.0  # the CT's grid (_oblique_image)
+    for value in (1, 2):
+        voxels = int(np.count_nonzero(labels == value))
+        assert f"{voxels:,}" in html and f"{voxels * voxel_mm3 / 1000:.2f}" in html
+    assert "case 7" in html and "synthetic" in html.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.html"]  # the private folder is gone
+    with pytest.raises(ValueError, match=r"\.html"):
+        write_case_report(node, ct, tmp_path / "case.pdf", python_executable=sys.executable, base_env=dict(os.environ))
+    with pytest.raises(ReportFailed, match="triangle|measurement|JSON|json"):
+        write_case_report(node, ct, tmp_path / "bad.html", python_executable=sys.executable, base_env=dict(os.environ),
+                          measurements=[{"not": "a measurement"}], work_dir=tmp_path)
+    assert not (tmp_path / "bad.html").exists()

@@ -25,6 +25,7 @@ __all__ = [
     "PROTECTED_PACKAGES",
     "TORCH_REQUIREMENT",
     "EXPORT_REQUIREMENTS",
+    "TRIANGLE_REQUIREMENTS",
     "read_requirements",
     "find_missing",
     "torch_installed",
@@ -43,6 +44,11 @@ TORCH_REQUIREMENT = ">=2.1"
 #: What "Export for training" needs in Slicer's Python besides numpy/SimpleITK: ``spinect.manifest``
 #: imports the ``spinect.io`` package, which imports slicerio (checked by the tests).
 EXPORT_REQUIREMENTS = ("slicerio>=1.1",)
+
+#: What the triangle tool (``PythonSlicer -m spinect triangles``) needs besides numpy/scipy/SimpleITK:
+#: ``spinect.geometry`` imports scikit-image, the heat map matplotlib, and reading the label map
+#: ``spinect.io`` (slicerio). No PyTorch. Each is also in requirements.txt (checked by the tests).
+TRIANGLE_REQUIREMENTS = ("scikit-image>=0.21", "matplotlib>=3.7", "slicerio>=1.1")
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

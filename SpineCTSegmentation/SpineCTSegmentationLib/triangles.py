@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,12 +43,20 @@ __all__ = [
     "WindowNodes",
     "apply_camera",
     "write_table_csv",
+    "LiveMeasureScheduler",
+    "PlacementPlan",
+    "placement_plan",
+    "REMEASURE_DELAY_S",
 ]
 
 #: Node attribute naming what a node shows, so a new measurement updates the same nodes.
 ROLE_ATTRIBUTE = "SpineCTSegmentation.role"
 #: Length of the line drawn along the view when the skin entry is unknown (no optimize/CT), mm.
 VIEW_AXIS_LENGTH_MM = 60.0
+
+
+#: Quiet time after the last point drag / slider move before measuring again, seconds.
+REMEASURE_DELAY_S = 0.3
 
 
 class TrianglesFailed(RuntimeError):
@@ -193,6 +202,148 @@ class TrianglesJob:
         if self.process.running and self.process.pid is not None:
             self.process.cancel()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- live interaction
+
+
+class LiveMeasureScheduler:
+    """When to measure again while the user drags control points or moves the view sliders.
+
+    Qt-free, so tests drive it with their own clock; the module widget feeds it Slicer's events
+    and runs a single-shot ``QTimer`` on its answers:
+
+    * :meth:`points_changed` on every ``PointModifiedEvent`` of the point list (a drag sends many),
+      with the list's defined positions: only a real move of a complete list counts (labels,
+      selection, locking and the 3D view's hover send the event too, without a move);
+    * :meth:`view_changed` when θ or φ moves;
+    * :meth:`request_optimize` for the Optimize button: queued while a run goes on, never dropped;
+    * :meth:`due` when the timer fires: ``"optimize"``, ``"measure"`` or None; the caller starts
+      that run and reports it with :meth:`started`, and its end with :meth:`finished`.
+
+    A measurement starts once no change came for ``delay_s`` and no run is going on; changes
+    during a run make one more run after it, with the latest positions (the latest supersedes).
+
+    Args:
+        delay_s: the quiet time (debounce).
+        required_points: points a complete list has (3: A, B, C; 1: a seed).
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, *, delay_s: float = REMEASURE_DELAY_S, required_points: int = 3, clock=time.monotonic):
+        self.delay_s = float(delay_s)
+        self.required_points = int(required_points)
+        self.clock = clock
+        self.running = False
+        self.placing = False
+        self._measure_pending = False
+        self._optimize_pending = False
+        self._quiet_until = -math.inf
+        self._measured: np.ndarray | None = None  # positions of the last run started
+
+    def reset(self, *, required_points: int | None = None) -> None:
+        """Forget pending work and the last positions (a new mode or point list)."""
+        if required_points is not None:
+            self.required_points = int(required_points)
+        self._measure_pending = self._optimize_pending = False
+        self._measured = None
+
+    def points_changed(self, positions) -> bool:
+        """A ``PointModifiedEvent``: True when a measurement is now scheduled (start the timer).
+
+        Ignored while points are being placed, when the list is incomplete (the run would be
+        refused), and when no point moved since the last run started.
+        """
+        pts = np.asarray(positions, float).reshape(-1, 3)
+        if self.placing or len(pts) != self.required_points:
+            return False
+        if self._measured is not None and self._measured.shape == pts.shape and np.allclose(pts, self._measured, rtol=0.0, atol=1e-6):
+            return False
+        return self._schedule()
+
+    def view_changed(self) -> bool:
+        """θ or φ moved: True (a measurement is scheduled; start the timer)."""
+        return self._schedule()
+
+    def request_optimize(self) -> None:
+        """Optimize was clicked: the search runs as soon as no run is going on (it measures too)."""
+        self._optimize_pending = True
+        self._measure_pending = False
+
+    def due(self) -> str | None:
+        """What to start now: ``"optimize"``, ``"measure"`` or None (nothing, or not yet)."""
+        if self.running:
+            return None
+        if self._optimize_pending:
+            self._optimize_pending = False
+            return "optimize"
+        if self._measure_pending and self.clock() >= self._quiet_until:
+            self._measure_pending = False
+            return "measure"
+        return None
+
+    @property
+    def waiting(self) -> bool:
+        """Something is pending (the caller keeps its timer running until :meth:`due` answers)."""
+        return self._measure_pending or self._optimize_pending
+
+    def seconds_until_due(self) -> float:
+        """How long the caller's timer should wait before asking :meth:`due` again."""
+        return max(self._quiet_until - self.clock(), 0.0)
+
+    def started(self, positions=None) -> None:
+        """A run started, with these point positions (None in automatic mode)."""
+        self.running = True
+        self._measure_pending = False
+        self._measured = None if positions is None else np.array(positions, float).reshape(-1, 3)
+
+    def finished(self) -> None:
+        """The run ended (measured, failed or cancelled)."""
+        self.running = False
+
+    def _schedule(self) -> bool:
+        self._measure_pending = True
+        self._quiet_until = self.clock() + self.delay_s
+        return True
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """What "Place points" does to a point list.
+
+    Attributes:
+        remove_existing: delete the list's points first (only when the user asked to replace them).
+        to_place: clicks still needed.
+        measure_now: the list is already complete and kept: measure it as it is.
+        message: what to tell the user.
+    """
+
+    remove_existing: bool
+    to_place: int
+    measure_now: bool
+    message: str
+
+
+def placement_plan(defined: int, needed: int, *, replace: bool = False) -> PlacementPlan:
+    """Placing ``needed`` points in a list that has ``defined`` points: never deletes unasked.
+
+    * fewer than needed: keep them and place the missing ones (appended);
+    * complete or more, ``replace``: delete them and place all ``needed`` again;
+    * complete, not ``replace``: keep them (moved points stay where the user dragged them) and
+      measure them;
+    * more than needed, not ``replace``: keep them, measure nothing, and say why.
+    """
+    if defined < 0 or needed <= 0:
+        raise ValueError(f"invalid point counts: {defined} defined, {needed} needed")
+    if replace and defined > 0:
+        return PlacementPlan(True, needed, False, f"replacing the {defined} point(s) with {needed} new click(s)")
+    if defined < needed:
+        return PlacementPlan(False, needed - defined, False,
+                             f"keeping {defined} point(s); click {needed - defined} more" if defined else f"click {needed} point(s)")
+    if defined == needed:
+        return PlacementPlan(False, 0, True, f"the {needed} point(s) are kept (drag them to move); measuring them")
+    return PlacementPlan(False, 0, False,
+                         f"the list has {defined} points but {needed} are used: delete the extra ones or replace them all")
 
 
 # --------------------------------------------------------------------------- report -> nodes

@@ -1,13 +1,14 @@
 """Python API: one function per ``spinect`` CLI verb (TotalSegmentator's rule: one call = one command).
 
-=====================  ==================================================
-``spinect segment``    :func:`segment`
-``spinect phantom``    :func:`phantom`
-``spinect train``      :func:`train`
-``spinect evaluate``   :func:`evaluate`
-``spinect triangles``  :func:`triangles` (alias :func:`measure_kambin`)
-``spinect report``     :func:`report`
-=====================  ==================================================
+==========================  ==================================================
+``spinect segment``         :func:`segment`
+``spinect segment-batch``   :func:`segment_batch`
+``spinect phantom``         :func:`phantom`
+``spinect train``           :func:`train`
+``spinect evaluate``        :func:`evaluate`
+``spinect triangles``       :func:`triangles` (alias :func:`measure_kambin`)
+``spinect report``          :func:`report`
+==========================  ==================================================
 
 >>> from spinect.api import segment
 >>> result = segment("ct.nii.gz", "ct.seg.nrrd")          # doctest: +SKIP
@@ -32,11 +33,13 @@ from spinect.plan import ModelPlan
 
 __all__ = [
     "segment",
+    "segment_batch",
     "phantom",
     "train",
     "evaluate",
     "triangles",
     "measure_kambin",
+    "open_triangles",
     "report",
     "SegmentationResult",
     "ProgressCallback",
@@ -236,6 +239,10 @@ def segment(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
 
+    header = None if isinstance(input, sitk.Image) else _header_geometry(input)
+    if header is not None:  # a huge CT is refused before it is read, not after
+        _check_window_count(header, plan, stride_zyx, force=force)
+        _check_memory(header, plan, force=force)
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
         ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=allow_gaps)
@@ -415,6 +422,38 @@ def _check_segment_options(smoothing_mm, stride_zyx, batch_size) -> None:
         raise SpinectError(f"--batch-size must be an integer within 1-1024, got {batch_size!r}")
 
 
+@dataclass(frozen=True)
+class _HeaderGeometry:
+    """Size and spacing (x, y, z) of an image file from its header, for the work checks."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - the SimpleITK names the checks call
+        return self.size
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self.spacing
+
+
+def _header_geometry(path) -> _HeaderGeometry | None:
+    """The header's size and spacing of a single image file, without reading its voxels; None for
+    a DICOM folder or a header that cannot be read (reading the CT then reports the problem)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size, spacing = tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing())
+    except Exception:  # noqa: BLE001 - any unreadable header is left to read_ct's clear error
+        return None
+    if len(size) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        return None
+    return _HeaderGeometry(size, spacing)
+
+
 def _network_grid_shape(ct: sitk.Image, plan: ModelPlan) -> np.ndarray:
     """(z, y, x) voxel counts of the CT's extent on the network's grid (the plan's spacing, 1 mm)."""
     extent_mm = np.asarray(ct.GetSize()[::-1], float) * np.asarray(ct.GetSpacing()[::-1], float)
@@ -552,6 +591,46 @@ class _Reporter:
         self._callback(stage, min(1.0, before + STAGE_WEIGHTS[stage] * fraction), message)
 
 
+def segment_batch(
+    inputs: Sequence[str | os.PathLike] = (),
+    *,
+    list_file: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike,
+    suffix: str = ".nii.gz",
+    csv_path: str | os.PathLike | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+    **segment_options,
+):
+    """``spinect segment-batch INPUTS... | --list cases.csv --out DIR``: segment a cohort with one loaded model.
+
+    Each case is :func:`segment` (same checks, atomic outputs, provenance sidecars) written to
+    ``OUT_DIR/<case><suffix>``; the model is loaded once. Cases whose output and sidecar exist are
+    skipped (resume); a failing case is recorded and the batch goes on; the per-case CSV (status,
+    error, timings, volumes) is rewritten atomically after each case. See :mod:`spinect.batch`.
+
+    Args:
+        inputs: CT files or DICOM folders; ``list_file``: a CSV with an ``input`` column (and
+            optionally ``case``), relative paths relative to its folder. Either or both.
+        out_dir: output folder (created if missing); ``suffix``: output format.
+        csv_path: the per-case CSV (default ``OUT_DIR/segment-batch.csv``).
+        progress: optional ``progress(done, total, row)`` after each case.
+        segment_options: :func:`segment` options for every case (``model``, ``device``,
+            ``smoothing_mm``, ``batch_size``, ``keep_islands``, ``whole_volume``, ``levels``, ...;
+            :data:`spinect.batch.SEGMENT_OPTIONS`).
+
+    Returns:
+        :class:`spinect.batch.BatchResult` (``rows``, ``csv_path``, ``counts``, ``failed``).
+
+    Raises:
+        InputError, OutputError, SpinectError: no case, two cases with one output name, a bad case
+            list, an unknown option or an unusable output folder, before any case runs.
+    """
+    from spinect.batch import collect_cases, run_batch
+
+    cases = collect_cases(inputs, list_file=list_file, out_dir=out_dir, suffix=suffix)
+    return run_batch(cases, csv_path=csv_path, progress=progress, **segment_options)
+
+
 def phantom(out_dir: str | os.PathLike, *, n: int = 1, seed: int = 0, **options) -> list[Path]:
     """``spinect phantom OUT_DIR --n N --seed S ...``: write synthetic lumbosacral CT cases with truth.
 
@@ -628,6 +707,19 @@ def triangles(seg, *, level: str, side: str, **options):
     from spinect.geometry.measure import measure_triangle
 
     return measure_triangle(seg, level=level, side=side, **options)
+
+
+def open_triangles(seg, *, level: str, side: str, **options):
+    """A :class:`spinect.geometry.TriangleSession` on ``seg``: read, crop, fields and frame once,
+    then ``session.measure(mode, theta_deg=..., phi_deg=..., points_lps_mm=...)`` per view and
+    ``session.optimize(...)`` (what :func:`triangles` does once; the same numbers).
+
+    ``options`` are those of :meth:`TriangleSession.open` (``triangle``, ``ct``, ``structures``,
+    ``endplate_lps_mm``, ``around_lps_mm``, ``auto``, ``reach_skin``, ...).
+    """
+    from spinect.geometry.session import TriangleSession
+
+    return TriangleSession.open(seg, level=level, side=side, **options)
 
 
 def measure_kambin(seg, *, level: str, side: str, **options):

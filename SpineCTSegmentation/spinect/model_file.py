@@ -10,6 +10,8 @@ reader can inspect a model without torch and verify the download.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -23,7 +25,7 @@ from spinect.io.atomic import atomic_output
 from spinect.plan import ModelPlan
 
 __all__ = ["save_model", "load_model", "load_plan", "sha256_of_file", "sidecar_path", "default_model_path",
-           "default_level_model_path"]
+           "default_level_model_path", "reuse_loaded_models"]
 
 _FORMAT = "spinect-model"
 _FORMAT_VERSION = 1
@@ -93,6 +95,9 @@ def load_model(
     """
     from spinect.nets import build_network  # local: keeps `spinect.plan` importable without nets
 
+    cached = _from_cache(path, device, allow_untrained, verify_sha256)
+    if cached is not None:
+        return cached
     path = Path(path)
     payload = _read_payload(path)
     if verify_sha256:
@@ -122,6 +127,42 @@ def load_model(
         raise ModelError(f"weights in {path} do not match its architecture {plan.architecture}: {exc}") from exc
     network.to(device).eval()
     return network, plan
+
+
+#: Networks already built inside :func:`reuse_loaded_models`, by file, file state and load options.
+_LOADED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("spinect_loaded_models", default=None)
+
+
+@contextlib.contextmanager
+def reuse_loaded_models():
+    """Within the block, :func:`load_model` builds each model file once and returns the same network after.
+
+    For ``spinect segment-batch``: one network for every case (inference never changes it; it runs
+    a copy). A file replaced meanwhile (other size or modification time) is loaded again.
+    """
+    token = _LOADED.set({})
+    try:
+        yield
+    finally:
+        _LOADED.reset(token)
+
+
+def _from_cache(path, device, allow_untrained: bool, verify_sha256: bool):
+    cache = _LOADED.get()
+    if cache is None:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None  # let the plain load name the problem
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, str(device), allow_untrained, verify_sha256)
+    if key not in cache:
+        token = _LOADED.set(None)
+        try:
+            cache[key] = load_model(path, device=device, allow_untrained=allow_untrained, verify_sha256=verify_sha256)
+        finally:
+            _LOADED.reset(token)
+    return cache[key]
 
 
 def _read_payload(path: Path) -> dict[str, Any]:

@@ -104,23 +104,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
+    """The measured view's numbers, then (with --optimize) the best view's: angles, objective, numbers, path."""
     m = result.measurement
-    print(f"{m.triangle} triangle {m.level} {m.side} ({m.mode}), view theta={m.view.theta_deg:.1f} phi={m.view.phi_deg:.1f}, "
-          f"{m.settings.window_kind} window; frame from {result.frame_source}")
-    for name, q in m.quantities.items():
-        value = "unbounded" if q.value is None else f"{q.value:.2f} {q.unit}"
-        print(f"  {name:30s} {value:>14s}  [{q.kind}]")
-    for note in m.notes:
-        print(f"  note: {note}")
+    print(f"{m.triangle} triangle {m.level} {m.side} ({m.mode}); frame from {result.frame_source}")
+    print(f"measured view: theta={m.view.theta_deg:.1f} phi={m.view.phi_deg:.1f}, {m.settings.window_kind} window")
+    _print_quantities(m, indent="  ")
     for warning in result.warnings:
         print(f"  WARNING: {warning}")
     t = result.trajectory
     if t is not None:
         path = t.path
+        best = t.measurement
         length = "n/a (no CT)" if path.length_mm is None else f"{path.length_mm:.1f} mm"
         print(f"best view: theta={t.theta_deg:.2f} phi={t.phi_deg:.2f} (C-arm oblique {t.carm['oblique_deg']:.1f}, "
-              f"tilt {t.carm['tilt_deg']:.1f}); {t.objective}={t.objective_value:.2f}, robust {t.robust_value:.2f}")
+              f"tilt {t.carm['tilt_deg']:.1f}), {best.settings.window_kind} window")
+        print(f"  search objective {t.objective}={t.objective_value:.2f}, robust {t.robust_value:.2f} "
+              f"(on the search's {t.objective_pixel_mm:g} mm grid; the numbers below are measured at full resolution)")
+        _print_quantities(best, indent="  ")
         print(f"  path length {length}, min nerve clearance {path.min_nerve_clearance_mm:.2f} mm, "
               f"min bone clearance {path.min_bone_clearance_mm:.2f} mm, clear: {path.clear}")
     for kind, path in result.files.items():
         print(f"wrote {path} ({kind})", file=sys.stderr)
+
+
+def _print_quantities(m, *, indent: str) -> None:
+    for name, q in m.quantities.items():
+        value = "unbounded" if q.value is None else f"{q.value:.2f} {q.unit}"
+        print(f"{indent}{name:30s} {value:>14s}  [{q.kind}]")
+    for note in m.notes:
+        print(f"{indent}note: {note}")

@@ -13,7 +13,9 @@ whether it is projected or true 3D (docs/triangles.md).
 * :mod:`~spinect.geometry.landmarks`: automatic vertices from a level map.
 * :mod:`~spinect.geometry.endplate`: the endplate frame from labels.
 * :mod:`~spinect.geometry.trajectory`: best-view search and the needle path.
-* :mod:`~spinect.geometry.measure`: the one call behind ``spinect triangles``.
+* :mod:`~spinect.geometry.session`: :class:`TriangleSession`, a segmentation opened once and
+  measured in many views (the interactive path).
+* :mod:`~spinect.geometry.measure`: the one call behind ``spinect triangles`` (open + measure).
 * :mod:`~spinect.geometry.plot`: heat map and window pictures.
 """
 
@@ -50,6 +52,7 @@ __all__ = [
     "search_trajectory",
     "TrianglesResult",
     "measure_triangle",
+    "TriangleSession",
 ]
 
 
@@ -60,4 +63,8 @@ def __getattr__(name: str):
         from spinect.geometry import measure
 
         return getattr(measure, name)
+    if name == "TriangleSession":
+        from spinect.geometry.session import TriangleSession
+
+        return TriangleSession
     raise AttributeError(f"module 'spinect.geometry' has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """One call for ``spinect triangles``: label map (and CT) in, measurement (and best view) out.
 
-:func:`measure_triangle` reads or takes the images, crops a region around the target, builds the
-obstacle fields, finds the endplate frame, measures in the requested mode and view, optionally
-searches the best view, and writes the JSON report and PNGs atomically. A Slicer Logic can call
+:func:`measure_triangle` opens a :class:`~spinect.geometry.session.TriangleSession` (reads or takes
+the images, crops a region around the target, builds the obstacle fields, finds the endplate
+frame), measures in the requested mode and view, optionally searches the best view on the same
+session, and writes the JSON report and PNGs atomically. Interactive callers keep the session
+open and measure many views on it. A Slicer Logic can call
 it with markup positions converted to LPS mm and read :class:`TrianglesResult` (or its JSON).
 """
 

@@ -11,14 +11,16 @@ view change (θ, φ), a moved point or the best-view search then only projects t
 ``TriangleSession.open`` + ``measure`` (+ ``optimize``): the same crop, fields and frame give the
 same numbers, bit for bit.
 
-The crop. An anatomical window needs bone and nerve within about 30 mm of the target
-(:data:`LOCAL_ROI_RADIUS_MM` = 50 mm crop); a reachable window and the view search need them from
-the skin (:data:`ROI_RADIUS_MM` = 110 mm). A session opened with ``reach_skin=True`` holds the
-large crop and serves both; one opened without it builds the large crop the first time a
-reachable window or :meth:`~TriangleSession.optimize` asks for it. The crop is rebuilt around a
-new target when the target moves more than a quarter of the crop's half-size from the crop's
-centre (the window then still lies well inside it). Results depend on the crop only through
-floating-point rounding (relative differences about 1e-7; docs/triangles.md §7).
+Two crops. An anatomical window needs bone and nerve within about 30 mm of the target: it is
+always measured on the *local* crop (:data:`LOCAL_ROI_RADIUS_MM` = 50 mm half-size), and the
+endplate frame is always fitted there. A reachable window and the view search need them from the
+skin: they use the *reach* crop (:data:`ROI_RADIUS_MM` = 110 mm), built at open with
+``reach_skin=True`` or the first time one of them asks for it. So a view gives the same numbers
+whether or not a search ran before or after it (with and without ``--optimize``), and the search
+uses the very frame the measurements use. A crop is rebuilt around a new target when the target
+moves more than a quarter of its half-size from its centre (the window then still lies well
+inside it); moved points within that distance are measured on the same fields, which differ from
+a crop centred on them only by floating-point rounding (relative differences about 1e-7).
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ class TriangleSession:
         self.allow_missing_nerve = allow_missing_nerve
         self.progress: ProgressCallback = progress or (lambda stage, fraction, message: None)
         self.fields_built = 0
-        self._crop: _Crop | None = None
+        self._crops: dict[str, _Crop] = {}  # "local" (anatomical windows, frame), "reach" (search)
         self._auto_points: np.ndarray | None = None
-        self._frames: dict[tuple, tuple[EndplateFrame, str]] = {}
+        self._frames: dict[bytes | None, tuple[EndplateFrame, str]] = {}
         self._nerve: dict[tuple, tuple[int, list[str]]] = {}
         self._ct_source = None  # the CT is read when the first crop is built (after the nerve check)
 
@@ -119,7 +121,7 @@ class TriangleSession:
         frame: EndplateFrame | None = None,
         around_lps_mm: np.ndarray | None = None,
         auto: bool = False,
-        reach_skin: bool = True,
+        reach_skin: bool = False,
         allow_missing_nerve: bool = False,
         progress: ProgressCallback | None = None,
     ) -> TriangleSession:
@@ -136,9 +138,9 @@ class TriangleSession:
                 mean): the clicked points or seed. None with ``auto``: the automatic vertices.
                 None otherwise: the fields are built at the first measurement.
             auto: find the vertices from the level map now (they centre the crop).
-            reach_skin: crop :data:`ROI_RADIUS_MM` around the target (serves reachable windows
-                and the view search) rather than :data:`LOCAL_ROI_RADIUS_MM` (anatomical windows
-                only; a later search builds the large crop then).
+            reach_skin: also build the reach crop (:data:`ROI_RADIUS_MM`, for reachable windows
+                and the view search) now, not at the first search (about 10 times the local
+                crop's cost).
             allow_missing_nerve: measure even when no nerve is labelled near the target (flagged).
             progress: called with (stage, overall fraction, message).
 
@@ -162,7 +164,9 @@ class TriangleSession:
         if around_lps_mm is not None:
             centre = _centre(around_lps_mm)
             session._nerve_check(centre)
-            session._ensure_crop(centre, reach_skin)
+            session._ensure_crop(centre, "local")
+            if reach_skin:
+                session._ensure_crop(centre, "reach")
         return session
 
     # ------------------------------------------------------------------------------ queries
@@ -177,14 +181,10 @@ class TriangleSession:
             self._auto_points = auto_landmarks(self.structures, level=self.level, side=self.side, triangle=self.triangle)
         return self._auto_points
 
-    @property
-    def fields(self) -> ObstacleFields | None:
-        """The current crop's obstacle fields (None before the first crop)."""
-        return None if self._crop is None else self._crop.fields
-
-    @property
-    def crop_radius_mm(self) -> float | None:
-        return None if self._crop is None else self._crop.radius_mm
+    def fields(self, kind: str = "local") -> ObstacleFields | None:
+        """The obstacle fields of the ``"local"`` or ``"reach"`` crop (None before it is built)."""
+        crop = self._crops.get(kind)
+        return None if crop is None else crop.fields
 
     def measure(
         self,
@@ -211,12 +211,13 @@ class TriangleSession:
         """
         _check_range("theta (--theta, obliquity)", theta_deg, 0.0, 90.0, "degrees")
         _check_range("phi (--phi, cranio-caudal tilt)", phi_deg, -60.0, 60.0, "degrees")
+        mode = check_choice("mode", mode, MODES)
         points, seed = self._target(mode, points_lps_mm, seed_lps_mm)
         centre = _centre(points if points is not None else seed)
         nerve_near, warnings = self._nerve_check(centre)
+        frame, frame_source = self._frame_for(centre, points)
         reach = settings is not None and settings.depth_before_mm is None
-        crop = self._ensure_crop(centre, reach)
-        frame, frame_source = self._frame_for(crop, points)
+        crop = self._ensure_crop(centre, "reach" if reach else "local")
         self.progress("measure", 0.2, f"measuring at theta={theta_deg:g}, phi={phi_deg:g}")
         common = dict(triangle=self.triangle, level=self.level, side=self.side, theta_deg=theta_deg, phi_deg=phi_deg,
                       settings=settings)
@@ -246,8 +247,8 @@ class TriangleSession:
         points, seed = self._target(mode, points_lps_mm, seed_lps_mm)
         centre = _centre(points if points is not None else seed)
         self._nerve_check(centre)
-        crop = self._ensure_crop(centre, True)
-        frame, _ = self._frame_for(crop, points)
+        frame, _ = self._frame_for(centre, points)
+        crop = self._ensure_crop(centre, "reach")
         report = self.progress
         return search_trajectory(
             crop.fields, frame, side=self.side, triangle=self.triangle, level=self.level,
@@ -271,12 +272,11 @@ class TriangleSession:
             self._nerve[key] = _nerve_near_target(self.labels, centre, self.allow_missing_nerve)
         return self._nerve[key]
 
-    def _ensure_crop(self, centre: np.ndarray, reach_skin: bool) -> _Crop:
-        radius = ROI_RADIUS_MM if reach_skin else LOCAL_ROI_RADIUS_MM
-        if self._crop is not None and self._crop.holds(centre, radius):
-            return self._crop
-        if self._crop is not None:
-            radius = max(radius, self._crop.radius_mm)  # never shrink: a search may follow
+    def _ensure_crop(self, centre: np.ndarray, kind: str) -> _Crop:
+        radius = ROI_RADIUS_MM if kind == "reach" else LOCAL_ROI_RADIUS_MM
+        crop = self._crops.get(kind)
+        if crop is not None and crop.holds(centre, radius):
+            return crop
         labels = crop_around(self.labels, centre, radius)
         if self.ct is None and self._ct_source is not None:
             self.ct = _read_ct(self._ct_source)
@@ -285,14 +285,19 @@ class TriangleSession:
         self.progress("distance", 0.05, "signed distance maps of bone and nerve")
         fields = ObstacleFields.from_image(labels, ct=self.ct)
         self.fields_built += 1
-        self._crop = _Crop(np.asarray(centre, float).copy(), radius, labels, fields)
-        self._frames.clear()
-        return self._crop
+        self._crops[kind] = crop = _Crop(np.asarray(centre, float).copy(), radius, labels, fields)
+        if kind == "local":
+            self._frames.clear()
+        return crop
 
-    def _frame_for(self, crop: _Crop, points: np.ndarray | None) -> tuple[EndplateFrame, str]:
+    def _frame_for(self, centre: np.ndarray, points: np.ndarray | None) -> tuple[EndplateFrame, str]:
+        """The endplate frame, always fitted on the local crop (the same with and without a search)."""
+        crop = self._ensure_crop(centre, "local")
         uses_points = self.given_frame is None and self.structures is None and self.endplate_lps_mm is None
-        key = (id(crop), points.tobytes() if (uses_points and points is not None) else None)
+        key = points.tobytes() if (uses_points and points is not None) else None
         if key not in self._frames:
+            if len(self._frames) >= 32:  # points moved many times: forget the oldest frames
+                self._frames.pop(next(iter(self._frames)))
             label_points = points if uses_points else None
             self._frames[key] = _frame(self.given_frame, self.structures, self.endplate_lps_mm, label_points,
                                        crop.fields, crop.labels, self.level, triangle=self.triangle)
@@ -320,4 +325,7 @@ def check_target(mode: str, points, seed) -> tuple[np.ndarray | None, np.ndarray
 
 
 def _centre(points: np.ndarray) -> np.ndarray:
-    return np.asarray(points, float).reshape(-1, 3).mean(axis=0)
+    pts = np.asarray(points, float)
+    if pts.size == 0 or pts.size % 3 or not np.all(np.isfinite(pts)):
+        raise InputError(f"expected finite 3D points (LPS mm) near the target; got an array of shape {pts.shape}")
+    return pts.reshape(-1, 3).mean(axis=0)

@@ -140,6 +140,8 @@ class TrajectoryResult:
         measurement: the full-resolution measurement at the best view.
         path: the path check.
         carm: C-arm angles of the best view relative to the patient (see :func:`carm_angles`).
+        objective_pixel_mm: the in-plane sampling J was computed on (coarser than the final
+            measurement's, so J's r* differs from ``measurement``'s by up to about a pixel).
     """
 
     theta_deg: float
@@ -154,6 +156,7 @@ class TrajectoryResult:
     measurement: TriangleMeasurement
     path: PathCheck
     carm: dict[str, float]
+    objective_pixel_mm: float = 0.5
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -169,6 +172,10 @@ class TrajectoryResult:
             "objective_value": self.objective_value,
             "robust_objective_value": self.robust_value,
             "robust_definition": "minimum of the objective over the 3 x 3 neighbouring views at +-2.5 deg",
+            "objective_definition": (
+                f"computed on the search's {self.objective_pixel_mm:g} mm in-plane grid; the best view's numbers "
+                "are in 'measurement', measured at full resolution"
+            ),
             "path": self.path.to_dict(),
             "measurement": self.measurement.to_dict(),
         }
@@ -278,6 +285,7 @@ def search_trajectory(
         measurement=result,
         path=path,
         carm=carm_angles(result.view.direction, side),
+        objective_pixel_mm=float(search.window.pixel_mm),
     )
 
 

@@ -77,6 +77,7 @@ _TAG_INSTANCE = "0020|0013"
 _TAG_ROWS = "0028|0010"
 _TAG_COLUMNS = "0028|0011"
 _TAG_PIXEL_SPACING = "0028|0030"
+_TAG_IMAGER_PIXEL_SPACING = "0018|1164"
 _TAG_SLICE_THICKNESS = "0018|0050"
 
 
@@ -799,10 +800,16 @@ def _resample_evenly(image: sitk.Image, gaps: _SliceGaps, folder: Path) -> sitk.
 
 
 def _check_pixel_spacing(reader: sitk.ImageSeriesReader, names: list[str], folder: Path) -> None:
-    """Refuse a PixelSpacing (0028,0030) that is 0, negative or not two numbers: GDCM reads such slices as 1 mm."""
+    """Refuse a PixelSpacing (0028,0030) that is missing, 0, negative or not two numbers: GDCM reads such slices as 1 mm."""
     for i, name in enumerate(names):
         if not reader.HasMetaDataKey(i, _TAG_PIXEL_SPACING):
-            continue  # absent: check_geometry judges the spacing GDCM chose
+            if reader.HasMetaDataKey(i, _TAG_IMAGER_PIXEL_SPACING):
+                continue  # GDCM falls back to Imager Pixel Spacing; check_geometry judges the result
+            raise InputError(
+                f"DICOM {folder}: {name} has no Pixel Spacing (0028,0030), which a CT image must have; the reader "
+                "would silently assume 1 mm and the segmentation would have the wrong size. Export the series again "
+                "from the scanner or PACS (or convert it with dcm2niix and check the voxel size)"
+            )
         text = reader.GetMetaData(i, _TAG_PIXEL_SPACING)
         values = _floats(text, 2)
         if values is None or not np.all(np.isfinite(values)) or np.any(values <= 0):

@@ -27,6 +27,14 @@ clinician time and inflate HD95. Rules (connected components, 26-connectivity, s
 
 Removed voxels become background, and each removed island is reported (class, voxels, volume,
 centroid, distance to the kept anatomy) so that nothing disappears silently.
+
+Cost: linear in the number of islands (a poor prediction on a large field of view leaves
+thousands). The "within ``nerve_max_distance_mm``" graph of nerve pieces is built once (candidate
+pairs from a grid of cells over the pieces' bounding boxes, then a KD-tree query bounded by the
+distance), each chain (a connected component of that graph) is tested once, and the distances in
+the report are found per island against the kept pieces in order of their boxes' distance. The
+result is the same, bit for bit, as the earlier implementation that re-grew every chain
+(``benchmarks/islands_reference.py``; ``benchmarks/bench_islands.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from spinect.postprocess.boxes import bounding_box
 __all__ = ["RemovedIsland", "suppress_islands"]
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+_STRUCTURE_6 = ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass(frozen=True)
@@ -112,26 +121,30 @@ def suppress_islands(
     return labels, removed
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(component ids, count, voxels per id, (flat indices of the mask's voxels, their ids))."""
     components, count = ndimage.label(mask, structure=_STRUCTURE_26)
-    sizes = np.bincount(components[mask], minlength=count + 1)  # the mask's voxels only: much fewer
+    flat = np.flatnonzero(mask)  # the mask's voxels only (C order): much fewer than the box's
+    owner = components.ravel()[flat]
+    sizes = np.bincount(owner, minlength=count + 1)
     sizes[0] = mask.size - int(sizes[1:].sum())
-    return components, count, sizes
+    return components, count, sizes, (flat, owner)
 
 
 def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[RemovedIsland]:
-    components, count, sizes = _components(labels == value)
+    components, count, sizes, voxels = _components(labels == value)
     if count <= 1:
         return []
     keep = sizes * voxel_mm3 >= min_volume_mm3
     keep[0] = False
     keep[int(np.argmax(sizes[1:]) + 1)] = True
-    return _remove(labels, components, keep, value, voxel_mm3, spacing, f"bone island < {min_volume_mm3:g} mm³")
+    return _remove(labels, components, keep, value, voxel_mm3, spacing, f"bone island < {min_volume_mm3:g} mm³",
+                   voxels=voxels)
 
 
 def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
                   tube_elongation, detached, offset) -> list[RemovedIsland]:
-    components, count, sizes = _components(labels == value)
+    components, count, sizes, voxels = _components(labels == value)
     if count <= 1:
         return []
     main = int(np.argmax(sizes[1:]) + 1)
@@ -141,7 +154,7 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     qualified |= _tubular(components, boxes, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
                           min_elongation=tube_elongation)
     qualified[0] = qualified[main] = False
-    pieces = _NervePieces(components, boxes, main, np.asarray(spacing, dtype=float), max_distance_mm)
+    pieces = _NervePieces(components, boxes, voxels, main, np.asarray(spacing, dtype=float), max_distance_mm)
     # Chains: the pieces other than the main one, joined when their closest voxels lie within
     # ``max_distance_mm`` (the graph is built once; a chain is one of its connected components).
     chain = pieces.chains()
@@ -166,7 +179,8 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     keep[0] = False
     return _remove(labels, components, keep, value, voxel_mm3, spacing,
                    f"nerve piece > {max_distance_mm:g} mm from every kept nerve piece (the dural sac/main nerve, "
-                   "root pieces cut off by the edge of the image near bone, and the fragments chained to them)")
+                   "root pieces cut off by the edge of the image near bone, and the fragments chained to them)",
+                   boxes=boxes, voxels=voxels)
 
 
 class _NervePieces:
@@ -178,14 +192,13 @@ class _NervePieces:
     KD-tree query bounded by ``d``; a pair already joined through other pieces is not tested.
     """
 
-    def __init__(self, components, boxes, main, spacing_mm, max_distance_mm) -> None:
+    def __init__(self, components, boxes, voxels, main, spacing_mm, max_distance_mm) -> None:
         self.components, self.main, self.spacing, self.d = components, main, spacing_mm, float(max_distance_mm)
         self.count = len(boxes)
         self.box_start = np.array([[sl.start for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
         self.box_stop = np.array([[sl.stop for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
-        # Voxels of every piece but the main one, grouped by piece id (one pass over the labelled box).
-        flat = np.flatnonzero(components)
-        owner = components.ravel()[flat]
+        # Voxels of every piece but the main one, grouped by piece id.
+        flat, owner = voxels
         other = owner != main
         flat, owner = flat[other], owner[other]
         order = np.argsort(owner, kind="stable")
@@ -360,32 +373,111 @@ def _nearest_candidates(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask & ~ndimage.binary_erosion(mask, structure=_STRUCTURE_26))
 
 
-def _remove(labels, components, keep, value, voxel_mm3, spacing, reason) -> list[RemovedIsland]:
+def _remove(labels, components, keep, value, voxel_mm3, spacing, reason, *, boxes=None,
+            voxels=None) -> list[RemovedIsland]:
     """Zero the components whose ``keep`` entry (indexed by component id) is False; report them.
 
-    Vectorised over islands (a poor model can leave thousands): lookup tables instead of
-    per-island masks, one KD-tree query for all removed voxels.
+    Vectorised over islands (a poor model can leave thousands): lookup tables instead of per-island
+    masks; distances by :func:`_distances_to_kept`.
     """
     drop_ids = np.flatnonzero(~keep[1:]) + 1
     if len(drop_ids) == 0:
         return []
-    dropped = ~keep[components]  # background (id 0) is never kept: masked out below
-    dropped &= components > 0
-    coords = np.nonzero(dropped)  # the removed voxels only, C order
-    owner = components[coords]
+    # The class's voxels (flat indices, C order) and their component ids, when the caller has them.
+    flat, owner = voxels if voxels is not None else (np.flatnonzero(components), components[components > 0])
+    dropped = ~keep[owner]
+    flat, owner = flat[dropped], owner[dropped]
+    coords = np.unravel_index(flat, components.shape)
     labels[coords] = 0
-    kept = labels == value  # the class's voxels left = the kept components
-    spacing = np.asarray(spacing, dtype=float)
     points = np.stack(coords, axis=1)
-    # Distance of each removed voxel to the kept anatomy (KD-tree in mm).
-    targets = _nearest_candidates(kept)
-    if len(targets):
-        distance = cKDTree(targets * spacing).query(points * spacing, workers=-1)[0]
-    else:
-        distance = np.full(len(points), np.inf)
+    if boxes is None:  # the components' boxes (ndimage.find_objects), when the caller has them
+        boxes = ndimage.find_objects(components)
+    nearest = _distances_to_kept(components, boxes, keep, points, owner, np.asarray(spacing, dtype=float))
     counts = np.bincount(owner, minlength=len(keep))
     sums = np.stack([np.bincount(owner, weights=points[:, a], minlength=len(keep)) for a in range(3)], axis=1)
-    nearest = np.full(len(keep), np.inf)
-    np.minimum.at(nearest, owner, distance)
     return [RemovedIsland(value, int(counts[i]), float(counts[i] * voxel_mm3), tuple(float(v) for v in sums[i] / counts[i]),
                           float(nearest[i]), reason) for i in drop_ids]
+
+
+def _distances_to_kept(components, boxes, keep, points, owner, spacing) -> np.ndarray:
+    """Distance (mm) from each removed island to the nearest kept component, indexed by component id.
+
+    Exact (the closest pair of voxel centres), without one query per voxel against one tree of all
+    kept voxels (slow when the kept pieces are scattered: each query far from them visits much of
+    the tree). Only what can hold a closest pair is used: the islands' surface voxels (a voxel whose
+    6 face neighbours all belong to its island has one, a step along the axis towards any outside
+    point, that is closer to it) and each kept component's surface alike, in one KD-tree per kept
+    component. Each island asks the kept
+    components in order of the distance between their bounding boxes (a lower bound) and stops when
+    the next box is farther than the closest voxel found.
+
+    Args:
+        components, boxes: component ids and their ``ndimage.find_objects`` boxes.
+        keep: per component id, kept or not; ``points`` (voxel indices) and ``owner`` (ids): the
+            removed voxels.
+    """
+    nearest = np.full(len(keep), np.inf)
+    kept_ids = np.flatnonzero(keep[1:]) + 1
+    if len(kept_ids) == 0:
+        return nearest
+    surface = _island_surface(components, points, owner)
+    points, owner = points[surface] * spacing, owner[surface]
+    order = np.argsort(owner, kind="stable")
+    points, owner = points[order], owner[order]
+    island_ids = np.unique(owner)
+    first = np.searchsorted(owner, island_ids)
+    last = np.append(first[1:], len(owner))
+    start = np.array([[sl.start for sl in b] for b in boxes], dtype=np.int64)
+    stop = np.array([[sl.stop for sl in b] for b in boxes], dtype=np.int64)
+
+    def box_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (len(a), len(b)) lower bounds, mm
+        gap = np.maximum(0, np.maximum(start[a - 1][:, None] - (stop[b - 1][None] - 1),
+                                       start[b - 1][None] - (stop[a - 1][:, None] - 1)))
+        return np.sqrt(((gap * spacing) ** 2).sum(axis=2))
+
+    trees: dict[int, cKDTree] = {}
+
+    def tree(k: int) -> cKDTree:
+        if k not in trees:
+            box = boxes[k - 1]
+            corner = np.array([sl.start for sl in box])
+            mask = components[box] == k
+            if np.count_nonzero(mask) > 64:  # its surface holds the answer; far queries into a solid block are slow
+                mask &= ~ndimage.binary_erosion(mask, structure=_STRUCTURE_6)
+            trees[k] = cKDTree((np.argwhere(mask) + corner) * spacing)
+        return trees[k]
+
+    best = np.full(len(island_ids), np.inf)
+    for chunk in range(0, len(island_ids), 2048):  # bounds the (islands x kept) matrix
+        rows = np.arange(chunk, min(chunk + 2048, len(island_ids)))
+        bound = box_distance(island_ids[rows], kept_ids)
+        ranked = np.argsort(bound, axis=1, kind="stable")
+        for step in range(len(kept_ids)):
+            column = ranked[rows - chunk, step]
+            lower = bound[rows - chunk, column]
+            rows, column = rows[lower <= best[rows] * (1 + 1e-9) + 1e-9], column[lower <= best[rows] * (1 + 1e-9) + 1e-9]
+            if len(rows) == 0:
+                break
+            for c in np.unique(column):
+                asking = rows[column == c]
+                lengths = last[asking] - first[asking]  # >= 1: every island has a surface voxel
+                starts = np.cumsum(lengths) - lengths
+                index = np.repeat(first[asking] - starts, lengths) + np.arange(int(lengths.sum()))
+                distance = tree(int(kept_ids[c])).query(points[index])[0]
+                best[asking] = np.minimum(best[asking], np.minimum.reduceat(distance, starts))
+    nearest[island_ids] = best
+    return nearest
+
+
+def _island_surface(components: np.ndarray, points: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Which of ``points`` (voxel indices, component ids ``owner``) have a face neighbour outside their component."""
+    surface = np.zeros(len(points), dtype=bool)
+    shape = np.array(components.shape)
+    for offset in np.concatenate([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)]):
+        neighbour = points + offset
+        inside = ((neighbour >= 0) & (neighbour < shape)).all(axis=1)
+        surface[~inside] = True
+        ok = np.flatnonzero(inside & ~surface)
+        n = neighbour[ok]
+        surface[ok[components[n[:, 0], n[:, 1], n[:, 2]] != owner[ok]]] = True
+    return surface

@@ -1,0 +1,210 @@
+"""Triangle measurement latency: a TriangleSession held open against one process per request.
+
+Issue 16: each view change or point move in Slicer starts ``PythonSlicer -m spinect triangles``,
+which re-imports, re-reads the label map and rebuilds the distance fields. This script times, on
+one phantom case (1 mm, 300 x 300 x 200 voxels, written to disk as the Slicer module writes it):
+
+* the session path (in this process, as a long-lived worker would run it): time to open a
+  session and get the first measurement, then the median time per view change (θ, φ) and per
+  point move (B dragged by 0.5-2 mm), and Optimize (the default search, 2.5° steps, with the
+  CT; its first call also builds the large crop that reaches the skin);
+* the old path, in the same run: ``python -m spinect triangles ...`` as a subprocess per request
+  (the same views and moves; Optimize once).
+
+for points mode (no level map: the frame from the bone through B and C), seed mode and auto mode
+(with the level map; auto mode on the primitive phantom, the others on phantom v2). Both paths give the same numbers (checked here for every request; a test
+checks it bit for bit, Testing/test_triangle_session.py).
+
+    python benchmarks/bench_triangle_latency.py                  # all modes, 8 views, 8 moves
+    python benchmarks/bench_triangle_latency.py --modes points --views 4 --moves 4 --old-runs 2
+    python benchmarks/bench_triangle_latency.py --no-optimize
+
+Prints a Markdown table (wall-clock seconds) and the machine's CPU, core count and load average
+before and after: on a shared machine the figures are noisy, so compare rows of one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BACKEND = HERE.parent / "SpineCTSegmentation"
+sys.path.insert(0, str(BACKEND))
+
+VIEWS = [(0.0, 0.0), (30.0, 0.0), (45.0, -10.0), (20.0, 15.0), (10.0, 5.0), (35.0, -5.0), (50.0, 10.0), (25.0, -15.0)]
+MOVES_MM = [(0.5, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.5), (-1.0, 0.5, 0.0), (1.0, 1.0, 0.5), (-0.5, -1.0, 1.0),
+            (2.0, 0.0, -0.5), (0.0, -2.0, 0.0)]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def write_case(folder: Path, seed: int, anatomy: str = "mesh"):
+    import SimpleITK as sitk
+
+    from spinect import phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    case = phantom.generate_case(phantom.case_seed(seed, 0), window_tables=False, anatomy=anatomy)
+    files = {name: folder / f"{name}.nrrd" for name in ("labels", "ct", "structures")}
+    sitk.WriteImage(case.labels, str(files["labels"]))
+    sitk.WriteImage(case.ct, str(files["ct"]))
+    sitk.WriteImage(case.structures, str(files["structures"]))
+    return case, files
+
+
+def request(mode: str, pts: np.ndarray, seed: np.ndarray, files: dict) -> dict:
+    """Session keyword arguments and CLI arguments of one mode."""
+    if mode == "points":
+        return dict(session=dict(points_lps_mm=pts), open=dict(around_lps_mm=pts),
+                    cli=["--points", *map(str, pts.ravel())])
+    if mode == "seed":
+        return dict(session=dict(seed_lps_mm=seed), open=dict(around_lps_mm=seed, structures=files["structures"]),
+                    cli=["--seed", *map(str, seed), "--structures", str(files["structures"])])
+    return dict(session={}, open=dict(auto=True, structures=files["structures"]),
+                cli=["--auto", "--structures", str(files["structures"])])
+
+
+def run_cli(files: dict, out: Path, mode_args: list[str], theta: float, phi: float, *, optimize: bool = False) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "spinect", "triangles", str(files["labels"]), "--level", "L5S1", "--side", "left",
+               *mode_args, "--theta", str(theta), "--phi", str(phi), "--json", str(out), "--progress-lines"]
+    if optimize:
+        command += ["--optimize", "--ct", str(files["ct"])]
+    env = dict(os.environ, PYTHONPATH=str(BACKEND))
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"spinect triangles failed: {done.stderr[-1500:]}")
+    return elapsed, json.loads(out.read_text())
+
+
+def same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[str, str, str, str]]:
+    from spinect.geometry.session import TriangleSession
+
+    entry = case.truth["levels"]["L5S1"]["left"]["kambin"]
+    pts = np.array(list(entry["points_lps_mm"].values()), float)
+    seed = pts.mean(axis=0)
+    req = request(mode, pts, seed, files)
+    views = VIEWS[: args.views]
+    rows = []
+
+    # --- session path
+    start = time.perf_counter()
+    session = TriangleSession.open(files["labels"], level="L5S1", side="left", ct=files["ct"], **req["open"])
+    first = session.measure(mode, theta_deg=views[0][0], phi_deg=views[0][1], **req["session"])
+    open_s = time.perf_counter() - start
+    view_s, results = [], [first]
+    for theta, phi in views[1:]:
+        t = time.perf_counter()
+        results.append(session.measure(mode, theta_deg=theta, phi_deg=phi, **req["session"]))
+        view_s.append(time.perf_counter() - t)
+    move_s = []
+    if mode != "auto":
+        for offset in MOVES_MM[: args.moves]:
+            moved = dict(req["session"])
+            if mode == "points":
+                p = pts.copy()
+                p[1] += offset
+                moved["points_lps_mm"] = p
+            else:
+                moved["seed_lps_mm"] = seed + np.asarray(offset)
+            t = time.perf_counter()
+            session.measure(mode, theta_deg=30.0, phi_deg=0.0, **moved)
+            move_s.append(time.perf_counter() - t)
+    optimize_s = None
+    if not args.no_optimize and mode == "points":
+        t = time.perf_counter()
+        session.optimize(mode, **req["session"])
+        optimize_first_s = time.perf_counter() - t
+        t = time.perf_counter()
+        trajectory = session.optimize(mode, **req["session"])
+        optimize_s = (optimize_first_s, time.perf_counter() - t)
+
+    # --- one process per request
+    old_view_s, checked = [], 0
+    for k, (theta, phi) in enumerate(views[: args.old_runs]):
+        elapsed, report = run_cli(files, folder / f"{mode}_{k}.json", req["cli"], theta, phi)
+        old_view_s.append(elapsed)
+        checked += same(report["measurement"], json.loads(json.dumps(results[k].to_dict()))["measurement"])
+    old_opt = None
+    if not args.no_optimize and mode == "points":
+        old_opt, report = run_cli(files, folder / f"{mode}_opt.json", req["cli"], 0.0, 0.0, optimize=True)
+        assert report["trajectory"]["theta_deg"] == trajectory.theta_deg and report["trajectory"]["phi_deg"] == trajectory.phi_deg
+
+    med = lambda xs: f"{statistics.median(xs):.3f}" if xs else "-"  # noqa: E731
+    old_med = statistics.median(old_view_s) if old_view_s else float("nan")
+    rows.append((mode, "open + first measurement", f"{open_s:.2f}", f"{old_view_s[0]:.2f}" if old_view_s else "-"))
+    rows.append((mode, f"view change (median of {len(view_s)})", med(view_s),
+                 f"{old_med:.2f} (x{old_med / statistics.median(view_s):.0f})" if view_s and old_view_s else "-"))
+    if move_s:
+        rows.append((mode, f"point move (median of {len(move_s)})", med(move_s),
+                     f"{old_med:.2f} (x{old_med / statistics.median(move_s):.0f})" if old_view_s else "-"))
+    if optimize_s is not None:
+        rows.append((mode, "Optimize, first (builds the 110 mm crop)", f"{optimize_s[0]:.2f}", f"{old_opt:.2f}"))
+        rows.append((mode, "Optimize, again (crop held)", f"{optimize_s[1]:.2f}", "-"))
+    print(f"# {mode}: session fields built {session.fields_built}x; session == CLI numbers in {checked}/{len(old_view_s)} "
+          f"requests", file=sys.stderr)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", default=["points", "seed", "auto"], choices=["points", "seed", "auto"])
+    parser.add_argument("--views", type=int, default=8, help="views per mode on the session (max 8)")
+    parser.add_argument("--moves", type=int, default=8, help="point moves per mode on the session (max 8)")
+    parser.add_argument("--old-runs", type=int, default=3, help="subprocess runs per mode (the first views)")
+    parser.add_argument("--no-optimize", action="store_true")
+    parser.add_argument("--case", type=int, default=0, help="phantom case seed")
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+          f"load average before: {load()}")
+    with tempfile.TemporaryDirectory(prefix="bench_triangles-") as tmp:
+        folder = Path(tmp)
+        rows = []
+        for mode in args.modes:
+            # automatic vertices are tuned on the primitive skeleton (docs/triangles.md, known limits)
+            anatomy = "primitive" if mode == "auto" else "mesh"
+            case, files = write_case(folder / anatomy, args.case, anatomy)
+            rows += bench_mode(mode, case, files, folder / anatomy, args)
+    print()
+    print("| mode | step | session (s) | one process per request (s) |")
+    print("|---|---|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nload average after: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
