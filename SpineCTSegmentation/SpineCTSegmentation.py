@@ -47,6 +47,7 @@ from SpineCTSegmentationLib.triangles import (
     write_table_csv,
 )
 from SpineCTSegmentationLib.uncertainty import review_row_centroid_ras
+from SpineCTSegmentationLib.worker import WorkerClient, WorkerTrianglesJob, WorkerUnavailable
 from SpineCTSegmentationLib.view import camera_for_view, lps_to_ras
 
 #
@@ -202,6 +203,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._triangleJob = None
         if self.logic is not None:
             self.logic.cleanupTriangles()
+            self.logic.stopWorker()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -625,6 +627,11 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._triangleInputs = None
+        # One long-lived ``spinect serve`` for triangle measurements (started at the first one);
+        # False after it failed to start: one ``spinect triangles`` process per request then.
+        self._worker = None
+        self.useWorker = True
+        self.workerIdleExitS = 600.0
 
     def getParameterNode(self):
         return SpineCTSegmentationParameterNode(super().getParameterNode())
@@ -739,14 +746,39 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
             self.cleanupTriangles()
             inputs = self._triangleInputs = TriangleInputs(
                 segmentationNode, ctVolume, structures_volume=structuresVolume, work_dir=slicer.app.temporaryPath)
-        job = TrianglesJob(
-            inputs, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
-            level=level.value, side=side.value, points_ras=points if mode == TriangleMode.POINTS else None,
-            seed_ras=points[0] if mode == TriangleMode.SEED else None, theta_deg=thetaDeg, phi_deg=phiDeg, optimize=optimize,
-        )
+        target = dict(level=level.value, side=side.value, points_ras=points if mode == TriangleMode.POINTS else None,
+                      seed_ras=points[0] if mode == TriangleMode.SEED else None, theta_deg=thetaDeg, phi_deg=phiDeg,
+                      optimize=optimize)
+        if self.useWorker:
+            try:
+                job = WorkerTrianglesJob(self.triangleWorker(), inputs, **target)
+                job.start()
+                logging.info("SpineCTSegmentation: " + " ".join(job.command))
+                return job
+            except WorkerUnavailable as exc:  # one process per request from now on
+                logging.warning(f"SpineCTSegmentation: the backend worker did not start ({exc}); "
+                                "measuring with one process per request")
+                self.useWorker = False
+                self.stopWorker()
+        job = TrianglesJob(inputs, python_executable=self.pythonSlicerExecutable(),
+                           base_env=slicer.util.startupEnvironment(), **target)
         logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
         job.start()
         return job
+
+    def triangleWorker(self):
+        """The ``spinect serve`` worker (created here, started by its first request)."""
+        if self._worker is None:
+            self._worker = WorkerClient(python_executable=self.pythonSlicerExecutable(),
+                                        base_env=slicer.util.startupEnvironment(), idle_exit_s=self.workerIdleExitS,
+                                        cwd=slicer.app.temporaryPath)
+        return self._worker
+
+    def stopWorker(self) -> None:
+        """Stop the worker (module cleanup, application exit); the next measurement starts a new one."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
     def measureTriangles(self, segmentationNode, ctVolume, *, timeoutS=None, **kwargs) -> dict:
         """Blocking measurement (scripts and tests): returns the backend's JSON report and shows it."""

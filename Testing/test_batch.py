@@ -149,3 +149,20 @@ def test_seg_nrrd_suffix_and_provenance(cts, tmp_path, tiny_model):
     assert result.rows[0]["output"].endswith("case0.seg.nrrd") and (out / "case0.seg.nrrd").is_file()
     sidecar = json.loads((out / "case0.seg.nrrd.provenance.json").read_text(encoding="utf-8"))
     assert "case0.nii.gz" in json.dumps(sidecar)
+
+
+def test_reused_models_are_built_once_and_again_when_the_file_changes(tmp_path):
+    from conftest import make_tiny_model
+    from spinect.model_file import load_model, reuse_loaded_models
+
+    path = make_tiny_model(tmp_path / "m.pt", seed=0)
+    assert load_model(path)[0] is not load_model(path)[0]  # outside the block: a new network each time
+    with reuse_loaded_models():
+        first, plan = load_model(path)
+        assert load_model(path)[0] is first
+        make_tiny_model(path, seed=1, base_width=6)  # replaced (other size): loaded again
+        second, _ = load_model(path)
+        assert second is not first
+        assert sum(p.numel() for p in second.parameters()) > sum(p.numel() for p in first.parameters())
+        assert load_model(path)[0] is second
+    assert load_model(path)[0] is not second

@@ -115,13 +115,45 @@ def _cpu() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs, flags: {', '.join(shown) or 'none of avx2/avx512'}"
 
 
+def _on_file(path: Path) -> int:
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    import islands_reference
+    from spinect.postprocess import suppress_islands
+
+    image = sitk.ReadImage(str(path))
+    labels = sitk.GetArrayFromImage(image).astype(np.uint8)
+    spacing = tuple(float(v) for v in image.GetSpacing()[::-1])
+    counts = [ndimage.label(labels == v, structure=np.ones((3, 3, 3), bool))[1] for v in (1, 2)]
+    print(f"CPU: {_cpu()}; load average before: {os.getloadavg()[0]:.2f}")
+    print(f"label map {path}: {labels.shape[::-1]} voxels (x y z) at {spacing[::-1]} mm; components bone {counts[0]:,}, "
+          f"nerve {counts[1]:,}\n")
+    t0 = time.perf_counter()
+    new = suppress_islands(labels, spacing)
+    t_new = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    old = islands_reference.suppress_islands(labels, spacing)
+    t_old = time.perf_counter() - t0
+    print("| removed | new (s) | old (s) | old / new | identical |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(new[1]):,} | {t_new:.2f} | {t_old:.2f} | {t_old / t_new:.1f}× | {'yes' if _same(new, old) else '**NO**'} |")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--islands", type=int, nargs="+", default=[1000, 2000, 5000])
     parser.add_argument("--old-up-to", type=int, default=2000, help="run the old implementation up to this many islands")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-map", type=Path, default=None, metavar="FILE",
+                        help="instead of synthetic maps: a label image (0/1 bone/2 nerve), e.g. `spinect segment CT OUT "
+                             "--keep-islands` on a real CT; old and new run on it once each")
     args = parser.parse_args(argv)
+    if args.label_map is not None:
+        return _on_file(args.label_map)
 
     from scipy import ndimage
 

@@ -8,6 +8,10 @@ one phantom case (1 mm, 300 x 300 x 200 voxels, written to disk as the Slicer mo
   session and get the first measurement, then the median time per view change (θ, φ) and per
   point move (B dragged by 0.5-2 mm), and Optimize (the default search, 2.5° steps, with the
   CT; its first call also builds the large crop that reaches the skin);
+* the worker path: the same requests as JSON lines through ``spinect serve`` with the module's
+  client (``SpineCTSegmentationLib.worker.WorkerClient``, what Slicer uses): worker start,
+  ``open_triangles`` + the first ``measure``, then one ``measure`` per view change and point move
+  (each sent and waited for, as the widget's scheduler runs one at a time), and ``optimize``;
 * the old path, in the same run: ``python -m spinect triangles ...`` as a subprocess per request
   (the same views and moves; Optimize once).
 
@@ -108,7 +112,67 @@ def same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[str, str, str, str]]:
+def worker_args(mode: str, req: dict, theta: float, phi: float) -> dict:
+    """A ``measure`` request's args for the session keyword arguments of one mode."""
+    args = {"mode": mode, "theta_deg": theta, "phi_deg": phi}
+    if "points_lps_mm" in req:
+        args["points"] = np.asarray(req["points_lps_mm"], float).tolist()
+    if "seed_lps_mm" in req:
+        args["seed"] = np.asarray(req["seed_lps_mm"], float).tolist()
+    return args
+
+
+def bench_worker(mode: str, req: dict, files: dict, folder: Path, views, moves, pts, seed, args, expected) -> dict:
+    """Times through ``spinect serve`` with the module's client; checks the numbers against the session's."""
+    from SpineCTSegmentationLib.worker import WorkerClient
+
+    client = WorkerClient(python_executable=sys.executable, base_env=dict(os.environ), backend_dir=BACKEND, cwd=folder,
+                          idle_exit_s=None)
+    try:
+        t = time.perf_counter()
+        client.call("ping", timeout_s=600)
+        start_s = time.perf_counter() - t
+        open_args = {"seg": str(files["labels"]), "level": "L5S1", "side": "left", "ct": str(files["ct"])}
+        for key, value in req["open"].items():
+            name = {"around_lps_mm": "around"}.get(key, key)
+            open_args[name] = np.asarray(value, float).tolist() if key == "around_lps_mm" else (
+                value if isinstance(value, bool) else str(value))
+        t = time.perf_counter()
+        client.call("open_triangles", open_args, session="bench", timeout_s=600)
+        first = client.call("measure", worker_args(mode, req["session"], *views[0]), session="bench", timeout_s=600)
+        open_s = time.perf_counter() - t
+        checked = int(same(first["measurement"], expected[0]))
+        view_s = []
+        for k, (theta, phi) in enumerate(views[1:], start=1):
+            t = time.perf_counter()
+            got = client.call("measure", worker_args(mode, req["session"], theta, phi), session="bench", timeout_s=600)
+            view_s.append(time.perf_counter() - t)
+            checked += same(got["measurement"], expected[k])
+        move_s = []
+        if mode != "auto":
+            for offset in moves:
+                moved = dict(req["session"])
+                if mode == "points":
+                    p = pts.copy()
+                    p[1] += offset
+                    moved["points_lps_mm"] = p
+                else:
+                    moved["seed_lps_mm"] = seed + np.asarray(offset)
+                t = time.perf_counter()
+                client.call("measure", worker_args(mode, moved, 30.0, 0.0), session="bench", timeout_s=600)
+                move_s.append(time.perf_counter() - t)
+        optimize_s = None
+        if not args.no_optimize and mode == "points":
+            t = time.perf_counter()
+            client.call("optimize", worker_args(mode, req["session"], 0.0, 0.0), session="bench", timeout_s=600)
+            optimize_s = time.perf_counter() - t
+    finally:
+        client.stop()
+    print(f"# {mode}: worker == session numbers in {checked}/{len(views)} views", file=sys.stderr)
+    return dict(start_s=start_s, open_s=open_s, view_s=view_s, move_s=move_s, optimize_s=optimize_s)
+
+
+def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[str, ...]]:
     from spinect.geometry.session import TriangleSession
 
     entry = case.truth["levels"]["L5S1"]["left"]["kambin"]
@@ -150,6 +214,11 @@ def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[s
         trajectory = session.optimize(mode, **req["session"])
         optimize_s = (optimize_first_s, time.perf_counter() - t)
 
+    # --- through the worker, as the Slicer module runs it
+    expected = [json.loads(json.dumps(r.to_dict()))["measurement"] for r in results]
+    worker = bench_worker(mode, req, files, folder, views, MOVES_MM[: args.moves] if mode != "auto" else [], pts, seed,
+                          args, expected)
+
     # --- one process per request
     old_view_s, checked = [], 0
     for k, (theta, phi) in enumerate(views[: args.old_runs]):
@@ -163,15 +232,22 @@ def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[s
 
     med = lambda xs: f"{statistics.median(xs):.3f}" if xs else "-"  # noqa: E731
     old_med = statistics.median(old_view_s) if old_view_s else float("nan")
-    rows.append((mode, "open + first measurement", f"{open_s:.2f}", f"{old_view_s[0]:.2f}" if old_view_s else "-"))
-    rows.append((mode, f"view change (median of {len(view_s)})", med(view_s),
-                 f"{old_med:.2f} (x{old_med / statistics.median(view_s):.0f})" if view_s and old_view_s else "-"))
+
+    def speedup(xs) -> str:
+        return f" (x{old_med / statistics.median(xs):.0f})" if xs and old_view_s else ""
+
+    rows.append((mode, "worker start (python -m spinect serve, ready line)", "-", f"{worker['start_s']:.2f}", "-"))
+    rows.append((mode, "open + first measurement", f"{open_s:.2f}", f"{worker['open_s']:.2f}",
+                 f"{old_view_s[0]:.2f}" if old_view_s else "-"))
+    rows.append((mode, f"view change (median of {len(view_s)})", med(view_s) + speedup(view_s),
+                 med(worker["view_s"]) + speedup(worker["view_s"]), f"{old_med:.2f}" if old_view_s else "-"))
     if move_s:
-        rows.append((mode, f"point move (median of {len(move_s)})", med(move_s),
-                     f"{old_med:.2f} (x{old_med / statistics.median(move_s):.0f})" if old_view_s else "-"))
+        rows.append((mode, f"point move (median of {len(move_s)})", med(move_s) + speedup(move_s),
+                     med(worker["move_s"]) + speedup(worker["move_s"]), f"{old_med:.2f}" if old_view_s else "-"))
     if optimize_s is not None:
-        rows.append((mode, "Optimize, first (builds the 110 mm crop)", f"{optimize_s[0]:.2f}", f"{old_opt:.2f}"))
-        rows.append((mode, "Optimize, again (crop held)", f"{optimize_s[1]:.2f}", "-"))
+        rows.append((mode, "Optimize, first (builds the 110 mm crop)", f"{optimize_s[0]:.2f}",
+                     f"{worker['optimize_s']:.2f}", f"{old_opt:.2f}"))
+        rows.append((mode, "Optimize, again (crop held)", f"{optimize_s[1]:.2f}", "-", "-"))
     print(f"# {mode}: session fields built {session.fields_built}x; session == CLI numbers in {checked}/{len(old_view_s)} "
           f"requests", file=sys.stderr)
     return rows
@@ -198,8 +274,8 @@ def main() -> int:
             case, files = write_case(folder / anatomy, args.case, anatomy)
             rows += bench_mode(mode, case, files, folder / anatomy, args)
     print()
-    print("| mode | step | session (s) | one process per request (s) |")
-    print("|---|---|---:|---:|")
+    print("| mode | step | session, in process (s) | worker protocol (s) | one process per request (s) |")
+    print("|---|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\nload average after: {load()}")

@@ -105,8 +105,10 @@ class SegmentationResult:
     def voxel_counts(self) -> dict[str, int]:
         """Voxels per class name on the input grid."""
         names = self.plan.label_names
-        counts = np.bincount(sitk.GetArrayViewFromImage(self.labels).ravel(), minlength=len(names))
-        result = {name: int(counts[i]) for i, name in enumerate(names)}
+        # One comparison per class: np.bincount would first copy a uint8 volume into int64 (1.6 s and
+        # 630 MB for 512x512x300 voxels, against 0.03 s; docs/benchmarks.md, whole process).
+        labels = sitk.GetArrayViewFromImage(self.labels)
+        result = {name: int(np.count_nonzero(labels == i)) for i, name in enumerate(names)}
         if self.levels is not None:
             from spinect.plan import LEVEL_MAP_NAMES
 
@@ -440,6 +442,10 @@ def _header_geometry(path) -> _HeaderGeometry | None:
     """The header's size and spacing of a single image file, without reading its voxels; None for
     a DICOM folder or a header that cannot be read (reading the CT then reports the problem)."""
     path = Path(path)
+    try:
+        str(path).encode("utf-8")  # SimpleITK aborts the process on a name that is not UTF-8
+    except UnicodeEncodeError:
+        return None  # read_ct refuses it with a clear message
     if not path.is_file():
         return None
     try:

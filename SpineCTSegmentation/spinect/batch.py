@@ -184,10 +184,10 @@ def _row_of(case: BatchCase, status: str, seconds: float, *, error: str = "", re
         import SimpleITK as sitk
 
         voxel_mm3 = float(np.prod(result.labels.GetSpacing()))
-        counts = np.bincount(sitk.GetArrayViewFromImage(result.labels).ravel(), minlength=len(result.plan.label_names))
+        labels = sitk.GetArrayViewFromImage(result.labels)
         for index, name in enumerate(result.plan.label_names):
             if index > 0:
-                row[f"{name}_mm3"] = f"{counts[index] * voxel_mm3:.1f}"
+                row[f"{name}_mm3"] = f"{np.count_nonzero(labels == index) * voxel_mm3:.1f}"
         row["removed_islands"] = str(len(result.removed_islands))
     return row
 

@@ -19,7 +19,7 @@ from spinect.errors import SpinectError
 __all__ = ["main", "build_parser"]
 
 #: Subcommand modules under ``spinect.commands``, in the order ``--help`` lists them.
-_COMMANDS = ("segment", "segment_batch", "phantom", "train", "evaluate", "triangles", "report")
+_COMMANDS = ("segment", "segment_batch", "phantom", "train", "evaluate", "triangles", "report", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
