@@ -63,3 +63,20 @@ def synthetic_ct_path(tmp_path) -> Path:
     path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(make_synthetic_ct(), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def slicer():
+    """Slicer's MRML classes from the ``slicer-core`` wheel (skips where it is not installed)."""
+    slicer = pytest.importorskip("slicer", reason="pip install slicer-core (Slicer's MRML without Qt)")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("'slicer' is not the slicer-core package")
+    return slicer
+
+
+@pytest.fixture(scope="session")
+def triangle_case():
+    """The phantom the Slicer triangle tests measure on (L5/S1 and L4/L5 in view)."""
+    from spinect import phantom
+
+    return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)

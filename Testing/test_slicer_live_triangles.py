@@ -145,16 +145,8 @@ def test_the_widget_uses_the_plan_and_observes_point_moves():
 
 
 @pytest.fixture(scope="module")
-def slicer():
-    slicer = pytest.importorskip("slicer", reason="pip install slicer-core (Slicer's MRML without Qt)")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("'slicer' is not the slicer-core package")
-    return slicer
-
-
-@pytest.fixture(scope="module")
-def case():
-    return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
+def case(triangle_case):
+    return triangle_case
 
 
 def test_a_point_drag_in_mrml_reaches_a_new_readout(slicer, case, tmp_path):

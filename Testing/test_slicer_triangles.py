@@ -27,16 +27,8 @@ LEVEL, SIDE, THETA, PHI = "L5S1", "left", 30.0, 0.0
 
 
 @pytest.fixture(scope="module")
-def slicer():
-    slicer = pytest.importorskip("slicer", reason="pip install slicer-core (Slicer's MRML without Qt)")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("'slicer' is not the slicer-core package")
-    return slicer
-
-
-@pytest.fixture(scope="module")
-def case():
-    return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
+def case(triangle_case):
+    return triangle_case
 
 
 def _truth_points_lps(case) -> np.ndarray:

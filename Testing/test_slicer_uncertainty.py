@@ -23,14 +23,6 @@ from SpineCTSegmentationLib.options import Device  # noqa: E402
 from SpineCTSegmentationLib.process import build_segment_command  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def slicer():
-    slicer = pytest.importorskip("slicer", reason="pip install slicer-core (Slicer's MRML without Qt)")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("'slicer' is not the slicer-core package")
-    return slicer
-
-
 def test_tta_option_adds_the_backend_arguments(tmp_path):
     from spinect.cli import build_parser
 

@@ -129,16 +129,8 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def slicer():
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("'slicer' is not the slicer-core package")
-    return slicer
-
-
-@pytest.fixture(scope="module")
-def case():
-    return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
+def case(triangle_case):
+    return triangle_case
 
 
 def _numbers(report: dict) -> str:
