@@ -46,19 +46,23 @@ HERE = Path(__file__).resolve().parent
 BACKEND = HERE.parent / "SpineCTSegmentation"
 sys.path.insert(0, str(BACKEND))
 
+from spinect.profiling import cpu_model_name  # noqa: E402
+
 VIEWS = [(0.0, 0.0), (30.0, 0.0), (45.0, -10.0), (20.0, 15.0), (10.0, 5.0), (35.0, -5.0), (50.0, 10.0), (25.0, -15.0)]
 MOVES_MM = [(0.5, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.5), (-1.0, 0.5, 0.0), (1.0, 1.0, 0.5), (-0.5, -1.0, 1.0),
             (2.0, 0.0, -0.5), (0.0, -2.0, 0.0)]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def moved_target(mode: str, target: dict, pts, seed, offset) -> dict:
+    """``target`` with vertex B (points mode) or the seed moved by ``offset`` (mm, LPS)."""
+    moved = dict(target)
+    if mode == "points":
+        p = pts.copy()
+        p[1] += offset
+        moved["points_lps_mm"] = p
+    else:
+        moved["seed_lps_mm"] = seed + np.asarray(offset)
+    return moved
 
 
 def load() -> str:
@@ -151,13 +155,7 @@ def bench_worker(mode: str, req: dict, files: dict, folder: Path, views, moves, 
         move_s = []
         if mode != "auto":
             for offset in moves:
-                moved = dict(req["session"])
-                if mode == "points":
-                    p = pts.copy()
-                    p[1] += offset
-                    moved["points_lps_mm"] = p
-                else:
-                    moved["seed_lps_mm"] = seed + np.asarray(offset)
+                moved = moved_target(mode, req["session"], pts, seed, offset)
                 t = time.perf_counter()
                 client.call("measure", worker_args(mode, moved, 30.0, 0.0), session="bench", timeout_s=600)
                 move_s.append(time.perf_counter() - t)
@@ -195,13 +193,7 @@ def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[s
     move_s = []
     if mode != "auto":
         for offset in MOVES_MM[: args.moves]:
-            moved = dict(req["session"])
-            if mode == "points":
-                p = pts.copy()
-                p[1] += offset
-                moved["points_lps_mm"] = p
-            else:
-                moved["seed_lps_mm"] = seed + np.asarray(offset)
+            moved = moved_target(mode, req["session"], pts, seed, offset)
             t = time.perf_counter()
             session.measure(mode, theta_deg=30.0, phi_deg=0.0, **moved)
             move_s.append(time.perf_counter() - t)
@@ -263,7 +255,7 @@ def main() -> int:
     parser.add_argument("--case", type=int, default=0, help="phantom case seed")
     args = parser.parse_args()
 
-    print(f"CPU: {cpu_name()}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+    print(f"CPU: {cpu_model_name()}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
           f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="bench_triangles-") as tmp:
         folder = Path(tmp)

@@ -45,6 +45,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SpineCTSegmentation"))
 
+from spinect.profiling import cpu_model_name  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 FETCH_CHEST = ROOT.parent / "shared" / "tools" / "fetch-real-chest-ct.sh"
 DEFAULT_CACHE = Path.home() / ".cache" / "spinect" / "real_ct" / "chest"
@@ -484,16 +486,6 @@ def stress_table(rows: list[dict[str, Any]]) -> str:
 # -------------------------------------------------------------------------------------- main
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse_models(specs: list[str] | None) -> dict[str, Path]:
     """``NAME=PATH`` list -> ordered {name: path}; default ``shipped=<the package's default model>``."""
     from spinect.model_file import default_model_path
@@ -558,7 +550,7 @@ def environment(threads: int) -> dict[str, Any]:
     dtype = autocast_dtype(torch.device("cpu"), None)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_name(),
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model_name(),
             "threads": threads,
             "precision": "float32" if dtype is None else
             f"{str(dtype).replace('torch.', '')} (spinect.inference.autocast_dtype on this CPU; SPINECT_CPU_BF16=0 "

@@ -249,8 +249,9 @@ def segment(
     with timer.stage("read"):
         ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=allow_gaps)
     resampled = _refuse_resampled_dicom_seg(ct, dicom_seg_output)
-    _check_window_count(ct, plan, stride_zyx, force=force)
-    _check_memory(ct, plan, force=force)
+    if header is None or tuple(ct.GetSize()) != header.size:  # DICOM (a file names its series), in-memory image
+        _check_window_count(ct, plan, stride_zyx, force=force)
+        _check_memory(ct, plan, force=force)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
 
     def on_window(done: int, total: int) -> None:

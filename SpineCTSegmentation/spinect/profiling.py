@@ -12,6 +12,19 @@ from typing import Iterator
 __all__ = ["StageTimer", "peak_rss_mb"]
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for benchmark headers; the platform's name elsewhere."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB.
 

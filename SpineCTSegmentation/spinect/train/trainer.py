@@ -31,7 +31,7 @@ from spinect.plan import CLASS_NAMES, ModelPlan
 from spinect.train.augment import augment_patch, build_augmentation, region_size_for
 from spinect.train.dataset import DataSplit, LoadedCase
 from spinect.train.history import TrainingLog
-from spinect.train.loss import WeightSchedule, weighted_cross_entropy
+from spinect.train.loss import SPINECT_EARLY_WEIGHTS, SPINECT_LATE_WEIGHTS, WeightSchedule, weighted_cross_entropy
 from spinect.train.sampling import DEFAULT_CLASS_FRACTIONS, PatchSampler
 from spinect.train.setup import RunData, build_plan, prepare_run_data, write_run_files
 from spinect.train.state import STATE_NAME, DistributedContext, capture_rng, init_distributed, load_training_state, restore_rng, save_training_state
@@ -446,14 +446,10 @@ def class_weight_schedule(plan: ModelPlan, total_steps: int, *, early_nerve_weig
     A coarse level model (3 mm) hardly sees nerves, and 20x made one label a broad band around
     them as nerve (bone Dice 0.004 after 500 steps); such runs use a lower early weight.
     """
-    base = WeightSchedule(total_steps=total_steps)
-    early_by_group = (base.early[0], base.early[1], float(early_nerve_weight))
-    if not plan.class_groups:
-        return WeightSchedule(total_steps=total_steps, early=early_by_group)
-    group = plan.spinect_lookup()  # class -> 0/1/2
-    early = tuple(float(early_by_group[g]) for g in group)
-    late = tuple(float(base.late[g]) for g in group)
-    return WeightSchedule(total_steps=total_steps, early=early, late=late)
+    early_by_group = (*SPINECT_EARLY_WEIGHTS[:2], float(early_nerve_weight))
+    group = plan.spinect_lookup()  # class -> 0/1/2 (identity for a 3-class model)
+    return WeightSchedule(total_steps=total_steps, early=tuple(float(early_by_group[g]) for g in group),
+                          late=tuple(float(SPINECT_LATE_WEIGHTS[g]) for g in group))
 
 
 def class_fractions_for(plan: ModelPlan, fractions: dict[int, float]) -> dict[int, float]:
