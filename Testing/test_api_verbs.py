@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def test_evaluate_refuses_mixed_modes(phantom_dir, tmp_path):
     out, _ = phantom_dir
     with pytest.raises(InputError, match="not both"):
         api.evaluate(tmp_path / "r", pred=out, labels=out, data=out)
-    with pytest.raises(InputError, match="pred= and labels="):
+    with pytest.raises(InputError, match="--pred PRED and --labels LABELS"):
         api.evaluate(tmp_path / "r", pred=out)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
 def test_train_refuses_a_folder_without_cases(tmp_path):
@@ -65,5 +67,7 @@ def test_measure_kambin_is_triangles_with_kambin(monkeypatch):
     import spinect.geometry.measure as measure
 
     monkeypatch.setattr(measure, "measure_triangle", fake_measure)
-    assert api.measure_kambin("seg.nrrd", level="L5S1", side="left", auto=True) == "result"
-    assert seen == {"seg": "seg.nrrd", "level": "L5S1", "side": "left", "triangle": "kambin", "auto": True}
+    assert api.measure_kambin("seg.nrrd", level="l5s1", side="left", auto=True, structures="map.nrrd") == "result"
+    assert seen["seg"] == Path("seg.nrrd") and seen["structures"] == Path("map.nrrd")
+    assert (seen["level"], seen["side"], seen["triangle"], seen["auto"]) == ("L5S1", "left", "kambin", True)
+    assert seen["points_lps_mm"] is None and seen["seed_lps_mm"] is None and seen["optimize"] is False

@@ -30,6 +30,8 @@ import SimpleITK as sitk
 
 from spinect.errors import ModelError, SpinectError
 from spinect.plan import ModelPlan
+from spinect.requests import (EvaluateRequest, PhantomRequest, ReportRequest, RequestError, SegmentRequest,
+                              TrianglesRequest, build_request)
 
 __all__ = [
     "segment",
@@ -41,7 +43,13 @@ __all__ = [
     "measure_kambin",
     "open_triangles",
     "report",
+    "serve",
     "SegmentationResult",
+    "SegmentRequest",
+    "TrianglesRequest",
+    "EvaluateRequest",
+    "PhantomRequest",
+    "ReportRequest",
     "ProgressCallback",
     "resolve_model_path",
     "STAGE_WEIGHTS",
@@ -83,6 +91,9 @@ class SegmentationResult:
             beside every output file as ``<output>.provenance.json``.
         levels: with ``levels=True``, the level map on the input grid (0 none, k =
             :data:`spinect.plan.LEVEL_NAMES` ``[k - 1]``), else None.
+        settings: the :class:`spinect.pipeline.InferenceSettings` the inference ran with (plan
+            and request resolved: precision, window skipping, island rules, smoothing, ...).
+        request: the :class:`spinect.requests.SegmentRequest` that was run.
     """
 
     labels: sitk.Image
@@ -101,6 +112,8 @@ class SegmentationResult:
     window_counts: dict[str, int] = field(default_factory=dict)
     levels: sitk.Image | None = None
     provenance: dict = field(default_factory=dict)
+    settings: object | None = None
+    request: SegmentRequest | None = None
 
     def voxel_counts(self) -> dict[str, int]:
         """Voxels per class name on the input grid."""
@@ -132,72 +145,45 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
 
 
 def segment(
-    input: str | os.PathLike | sitk.Image,
+    input: str | os.PathLike | sitk.Image | SegmentRequest | None = None,
     output: str | os.PathLike | None = None,
     *,
-    model: str | os.PathLike | None = None,
-    device: str = "auto",
-    smoothing_mm: float | None = None,
-    blend: str | None = None,
-    stride_zyx: tuple[int, int, int] | None = None,
-    batch_size: int = 4,
-    tta: bool = False,
-    ensemble: Sequence[str | os.PathLike] = (),
-    keep_islands: bool = False,
-    whole_volume: bool = False,
-    uncertainty_output: str | os.PathLike | None = None,
-    review_output: str | os.PathLike | None = None,
-    review_top_k: int = 20,
-    overwrite: bool = True,
-    allow_untrained: bool = False,
-    force: bool = False,
-    allow_gaps: bool = False,
+    request: SegmentRequest | None = None,
     progress: ProgressCallback | None = None,
-    levels: bool = False,
-    dicom_seg_output: str | os.PathLike | None = None,
-    level_model: str | os.PathLike | None = None,
+    **options,
 ) -> SegmentationResult:
     """Segment lumbosacral bone and nerves on a CT (``spinect segment``).
+
+    Takes a :class:`spinect.requests.SegmentRequest` (as ``request``, or as the first argument),
+    or keyword arguments that make one: ``segment("ct.nii.gz", "ct.seg.nrrd", smoothing_mm=0)`` is
+    ``segment(SegmentRequest(input="ct.nii.gz", output="ct.seg.nrrd", smoothing_mm=0))``. Keywords
+    given with a request replace its fields. The request's fields are the options (their help
+    is ``spinect segment --help``):
 
     Args:
         input: CT file (NIfTI, NRRD, MHA), DICOM series folder, or a SimpleITK image in HU.
         output: label file to write (``.seg.nrrd`` for Slicer, or ``.nii.gz``/``.nrrd``/``.mha``
             label map on the input grid), or None to only return the labels.
-        model: model file (``.pt``) written by ``spinect train``; None = the shipped default.
-        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        smoothing_mm: median smoothing kernel, mm (default: the plan's, 1.5; 0 = off).
-        blend: ``sum`` (SPINECT) or ``gaussian``; default: the plan's.
-        stride_zyx: sliding-window stride in voxels; default: the plan's (20, 40, 40).
-        batch_size: windows per network call.
-        tta: flip test-time augmentation (4 in-plane flips per model) for uncertainty.
-        ensemble: further model files; their predictions are fused with ``model``'s.
-        keep_islands: keep isolated false-positive islands (removed and reported by default).
-        whole_volume: run every window inside the body; by default windows farther than 30 mm from
-            any bone-dense voxel (>= 150 HU) are skipped (the same labels within 30 mm of bone;
-            on a 512×512×300 CT 40 % fewer windows; see :mod:`spinect.pipeline`).
-        uncertainty_output: write the vote-entropy map here (needs ``tta`` or ``ensemble``).
-        review_output: write the top uncertain regions here (``.csv`` or ``.json``).
-        review_top_k: how many regions the review list holds.
-        overwrite: replace an existing output file (always atomically).
-        allow_untrained: accept a model whose plan says ``untrained`` (for tests only).
-        force: run even when the work is beyond sane bounds: more than :data:`MAX_WINDOWS` sliding
-            windows, or an estimated :data:`MAX_MEMORY_BYTES` of working memory
-            (:func:`estimate_memory`); refused with a :class:`SpinectError` otherwise.
-        allow_gaps: a DICOM series with missing slices is resampled onto an even grid (with a
-            warning; the labels are on that grid) instead of refused; recorded in the provenance
-            sidecars as ``input_resampled`` (:func:`spinect.io.reading.gap_resampling`).
+        request: the whole request (:class:`SegmentRequest`).
         progress: optional ``progress(stage, overall_fraction, message)`` callback.
-        levels: also label the vertebral level of the bone (L1-L5, sacrum). ``.seg.nrrd`` output
-            gets the level segments in a second layer (bone and nerve stay whole); a label-image
-            output gets a second file ``<name>_levels<suffix>`` (0 none, 1-6 = L1-L5, sacrum).
-            The levels come from ``model`` if its plan has level classes and no ``level_model``
-            is given, else from ``level_model`` (default: the shipped level model), whose levels
-            are carried onto ``model``'s bone (:func:`spinect.pipeline.transfer_levels`).
-        level_model: a level model (``spinect train --classes levels``) for ``levels``.
-        dicom_seg_output: also write a DICOM SEG (``.dcm``) referencing the source series; needs a
-            DICOM input (:mod:`spinect.io.dicom_seg`). An ``output`` ending in ``.dcm`` means the same.
+        options: the other fields of :class:`SegmentRequest`: ``model`` (None = the shipped
+            default), ``device``, ``smoothing_mm``/``blend``/``stride_zyx`` (None = the plan's),
+            ``batch_size``, ``precision`` (auto, fp32, bf16), ``tta``, ``ensemble``,
+            ``keep_islands``, ``whole_volume`` (by default windows farther than 30 mm from any
+            bone-dense voxel are skipped; see :mod:`spinect.pipeline`), ``uncertainty_output``,
+            ``review_output``, ``review_top_k``, ``overwrite``, ``allow_untrained``, ``force``
+            (run beyond :data:`MAX_WINDOWS` windows or :data:`MAX_MEMORY_BYTES`),
+            ``allow_gaps`` (resample a DICOM series with missing slices; recorded as
+            ``input_resampled``), ``levels`` (also label L1-L5 and sacrum: a second layer in
+            ``.seg.nrrd``, ``<name>_levels<suffix>`` beside a label image), ``level_model``,
+            ``dicom_seg_output`` (an ``output`` ending in ``.dcm`` means the same).
+
+    Returns:
+        :class:`SegmentationResult`; its ``settings`` and ``provenance["settings"]`` hold the
+        label-changing settings as applied (also in every output's provenance sidecar).
 
     Raises:
+        RequestError: a wrong option (before anything is read).
         InputError, OutputError, ModelError: with a message naming the problem; nothing is written.
     """
     import torch
@@ -206,72 +192,71 @@ def segment(
     from spinect.io import check_output_path, read_ct
     from spinect.io.provenance import write_sidecars
     from spinect.model_file import load_model
-    from spinect.pipeline import BONE_MARGIN_MM, segment_image
+    from spinect.pipeline import InferenceSettings, segment_image
     from spinect.profiling import StageTimer, peak_rss_mb
 
-    _check_segment_options(smoothing_mm, stride_zyx, batch_size)
-    output, dicom_seg_output = _dicom_seg_split(output, dicom_seg_output)
-    dicom_sources = _dicom_seg_sources(input, dicom_seg_output, overwrite)
+    if output is not None:
+        options["output"] = output
+    r = _request(SegmentRequest, request, "input", input, options)
+    input = r.input
+    output, dicom_seg_output = _dicom_seg_split(r.output, r.dicom_seg_output)
+    dicom_sources = _dicom_seg_sources(input, dicom_seg_output, r.overwrite)
     report = _Reporter(progress)
-    wants_uncertainty = tta or bool(ensemble)
-    if (uncertainty_output or review_output) and not wants_uncertainty:
-        raise SpinectError("an uncertainty map or review list needs --tta or --ensemble MODEL (several predictions to compare)")
-    for path in (output, uncertainty_output, review_output):
+    for path in (output, r.uncertainty_output, r.review_output):
         if path is not None:
-            check_output_path(path, overwrite=overwrite)  # fail before minutes of work, not after
-    model_path = resolve_model_path(model)
+            check_output_path(path, overwrite=r.overwrite)  # fail before minutes of work, not after
+    model_path = resolve_model_path(r.model)
     _refuse_clashing_paths({"input CT": None if isinstance(input, sitk.Image) else input, "model": model_path,
-                            "output": output, "--uncertainty": uncertainty_output, "--review": review_output,
+                            "output": output, "--uncertainty": r.uncertainty_output, "--review": r.review_output,
                             "DICOM SEG output": dicom_seg_output})
-    torch_device = resolve_device(device)
-    network, plan = load_model(model_path, device=torch_device, allow_untrained=allow_untrained)
+    torch_device = resolve_device(r.device)
+    network, plan = load_model(model_path, device=torch_device, allow_untrained=r.allow_untrained)
     level_network = level_plan = level_path = None
-    if level_model is not None and not levels:
-        raise SpinectError("--level-model is used only with --levels; add --levels or leave out --level-model")
-    if levels and (level_model is not None or not plan.has_levels):
-        level_network, level_plan, level_path = _load_level_model(level_model, torch_device, allow_untrained)
-    if levels and output is not None:
+    if r.levels and (r.level_model is not None or not plan.has_levels):
+        level_network, level_plan, level_path = _load_level_model(r.level_model, torch_device, r.allow_untrained)
+    if r.levels and output is not None:
         from spinect.io.writing import levels_output_path
 
-        check_output_path(levels_output_path(output), overwrite=overwrite)
-    networks = [network] + [_load_compatible(p, plan, torch_device, allow_untrained) for p in ensemble]
+        check_output_path(levels_output_path(output), overwrite=r.overwrite)
+    networks = [network] + [_load_compatible(p, plan, torch_device, r.allow_untrained) for p in r.ensemble]
     if plan.training_status != "trained":
         log.warning("model %s is marked %r: its labels are not meaningful for patients", model_path, plan.training_status)
+    # One settings object for the inference: the plan's defaults with the request's choices.
+    settings = InferenceSettings.from_plan(plan, r, levels=r.levels and level_network is None)
     timer = StageTimer()
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
 
     header = None if isinstance(input, sitk.Image) else _header_geometry(input)
     if header is not None:  # a huge CT is refused before it is read, not after
-        _check_window_count(header, plan, stride_zyx, force=force)
-        _check_memory(header, plan, force=force)
+        _check_window_count(header, plan, r.stride_zyx, force=r.force)
+        _check_memory(header, plan, force=r.force)
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
-        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=allow_gaps)
+        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=r.allow_gaps)
     resampled = _refuse_resampled_dicom_seg(ct, dicom_seg_output)
     if header is None or tuple(ct.GetSize()) != header.size:  # DICOM (a file names its series), in-memory image
-        _check_window_count(ct, plan, stride_zyx, force=force)
-        _check_memory(ct, plan, force=force)
+        _check_window_count(ct, plan, r.stride_zyx, force=r.force)
+        _check_memory(ct, plan, force=r.force)
     report("resample", 0.0, f"CT {ct.GetSize()} voxels, spacing {tuple(round(s, 3) for s in ct.GetSpacing())} mm")
 
     def on_window(done: int, total: int) -> None:
         report("infer", done / max(total, 1), f"window {done}/{total}")
 
-    out = segment_image(
-        ct, networks, plan, device=torch_device, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx,
-        batch_size=batch_size, tta=tta, remove_islands=not keep_islands, window_progress=on_window, timer=timer,
-        bone_margin_mm=None if whole_volume else BONE_MARGIN_MM, levels=levels and level_network is None,
-    )
+    out = segment_image(ct, networks, plan, settings, device=torch_device, window_progress=on_window, timer=timer)
+    level_settings = None
     if level_network is not None:
         report("infer", 1.0, "vertebral levels (level model)")
         with timer.stage("level model"):
             from spinect.pipeline import transfer_levels
 
-            coarse = segment_image(ct, level_network, level_plan, device=torch_device, batch_size=batch_size,
-                                   levels=True, smoothing_mm=0.0, bone_margin_mm=None if whole_volume else BONE_MARGIN_MM)
+            level_settings = InferenceSettings.from_plan(level_plan, batch_size=r.batch_size, precision=r.precision,
+                                                         levels=True, smoothing_mm=0.0,
+                                                         bone_margin_mm=settings.bone_margin_mm)
+            coarse = segment_image(ct, level_network, level_plan, level_settings, device=torch_device)
             out = dataclasses.replace(out, levels=transfer_levels(out.labels, coarse.levels))
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
-    islands = [_island_dict(r, lps, plan) for r, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
+    islands = [_island_dict(i, lps, plan) for i, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
     for island in islands[:_ISLANDS_LOGGED]:
         log.info("removed %s island: %d voxels (%.0f mm³) at LPS %s mm, %.1f mm from the kept anatomy",
                  island["class_name"], island["voxels"], island["volume_mm3"],
@@ -282,38 +267,39 @@ def segment(
     if out.uncertainty is not None:
         from spinect.uncertainty import uncertain_regions
 
-        review = uncertain_regions(out.uncertainty, out.labels, class_names=plan.label_names, top_k=review_top_k)
+        review = uncertain_regions(out.uncertainty, out.labels, class_names=plan.label_names, top_k=r.review_top_k)
     written = None
     report("write", 0.0, f"writing {output}")
     with timer.stage("write"):
-        _write_outputs(out, review, output=output, uncertainty_output=uncertainty_output,
-                       review_output=review_output, plan=plan, overwrite=overwrite)
+        _write_outputs(out, review, output=output, uncertainty_output=r.uncertainty_output,
+                       review_output=r.review_output, plan=plan, overwrite=r.overwrite)
         written = Path(output) if output is not None else None
-        provenance = _provenance(input, model_path, plan, ensemble, str(torch_device), smoothing_mm=smoothing_mm,
-                                 blend=blend, stride_zyx=stride_zyx, tta=tta, keep_islands=keep_islands,
-                                 whole_volume=whole_volume, levels=levels)
+        applied = settings.record(plan, ensemble_members=len(networks), device=torch_device)
+        applied["levels"] = r.levels
+        provenance = _provenance(input, model_path, plan, r.ensemble, str(torch_device), applied)
         if resampled is not None:  # --allow-gaps resampled the series: the labels are on that grid
             provenance["input_resampled"] = resampled
         if level_path is not None:  # the levels came from a second model
             from spinect.io.provenance import model_identity
 
             provenance["level_model"] = model_identity(level_path, level_plan)
+            provenance["level_model"]["settings"] = level_settings.record(level_plan, device=torch_device)
         if dicom_seg_output is not None:
             from spinect.io.dicom_seg import write_result_dicom_seg
 
             provenance = write_result_dicom_seg(out.labels, dicom_seg_output, source_files=dicom_sources, plan=plan,
-                                                provenance=provenance, levels=out.levels, overwrite=overwrite)
+                                                provenance=provenance, levels=out.levels, overwrite=r.overwrite)
             written = written or Path(dicom_seg_output)
         write_sidecars({"segmentation": output, "levels": _levels_file(output, out.levels),
-                        "uncertainty": uncertainty_output, "review": review_output, "dicom-seg": dicom_seg_output},
-                       provenance, overwrite=overwrite)
+                        "uncertainty": r.uncertainty_output, "review": r.review_output, "dicom-seg": dicom_seg_output},
+                       provenance, overwrite=r.overwrite)
     report("done", 1.0, "finished")
     vram = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
     return SegmentationResult(
         labels=out.labels, output_path=written, plan=plan, model_path=model_path, device=str(torch_device),
         timings_s=dict(timer.seconds), peak_rss_mb=peak_rss_mb(), peak_vram_mb=vram, removed_islands=islands,
         uncertainty=out.uncertainty, vvc=out.vvc, review=review, members=out.members,
-        window_counts=dict(timer.counts), levels=out.levels, provenance=provenance,
+        window_counts=dict(timer.counts), levels=out.levels, provenance=provenance, settings=settings, request=r,
     )
 
 
@@ -362,13 +348,14 @@ def _dicom_seg_sources(input, dicom_seg_output, overwrite: bool):
     return check_dicom_seg_request(input, dicom_seg_output, overwrite=overwrite)
 
 
-def _provenance(input, model_path, plan: ModelPlan, ensemble, device: str, **settings) -> dict:
-    """What made this result (:func:`spinect.io.provenance.segment_provenance`); settings as applied."""
-    from spinect.io.provenance import segment_provenance, segment_settings
+def _provenance(input, model_path, plan: ModelPlan, ensemble, device: str, settings: dict) -> dict:
+    """What made this result (:func:`spinect.io.provenance.segment_provenance`); ``settings`` as
+    applied (:meth:`spinect.pipeline.InferenceSettings.record`)."""
+    from spinect.io.provenance import segment_provenance
 
     return segment_provenance(
         input=None if isinstance(input, sitk.Image) else input, model_path=model_path, plan=plan, ensemble=ensemble,
-        settings=segment_settings(plan, ensemble=ensemble, **settings), label_names=plan.label_names, device=device)
+        settings=settings, label_names=plan.label_names, device=device)
 
 
 def _load_level_model(level_model, device, allow_untrained: bool):
@@ -407,22 +394,13 @@ MAX_WINDOWS = 200_000
 
 
 def _check_segment_options(smoothing_mm, stride_zyx, batch_size) -> None:
-    """Refuse option values that would crash deep inside, hang, or silently do nothing useful.
+    """Refuse option values that would crash deep inside, hang, or silently do nothing useful
+    (the checks of :class:`spinect.requests.SegmentRequest`'s fields).
 
     Raises:
         SpinectError: naming the option, the value and the allowed range.
     """
-    if smoothing_mm is not None:
-        if (not isinstance(smoothing_mm, (int, float, np.integer, np.floating)) or isinstance(smoothing_mm, bool)
-                or not 0.0 <= smoothing_mm <= 10.0):  # NaN fails too; no float(): a huge int would overflow
-            raise SpinectError(f"--smoothing-mm must be a number of mm within 0-10 (0 = off), got {smoothing_mm!r}")
-    if stride_zyx is not None:
-        if (not isinstance(stride_zyx, (tuple, list, np.ndarray)) or len(stride_zyx) != 3
-                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= 100_000
-                           for v in stride_zyx)):
-            raise SpinectError(f"--stride must be 3 positive integers (voxels along z y x), got {stride_zyx!r}")
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or not 1 <= batch_size <= 1024:
-        raise SpinectError(f"--batch-size must be an integer within 1-1024, got {batch_size!r}")
+    SegmentRequest(input="-", smoothing_mm=smoothing_mm, stride_zyx=stride_zyx, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -638,82 +616,123 @@ def segment_batch(
     return run_batch(cases, csv_path=csv_path, progress=progress, **segment_options)
 
 
-def phantom(out_dir: str | os.PathLike, *, n: int = 1, seed: int = 0, **options) -> list[Path]:
+def phantom(out_dir: str | os.PathLike | PhantomRequest | None = None, *, request: PhantomRequest | None = None,
+            progress: ProgressCallback | None = None, **options) -> list[Path]:
     """``spinect phantom OUT_DIR --n N --seed S ...``: write synthetic lumbosacral CT cases with truth.
 
-    ``options`` are those of :func:`spinect.phantom.make_phantom` (``shape_zyx``,
-    ``spacing_zyx_mm``, ``randomise_appearance``, ``appearance``, ``preview``, ``degeneration``, ``progress``).
-    Returns the case folders written.
+    Takes a :class:`spinect.requests.PhantomRequest` or keyword arguments that make one
+    (``n``, ``seed``, ``shape_zyx``, ``spacing_zyx_mm``, ``appearance``, ``randomise_appearance``,
+    ``degeneration``, ``anatomy``, ``preview``); see :func:`spinect.phantom.make_phantom`.
+    Returns the files written (per case, then the manifest).
     """
     from spinect.phantom import make_phantom
 
-    return make_phantom(out_dir, n=n, seed=seed, **options)
+    r = _request(PhantomRequest, request, "out_dir", out_dir, options)
+    return make_phantom(r.out_dir, n=r.n, seed=r.seed, shape_zyx=r.shape_zyx, spacing_zyx_mm=r.spacing_zyx_mm,
+                        randomise_appearance=r.randomise_appearance, appearance=r.appearance, preview=r.preview,
+                        degeneration=r.degeneration, progress=progress, anatomy=r.anatomy)
 
 
-def train(data: str | os.PathLike, out: str | os.PathLike, **options):
+def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *, config=None, **options):
     """``spinect train DATA --out RUN_DIR ...``: train a SPINECT model (SPINECT's recipe by default).
 
-    ``options`` are the fields of :class:`spinect.train.TrainingConfig` (``fold``, ``folds``,
-    ``epochs``, ``iterations``, ``base_width``, ``device``, ``resume``, ...). Returns
-    :class:`spinect.train.TrainingResult` (``best_model`` is a model file :func:`segment` takes).
+    Give a :class:`spinect.train.TrainingConfig` as ``config``, or ``data``, ``out`` and its other
+    fields as keywords (``fold``, ``folds``, ``epochs``, ``iterations``, ``base_width``,
+    ``device``, ``resume``, ...). Returns :class:`spinect.train.TrainingResult` (``best_model``
+    is a model file :func:`segment` takes).
     """
     from spinect.train import TrainingConfig
     from spinect.train import train as run_training
 
-    return run_training(TrainingConfig(data=Path(data), out=Path(out), **options))
+    if config is None:
+        if data is None or out is None:
+            raise RequestError("train needs the dataset folder (data) and the run folder (out), or a TrainingConfig")
+        config = TrainingConfig(data=Path(data), out=Path(out), **options)
+    elif data is not None or out is not None or options:
+        raise RequestError("give train a TrainingConfig or keyword options, not both")
+    return run_training(config)
 
 
-def evaluate(
-    out_dir: str | os.PathLike,
-    *,
-    pred: str | os.PathLike | None = None,
-    labels: str | os.PathLike | None = None,
-    model: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    cases: Sequence[str] | None = None,
-    device: str = "auto",
-    class_names: Sequence[str] = ("background", "bone", "nerve"),
-    resample_prediction: bool = False,
-    show_progress: bool = False,
-    overwrite: bool = False,
-):
+def evaluate(out_dir: str | os.PathLike | EvaluateRequest | None = None, *, request: EvaluateRequest | None = None,
+             show_progress: bool = False, **options):
     """``spinect evaluate``: score predictions against labels, or a model on a dataset.
 
-    Give ``pred`` and ``labels`` (files or folders matched by case id), or ``data`` (a dataset
-    folder; ``model`` defaults to the shipped model). Writes the per-case CSV, the summary CSV,
-    the Table-2-style Markdown and a box plot into ``out_dir`` (refused if it already holds a
-    report, unless ``overwrite``). Returns ``(EvaluationResult, EvaluationFiles)`` of :mod:`spinect.metrics`.
+    Takes a :class:`spinect.requests.EvaluateRequest` or keyword arguments that make one: give
+    ``pred`` and ``labels`` (files or folders matched by case id), or ``data`` (a dataset folder;
+    ``model`` defaults to the shipped model; ``cases`` picks case ids; ``device``). Writes the
+    per-case CSV, the summary CSV, the Table-2-style Markdown and a box plot into ``out_dir``
+    (refused if it already holds a report, unless ``overwrite``). ``show_progress``: a progress
+    bar on stderr. Returns ``(EvaluationResult, EvaluationFiles)`` of :mod:`spinect.metrics`.
     """
-    from spinect.commands.evaluate import _model_pairs, run_evaluation
-    from spinect.errors import InputError
     from spinect.metrics import check_report_folder, match_case_files
+    from spinect.metrics.runner import model_pairs, run_evaluation
 
-    if data is not None or model is not None:
-        if pred is not None or labels is not None:
-            raise InputError("give either pred/labels (score files) or model/data (segment a dataset), not both")
-        if data is None:
-            raise InputError("model needs data=DATASET_FOLDER to segment")
-        pairs = _model_pairs(None if model is None else Path(model), Path(data),
-                             cases=",".join(cases) if cases else None, device=device)
-    elif pred is None or labels is None:
-        raise InputError("give pred= and labels=, or data= (and optionally model=)")
+    r = _request(EvaluateRequest, request, "out_dir", out_dir, options)
+    if r.mode == "model":
+        pairs = model_pairs(r.model, r.data, cases=r.cases, device=r.device)
     else:
-        pairs = match_case_files(pred, labels)
-    check_report_folder(Path(out_dir), overwrite=overwrite)
-    return run_evaluation(pairs, Path(out_dir), class_names=tuple(class_names),
-                          resample_prediction=resample_prediction, show_progress=show_progress)
+        pairs = match_case_files(r.pred, r.labels)
+    check_report_folder(r.out_dir, overwrite=r.overwrite)
+    return run_evaluation(pairs, r.out_dir, class_names=r.class_names, resample_prediction=r.resample_prediction,
+                          show_progress=show_progress)
 
 
-def triangles(seg, *, level: str, side: str, **options):
+def triangles(seg=None, *, request: TrianglesRequest | None = None, progress: ProgressCallback | None = None,
+              settings=None, search=None, frame=None, **options):
     """``spinect triangles SEG --level L --side S ...``: Kambin / safe triangle and best oblique view.
 
-    ``options`` are those of :func:`spinect.geometry.measure.measure_triangle` (``triangle``,
-    ``ct``, ``points_lps_mm``, ``seed_lps_mm``, ``auto``, ``structures``, ``optimize``,
-    ``json_path``, ``heatmap_path``, ...). Returns its :class:`TrianglesResult`.
+    Takes a :class:`spinect.requests.TrianglesRequest` (as ``request`` or the first argument) or
+    keyword arguments that make one (``level``, ``side``, ``triangle``, ``ct``, one of
+    ``points_lps_mm`` / ``seed_lps_mm`` / ``auto``, ``structures``, ``endplate_lps_mm``,
+    ``upper_line_lps_mm``, ``theta_deg``, ``phi_deg``, ``optimize``, ``step_deg``, ``objective``,
+    ``reachable``, ``instrument_radius_mm``, ``pixel_mm``, ``allow_missing_nerve``,
+    ``json_path``, ``heatmap_path``), as :func:`spinect.geometry.measure.measure_triangle` takes
+    them. With ``optimize`` and a ``json_path`` the heat map goes beside the report unless
+    ``heatmap_path`` says where (as on the CLI).
+
+    Objects for callers that need them: ``settings`` (:class:`WindowSettings`, instead of
+    ``pixel_mm``/``instrument_radius_mm``/``reachable``), ``search`` (:class:`SearchSettings`,
+    instead of ``step_deg``/``objective``), ``frame`` (an :class:`EndplateFrame`).
+    Returns the :class:`TrianglesResult`.
     """
     from spinect.geometry.measure import measure_triangle
+    from spinect.geometry.trajectory import SearchSettings
+    from spinect.geometry.window import WindowSettings
 
-    return measure_triangle(seg, level=level, side=side, **options)
+    r = _request(TrianglesRequest, request, "seg", seg, options)
+    if settings is None:
+        settings = WindowSettings(pixel_mm=r.pixel_mm, instrument_radius_mm=r.instrument_radius_mm,
+                                  depth_before_mm=None if r.reachable else WindowSettings().depth_before_mm)
+    elif (r.pixel_mm, r.instrument_radius_mm, r.reachable) != _TRIANGLE_WINDOW_DEFAULTS:
+        raise RequestError("give settings= or pixel_mm/instrument_radius_mm/reachable, not both")
+    if search is None:
+        search = SearchSettings(objective=r.objective, step_deg=r.step_deg) if r.optimize else None
+    elif (r.step_deg, r.objective) != _TRIANGLE_SEARCH_DEFAULTS:
+        raise RequestError("give search= or step_deg/objective, not both")
+
+    def array(value, single: bool = False):
+        if value is None:
+            return None
+        import numpy as np
+
+        return np.asarray(value, float).reshape(3) if single else np.asarray(value, float).reshape(-1, 3)
+
+    return measure_triangle(
+        r.seg, level=r.level, side=r.side, triangle=r.triangle, ct=r.ct, points_lps_mm=array(r.points_lps_mm),
+        seed_lps_mm=array(r.seed_lps_mm, True), auto=r.auto, structures=r.structures,
+        endplate_lps_mm=array(r.endplate_lps_mm), frame=frame, theta_deg=r.theta_deg, phi_deg=r.phi_deg,
+        upper_line_lps_mm=array(r.upper_line_lps_mm, True), settings=settings, optimize=r.optimize, search=search,
+        json_path=r.json_path, heatmap_path=r.heatmap_output(), progress=progress,
+        allow_missing_nerve=r.allow_missing_nerve,
+    )
+
+
+def _defaults(cls, *names: str) -> tuple:
+    return tuple(cls.__dataclass_fields__[name].default for name in names)
+
+
+_TRIANGLE_WINDOW_DEFAULTS = _defaults(TrianglesRequest, "pixel_mm", "instrument_radius_mm", "reachable")
+_TRIANGLE_SEARCH_DEFAULTS = _defaults(TrianglesRequest, "step_deg", "objective")
 
 
 def open_triangles(seg, *, level: str, side: str, **options):
@@ -729,18 +748,50 @@ def open_triangles(seg, *, level: str, side: str, **options):
     return TriangleSession.open(seg, level=level, side=side, **options)
 
 
-def measure_kambin(seg, *, level: str, side: str, **options):
+def measure_kambin(seg=None, **options):
     """:func:`triangles` with ``triangle="kambin"`` (the common case, named for readers of the papers)."""
-    return triangles(seg, level=level, side=side, triangle="kambin", **options)
+    return triangles(seg, triangle="kambin", **options)
 
 
-def report(output: str | os.PathLike, *, seg=None, triangles: Sequence[str | os.PathLike] = (), provenance=None,
-           ct=None, case_id: str | None = None, pdf: str | os.PathLike | None = None, overwrite: bool = True):
+def report(output: str | os.PathLike | ReportRequest | None = None, *, request: ReportRequest | None = None,
+           **options):
     """``spinect report OUT.html --seg SEG --triangles T.json ...``: one HTML page (and PDF) for a case.
 
-    Returns ``{"html": path, "pdf": path}`` (``pdf`` only when asked). See :mod:`spinect.report`.
+    Takes a :class:`spinect.requests.ReportRequest` or keyword arguments that make one (``seg``,
+    ``triangles``, ``provenance``, ``ct``, ``case_id``, ``pdf``, ``overwrite``). Returns
+    ``{"html": path, "pdf": path}`` (``pdf`` only when asked). See :mod:`spinect.report`.
     """
     from spinect.report import gather_report, write_report
 
-    content = gather_report(seg=seg, triangles=triangles, provenance=provenance, ct=ct, case_id=case_id)
-    return write_report(content, output, pdf=pdf, overwrite=overwrite)
+    r = _request(ReportRequest, request, "output", output, options)
+    content = gather_report(seg=r.seg, triangles=r.triangles, provenance=r.provenance, ct=r.ct, case_id=r.case_id)
+    return write_report(content, r.output, pdf=r.pdf, overwrite=r.overwrite)
+
+
+def serve(stdin, stdout, *, idle_exit_s: float | None = None) -> int:
+    """``spinect serve``: answer JSON-lines requests from ``stdin`` on ``stdout`` (see :mod:`spinect.serve`).
+
+    Returns the exit code (0 after ``shutdown``, the end of ``stdin`` or ``idle_exit_s`` seconds idle).
+    """
+    from spinect.serve import serve as run
+
+    if idle_exit_s is not None and not (isinstance(idle_exit_s, (int, float)) and idle_exit_s > 0):
+        raise RequestError(f"--idle-exit must be > 0 seconds, got {idle_exit_s!r}")
+    return run(stdin, stdout, idle_exit_s=idle_exit_s)
+
+
+def _request(cls, request, first_name: str, first, options: dict):
+    """The ``cls`` request of an API call: ``request`` (or a request given as the first argument),
+    with the keywords as changes; or made from the first argument and the keywords."""
+    if isinstance(first, cls):
+        if request is not None:
+            raise RequestError("give the request once: as the first argument or as request=, not both")
+        request, first = first, None
+    if request is not None:
+        if not isinstance(request, cls):
+            raise RequestError(f"request must be a {cls.__name__}, not {type(request).__name__}")
+        changes = dict(options)
+        if first is not None:
+            changes[first_name] = first
+        return request.replace(**changes) if changes else request
+    return build_request(cls, **({first_name: first} if first is not None else {}), **options)

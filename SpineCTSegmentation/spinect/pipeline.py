@@ -25,10 +25,11 @@ window in the body.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,6 +45,8 @@ __all__ = [
     "prepare_network_input",
     "labels_to_input_grid",
     "segment_image",
+    "InferenceSettings",
+    "island_rules",
     "air_threshold",
     "warn_if_smaller_than_window",
     "PipelineOutput",
@@ -94,6 +97,121 @@ class PipelineOutput:
     vvc: dict[str, float] | None = None
     members: int = 1
     levels: sitk.Image | None = None
+
+
+def island_rules() -> dict[str, float]:
+    """The thresholds :func:`spinect.postprocess.suppress_islands` applies (its numeric keyword
+    defaults, by name: volumes in mm³, distances in mm, elongation, voxels at the field of view's edge)."""
+    parameters = inspect.signature(suppress_islands).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and not p.name.endswith("_label")
+            and isinstance(p.default, (int, float)) and not isinstance(p.default, bool)}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Every setting of one inference run, resolved: the plan's defaults with the request's choices.
+
+    Built once by :meth:`from_plan` (from a :class:`spinect.requests.SegmentRequest` and/or
+    keyword overrides) and handed to :func:`segment_image`; :meth:`record` is what the result and
+    the provenance sidecars carry (the label-changing settings as applied).
+
+    Attributes:
+        patch_size_zyx / stride_zyx: sliding window and stride (voxels, z y x).
+        blend: ``sum`` or ``gaussian``.
+        batch_size: windows per network call (does not change labels).
+        smoothing_mm: median smoothing kernel on the input grid (mm; 0 = off).
+        tta: flip test-time augmentation.
+        precision: ``auto``, ``fp32`` or ``bf16`` (:data:`spinect.requests.PRECISIONS`).
+        skip_air: windows that see only air (< :data:`AIR_HU`) are not run.
+        bone_margin_mm: windows farther than this from bone-dense voxels (>= :data:`BONE_HU`) are
+            not run; None = every window in the body.
+        island_rules: thresholds of the false-positive island removal (:func:`island_rules`);
+            None = islands kept.
+        levels: also return the level map (needs a level model).
+    """
+
+    patch_size_zyx: tuple[int, int, int]
+    stride_zyx: tuple[int, int, int]
+    blend: str
+    smoothing_mm: float
+    batch_size: int = 4
+    tta: bool = False
+    precision: str = "auto"
+    skip_air: bool = True
+    bone_margin_mm: float | None = BONE_MARGIN_MM
+    island_rules: dict[str, float] | None = field(default_factory=island_rules)
+    levels: bool = False
+
+    @property
+    def amp(self) -> bool | None:
+        """The ``amp`` switch of :func:`spinect.inference.predict_probabilities`."""
+        from spinect.requests import PRECISIONS
+
+        return PRECISIONS[self.precision]
+
+    @property
+    def remove_islands(self) -> bool:
+        return self.island_rules is not None
+
+    @classmethod
+    def from_plan(cls, plan: ModelPlan, request=None, **overrides: Any) -> "InferenceSettings":
+        """The settings for ``plan``: the request's options (a :class:`spinect.requests.SegmentRequest`,
+        optional), then ``overrides`` (``smoothing_mm``, ``blend``, ``stride_zyx``, ``batch_size``,
+        ``tta``, ``precision`` or ``amp``, ``remove_islands``, ``skip_air``, ``bone_margin_mm``,
+        ``levels``); None means the plan's value (smoothing, blend, stride)."""
+        values: dict[str, Any] = {}
+        if request is not None:
+            values.update(smoothing_mm=request.smoothing_mm, blend=request.blend, stride_zyx=request.stride_zyx,
+                          batch_size=request.batch_size, tta=request.tta, precision=request.precision,
+                          remove_islands=not request.keep_islands,
+                          bone_margin_mm=None if request.whole_volume else BONE_MARGIN_MM, levels=request.levels)
+        if "amp" in overrides:
+            amp = overrides.pop("amp")
+            overrides["precision"] = {None: "auto", False: "fp32", True: "bf16"}[amp]
+        values.update(overrides)
+        remove = values.pop("remove_islands", True)
+        smoothing = values.pop("smoothing_mm", None)
+        stride = values.pop("stride_zyx", None)
+        return cls(patch_size_zyx=tuple(int(v) for v in plan.patch_size_zyx),
+                   stride_zyx=tuple(int(v) for v in (stride if stride is not None else plan.stride_zyx)),
+                   blend=values.pop("blend", None) or plan.blend,
+                   smoothing_mm=float(plan.smoothing_mm if smoothing is None else smoothing),
+                   island_rules=island_rules() if remove else None, **values)
+
+    def record(self, plan: ModelPlan, *, ensemble_members: int = 1, device=None) -> dict[str, Any]:
+        """The label-changing settings as applied, for the result and the provenance sidecars.
+
+        Args:
+            plan: gives the grid, HU window and spacing.
+            ensemble_members: model files fused (1 = one model).
+            device: the torch device the network ran on; resolves ``precision`` to the
+                arithmetic used (``precision_applied``: float32, bfloat16 or float16).
+        """
+        record = {
+            "smoothing_mm": self.smoothing_mm,
+            "blend": self.blend,
+            "stride_zyx": list(self.stride_zyx),
+            "patch_size_zyx": list(self.patch_size_zyx),
+            "spacing_zyx_mm": list(plan.spacing_zyx_mm),
+            "hu_window": list(plan.hu_window),
+            "tta": self.tta,
+            "ensemble_members": int(ensemble_members),
+            "remove_islands": self.remove_islands,
+            "island_rules": None if self.island_rules is None else dict(self.island_rules),
+            "skip_air": self.skip_air,
+            "air_hu": AIR_HU if self.skip_air else None,
+            "bone_margin_mm": self.bone_margin_mm if self.skip_air else None,
+            "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
+            "precision": self.precision,
+            "levels": self.levels,
+        }
+        if device is not None:
+            from spinect.inference.device import autocast_dtype
+
+            dtype = autocast_dtype(torch.device(device), self.amp)
+            record["precision_applied"] = "float32" if dtype is None else str(dtype).replace("torch.", "")
+        return record
 
 
 def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tuple[sitk.Image, np.ndarray]:
@@ -171,24 +289,19 @@ def segment_image(
     ct: sitk.Image,
     networks: torch.nn.Module | Sequence[torch.nn.Module],
     plan: ModelPlan,
+    settings: InferenceSettings | None = None,
     *,
     device: str | torch.device = "cpu",
-    smoothing_mm: float | None = None,
-    blend: str | None = None,
-    stride_zyx: tuple[int, int, int] | None = None,
-    batch_size: int = 4,
-    tta: bool = False,
-    remove_islands: bool = True,
     window_progress: WindowProgress | None = None,
     timer=None,
-    amp: bool | None = None,
-    skip_air: bool = True,
-    bone_margin_mm: float | None = BONE_MARGIN_MM,
-    levels: bool = False,
+    **overrides: Any,
 ) -> PipelineOutput:
-    """Segment one CT image already in memory.
+    """Segment one CT image already in memory, with ``settings`` (:class:`InferenceSettings`).
 
-    ``smoothing_mm``, ``blend`` and ``stride_zyx`` default to the plan's values. With several
+    Without ``settings``, keyword ``overrides`` build them (:meth:`InferenceSettings.from_plan`:
+    ``smoothing_mm``, ``blend``, ``stride_zyx``, ``batch_size``, ``tta``, ``remove_islands``,
+    ``amp``, ``skip_air``, ``bone_margin_mm``, ``levels``); ``smoothing_mm``, ``blend`` and
+    ``stride_zyx`` default to the plan's values. With several
     networks or ``tta`` the members' probabilities are fused (mean) and their disagreement is
     returned as uncertainty. ``timer`` is an optional :class:`spinect.profiling.StageTimer`; it
     gets the stages resample, normalise, windows, network, stitching, (ensemble fusion,) argmax,
@@ -202,6 +315,11 @@ def segment_image(
     the same as for a 3-class model. ``levels`` (needs ``plan.has_levels``) also returns the
     vertebral level of each bone voxel (:attr:`PipelineOutput.levels`).
     """
+    if settings is None:
+        settings = InferenceSettings.from_plan(plan, **overrides)
+    elif overrides:
+        raise TypeError(f"segment_image takes settings or keyword overrides, not both (got {sorted(overrides)})")
+    levels, tta = settings.levels, settings.tta
     if levels and not plan.has_levels:
         raise SpinectError("this model does not label vertebral levels (its classes: "
                            f"{', '.join(plan.class_names)}); run without levels or use a level model")
@@ -213,10 +331,11 @@ def segment_image(
     warn_if_smaller_than_window(volume.shape, plan)
     network_grid = _geometry_only(network_grid)  # its HU voxels are no longer needed: ~150 MB less at the peak
     margin_zyx = tuple(int(np.ceil(AIR_MARGIN_MM / s)) for s in plan.spacing_zyx_mm)
-    options = dict(patch_size_zyx=plan.patch_size_zyx, stride_zyx=tuple(stride_zyx or plan.stride_zyx),
-                   blend=blend or plan.blend, batch_size=batch_size, device=device, amp=amp, timer=timer,
-                   skip_below=air_threshold(plan) if skip_air else None, skip_margin_zyx=margin_zyx)
-    if skip_air and bone_margin_mm is not None:
+    bone_margin_mm = settings.bone_margin_mm
+    options = dict(patch_size_zyx=settings.patch_size_zyx, stride_zyx=settings.stride_zyx, blend=settings.blend,
+                   batch_size=settings.batch_size, device=device, amp=settings.amp, timer=timer,
+                   skip_below=air_threshold(plan) if settings.skip_air else None, skip_margin_zyx=margin_zyx)
+    if settings.skip_air and bone_margin_mm is not None:
         if bone_margin_mm < 0:
             raise SpinectError(f"bone margin must be >= 0 mm, got {bone_margin_mm}")
         bone_level = normalised_hu(plan, BONE_HU)
@@ -242,12 +361,12 @@ def segment_image(
         del scores
         labels_grid = _lookup(classes_grid, plan.spinect_lookup()) if plan.class_groups else classes_grid
     removed: list[RemovedIsland] = []
-    if remove_islands:
+    if settings.island_rules is not None:
         with timer.stage("islands"):
-            labels_grid, removed = suppress_islands(labels_grid, plan.spacing_zyx_mm)
+            labels_grid, removed = suppress_islands(labels_grid, plan.spacing_zyx_mm, **settings.island_rules)
     with timer.stage("resample back"):
         labels = labels_to_input_grid(labels_grid, network_grid, ct)
-    kernel_mm = plan.smoothing_mm if smoothing_mm is None else smoothing_mm
+    kernel_mm = settings.smoothing_mm
     with timer.stage("smooth"):
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         smoothed = median_smooth_labels(sitk.GetArrayViewFromImage(labels), spacing_zyx, kernel_mm=kernel_mm,

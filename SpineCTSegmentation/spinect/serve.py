@@ -23,9 +23,13 @@ Verbs:
 * ``optimize`` (as ``measure`` plus ``step_deg``, ``objective``, ``heatmap``): the measured view
   and the best view (``trajectory``), as ``spinect triangles --optimize --json``.
 * ``close`` (``session``): forget a session. ``sessions``: the open sessions.
-* ``segment`` (args: the keywords of :func:`spinect.api.segment`, ``input`` and ``output`` as
-  paths): loaded models are kept, keyed by file, mtime, size and device, so a second request
-  does not load the network again.
+* ``segment`` (args: a :class:`spinect.requests.SegmentRequest` as JSON,
+  :meth:`~spinect.requests.Request.to_dict`; unknown options are refused): loaded models are
+  kept, keyed by file, mtime, size and device, so a second request does not load the network
+  again. The answer carries the settings as applied and the request.
+* ``triangles`` (args: a :class:`spinect.requests.TrianglesRequest` as JSON): one
+  ``spinect triangles`` run (open, measure, optionally optimize; no session kept); the answer is
+  its JSON report, the files written and the request.
 * ``cancel`` (args: ``target``: a request id): a queued target is answered as cancelled; a
   running segment or optimize stops at its next progress report (a measure is too short to stop).
 * ``ping``; ``shutdown`` (answers, then the worker exits with code 0; so does the end of stdin).
@@ -43,7 +47,6 @@ client starts it in its own group); files are written atomically, so nothing hal
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import json
 import logging
@@ -65,7 +68,8 @@ __all__ = ["Worker", "serve", "jsonable", "VERBS", "PROTOCOL_VERSION"]
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-VERBS = ("open_triangles", "measure", "optimize", "close", "sessions", "segment", "cancel", "ping", "shutdown")
+VERBS = ("open_triangles", "measure", "optimize", "close", "sessions", "segment", "triangles", "cancel", "ping",
+         "shutdown")
 _TRACEBACK_LINES = 6
 
 
@@ -292,23 +296,17 @@ class Worker:
     def _verb_segment(self, request, args, progress):
         import spinect.model_file as model_file
         from spinect import api
+        from spinect.requests import SegmentRequest
 
-        accepted = set(inspect.signature(api.segment).parameters) - {"progress"}
-        unknown = sorted(set(args) - accepted)
-        if unknown:
-            raise InputError(f"segment: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
         if "input" not in args:
             raise InputError("segment needs args.input: the CT file or DICOM folder")
         if not isinstance(args["input"], str) or not Path(args["input"]).exists():
             raise InputError(f"input CT not found: {args['input']}")
-        if args.get("stride_zyx") is not None:
-            args["stride_zyx"] = tuple(int(v) for v in args["stride_zyx"])
-        if args.get("ensemble") is not None:
-            args["ensemble"] = tuple(args["ensemble"])
+        segment_request = SegmentRequest.from_dict(args)  # the JSON of spinect.requests.SegmentRequest
         original = model_file.load_model
         model_file.load_model = self._cached_loader(original)
         try:
-            result = api.segment(progress=progress, **args)
+            result = api.segment(segment_request, progress=progress)
         finally:
             model_file.load_model = original
         return {
@@ -317,7 +315,22 @@ class Worker:
             "removed_islands": result.removed_islands, "vvc": result.vvc, "members": result.members,
             "review": result.review, "provenance": result.provenance, "peak_rss_mb": result.peak_rss_mb,
             "labels_size": list(result.labels.GetSize()), "models_cached": len(self.models),
+            "settings": result.provenance.get("settings"), "request": segment_request.to_dict(),
         }
+
+    def _verb_triangles(self, request, args, progress):
+        from spinect import api
+        from spinect.requests import TrianglesRequest
+
+        for key in ("seg", "ct", "structures"):
+            if args.get(key) is not None:
+                _existing_file(args[key], key)
+        triangles_request = TrianglesRequest.from_dict(args)  # the JSON of spinect.requests.TrianglesRequest
+        result = api.triangles(triangles_request, progress=progress)
+        payload = result.to_dict()
+        payload["files"] = {k: str(v) for k, v in result.files.items()}
+        payload["request"] = triangles_request.to_dict()
+        return payload
 
     def _cached_loader(self, load):
         def cached(path, *, device="cpu", allow_untrained=False, verify_sha256=True):

@@ -1,6 +1,6 @@
 """``spinect serve``: a JSON-lines worker on stdin/stdout (see :mod:`spinect.serve`).
 
-Only sets up the streams and calls :func:`spinect.serve.serve`. The protocol gets the original
+Only sets up the streams and calls :func:`spinect.api.serve`. The protocol gets the original
 stdout; anything else written to stdout (a library's print, C code writing to file descriptor 1)
 goes to stderr, so it cannot break a JSON line.
 """
@@ -34,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spinect.errors import InputError
-    from spinect.serve import serve
+    from spinect.api import serve
 
-    if args.idle_exit_s is not None and not args.idle_exit_s > 0:
+    if args.idle_exit_s is not None and not args.idle_exit_s > 0:  # before the streams are rearranged
+        from spinect.errors import InputError
+
         raise InputError(f"--idle-exit must be > 0 seconds, got {args.idle_exit_s}")
 
     sys.stdout.flush()

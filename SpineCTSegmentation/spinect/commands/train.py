@@ -134,12 +134,12 @@ def _init_model(value: str | None) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spinect.train import train
-
     import os
 
+    from spinect.api import train
+
     config = config_from_args(args)
-    result = train(config)
+    result = train(config=config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only process 0 validates and reports
     scored = "bone, nerve" + (" and each level" if config.classes == "levels" else "")

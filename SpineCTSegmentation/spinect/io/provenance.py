@@ -4,7 +4,7 @@
 (``ct.seg.nrrd`` -> ``ct.seg.nrrd.provenance.json``), so that a label map found months later still says
 which model (file name, ``model_version``, sha256 of the ``.pt`` file), which spinect and PyTorch
 versions and which label-changing settings (smoothing, blending, stride, flips, ensemble, island
-removal, skipped windows, device) produced it. DICOM SEG files carry the same facts inside the file
+removal and its thresholds, skipped windows, arithmetic precision, device) produced it. DICOM SEG files carry the same facts inside the file
 as well (:mod:`spinect.io.dicom_seg`).
 
 The sidecar is written atomically after its output (:func:`spinect.io.atomic.atomic_output`).
@@ -135,29 +135,23 @@ def _jsonable(value: Any) -> Any:
 
 def segment_settings(plan, *, smoothing_mm: float | None, blend: str | None, stride_zyx: Sequence[int] | None,
                      tta: bool, ensemble: Sequence[str | os.PathLike], keep_islands: bool, whole_volume: bool,
-                     levels: bool = False) -> dict[str, Any]:
-    """The label-changing settings of a ``segment`` call as applied: None resolved to the plan's defaults.
+                     levels: bool = False, precision: str = "auto", device=None) -> dict[str, Any]:
+    """The label-changing settings of a ``segment`` call as applied: None resolved to the plan's defaults
+    (:meth:`spinect.pipeline.InferenceSettings.record`, which :func:`spinect.api.segment` records).
 
     Returns:
         ``smoothing_mm`` (median kernel, mm; 0 = off), ``blend``, ``stride_zyx`` (voxels, z y x),
         ``patch_size_zyx``, ``spacing_zyx_mm``, ``hu_window`` (HU), ``tta``, ``ensemble_members``
-        (model files), ``remove_islands``, ``bone_margin_mm`` (None = every window run) and ``levels``.
+        (model files), ``remove_islands`` and ``island_rules`` (thresholds; None when kept),
+        ``skip_air``/``air_hu``, ``bone_margin_mm``/``bone_hu`` (None = every window run),
+        ``precision`` (and ``precision_applied`` with a ``device``) and ``levels``.
     """
-    from spinect.pipeline import BONE_MARGIN_MM
+    from spinect.pipeline import BONE_MARGIN_MM, InferenceSettings
 
-    return {
-        "smoothing_mm": float(plan.smoothing_mm if smoothing_mm is None else smoothing_mm),
-        "blend": blend or plan.blend,
-        "stride_zyx": list(stride_zyx if stride_zyx is not None else plan.stride_zyx),
-        "patch_size_zyx": list(plan.patch_size_zyx),
-        "spacing_zyx_mm": list(plan.spacing_zyx_mm),
-        "hu_window": list(plan.hu_window),
-        "tta": bool(tta),
-        "ensemble_members": 1 + len(ensemble),
-        "remove_islands": not keep_islands,
-        "bone_margin_mm": None if whole_volume else BONE_MARGIN_MM,
-        "levels": bool(levels),
-    }
+    settings = InferenceSettings.from_plan(
+        plan, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx, tta=bool(tta), precision=precision,
+        remove_islands=not keep_islands, bone_margin_mm=None if whole_volume else BONE_MARGIN_MM, levels=bool(levels))
+    return settings.record(plan, ensemble_members=1 + len(ensemble), device=device)
 
 
 def write_sidecars(outputs: Mapping[str, str | os.PathLike | None], provenance: Mapping[str, Any], *,
