@@ -39,20 +39,15 @@ result is the same, bit for bit, as the earlier implementation that re-grew ever
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from spinect.postprocess.boxes import bounding_box
+from spinect.postprocess.runs import Runs, label_runs
 
 __all__ = ["RemovedIsland", "suppress_islands"]
-
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
-_STRUCTURE_6 = ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass(frozen=True)
@@ -102,59 +97,161 @@ def suppress_islands(
         (cleaned uint8 label map, removed islands sorted by decreasing volume).
     """
     labels = np.asarray(labels_zyx).astype(np.uint8, copy=True)
+    if labels.ndim != 3:
+        raise ValueError(f"suppress_islands expects a (z, y, x) label map, got {labels.ndim} dimensions")
     voxel_mm3 = float(np.prod(spacing_zyx_mm))
+    spacing = np.asarray(spacing_zyx_mm, dtype=float)
+    # Components of both classes at once, from the labelled voxels' runs along x (no labelling pass
+    # over the whole grid per class: a large field of view is mostly background).
+    runs = label_runs(labels)
     removed: list[RemovedIsland] = []
-    detached = _DetachedRootTest(labels, bone_label, spacing_zyx_mm, fov_edge_voxels, max_bone_distance_mm)
-    for value, rule in ((bone_label, lambda v, o: _filter_bone(v, bone_label, voxel_mm3, spacing_zyx_mm, min_bone_volume_mm3)),
-                        (nerve_label, lambda v, o: _filter_nerve(v, nerve_label, voxel_mm3, spacing_zyx_mm, nerve_max_distance_mm,
-                                                                     min_nerve_volume_mm3, min_root_piece_volume_mm3,
-                                                                     min_root_piece_elongation, detached, o))):
-        # Work inside the class's bounding box (plus one voxel for the 26-neighbourhood): the same
-        # components, surfaces and distances as on the whole volume, on a fraction of the voxels.
-        box = bounding_box(labels == value, margin=(1,) * labels.ndim)
-        if box is None:
-            continue
-        offset = np.array([sl.start for sl in box], dtype=float)
-        removed += [dataclasses.replace(r, centroid_zyx=tuple(float(c) for c in np.asarray(r.centroid_zyx) + offset))
-                    for r in rule(labels[box], tuple(sl.start for sl in box))]  # a view: removals land in ``labels``
+    # Bone first: the nerve rules look for bone near a root piece among the bone that is kept.
+    kept_bone = np.zeros((0, 3), dtype=np.int64)
+    kept_boxes = (kept_bone, kept_bone)
+    bone = _Components.of_class(runs, bone_label)
+    if bone is not None:
+        keep = _bone_keep(bone, voxel_mm3, min_bone_volume_mm3)
+        removed += _remove(labels, bone, keep, bone_label, voxel_mm3, spacing,
+                           f"bone island < {min_bone_volume_mm3:g} mm³")
+        flat, owner = bone.surface()  # the nearest bone voxel of any other voxel lies on it
+        kept_bone = bone.indices(flat[keep[owner]]) + bone.offset
+        kept_boxes = (bone.box_start[keep[1:]] + bone.offset, bone.box_stop[keep[1:]] + bone.offset)
+    nerve = _Components.of_class(runs, nerve_label)
+    if nerve is not None:
+        detached = _DetachedRootTest(labels.shape, kept_bone, kept_boxes, spacing, fov_edge_voxels, max_bone_distance_mm)
+        keep = _nerve_keep(nerve, voxel_mm3, spacing, nerve_max_distance_mm, min_nerve_volume_mm3,
+                           min_root_piece_volume_mm3, min_root_piece_elongation, detached)
+        removed += _remove(labels, nerve, keep, nerve_label, voxel_mm3, spacing,
+                           f"nerve piece > {nerve_max_distance_mm:g} mm from every kept nerve piece (the dural "
+                           "sac/main nerve, root pieces cut off by the edge of the image near bone, and the fragments "
+                           "chained to them)")
     removed.sort(key=lambda r: -r.volume_mm3)
     return labels, removed
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """(component ids, count, voxels per id, (flat indices of the mask's voxels, their ids))."""
-    components, count = ndimage.label(mask, structure=_STRUCTURE_26)
-    flat = np.flatnonzero(mask)  # the mask's voxels only (C order): much fewer than the box's
-    owner = components.ravel()[flat]
-    sizes = np.bincount(owner, minlength=count + 1)
-    sizes[0] = mask.size - int(sizes[1:].sum())
-    return components, count, sizes, (flat, owner)
+class _Components:
+    """One class's 26-connected components inside the class's box (its voxels' box grown by one voxel).
+
+    Found from the map's runs (:mod:`spinect.postprocess.runs`), numbered as ``scipy.ndimage.label``
+    numbers them (raster order of their first voxels). Coordinates are voxel indices (z, y, x) in
+    the class's box, whose first voxel is ``offset`` in the label map.
+
+    Attributes:
+        box, offset, shape: the class's box in the label map, its first voxel and its shape.
+        count: number of components; sizes: voxels per id (index 0: the box's other voxels).
+        voxels: (flat indices in the box of the class's voxels, C order; their ids).
+        box_start, box_stop: (count, 3) each component's box (row ``id - 1``), stop exclusive.
+    """
+
+    def __init__(self, runs: Runs, value: int, chosen: np.ndarray) -> None:
+        nz, ny, nx = runs.shape
+        row = runs.start[chosen] // nx
+        z, y, x0 = row // ny, row % ny, runs.start[chosen] % nx
+        x1 = x0 + runs.length[chosen]  # exclusive
+        lo = np.maximum(np.array([z.min(), y.min(), x0.min()]) - 1, 0)
+        hi = np.minimum(np.array([z.max(), y.max(), x1.max() - 1]) + 2, runs.shape)
+        self.box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        self.offset = lo.astype(np.int64)
+        self.shape = tuple(int(v) for v in hi - lo)
+        self.count = int(runs.count[value])
+        # The class's runs in box coordinates (still in raster order).
+        self.z, self.y, self.x0, self.x1 = z - lo[0], y - lo[1], x0 - lo[2], x1 - lo[2]
+        self.ids, self.length = runs.component[chosen], runs.length[chosen]
+        self.run_first = np.cumsum(self.length) - self.length  # index of each run's first voxel in ``voxels``
+        self.row_start = (self.z * self.shape[1] + self.y) * self.shape[2]
+        offsets = np.arange(int(self.length.sum()), dtype=np.int64) - np.repeat(self.run_first, self.length)
+        self.voxels = (np.repeat(self.row_start + self.x0, self.length) + offsets, np.repeat(self.ids, self.length))
+        self.sizes = np.bincount(self.voxels[1], minlength=self.count + 1)
+        self.sizes[0] = int(np.prod(self.shape)) - int(self.sizes[1:].sum())
+        self.box_start = np.full((self.count + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
+        self.box_stop = np.full((self.count + 1, 3), -1, dtype=np.int64)
+        for axis, (first, last) in enumerate(((self.z, self.z + 1), (self.y, self.y + 1), (self.x0, self.x1))):
+            np.minimum.at(self.box_start[:, axis], self.ids, first)
+            np.maximum.at(self.box_stop[:, axis], self.ids, last)
+        self.box_start, self.box_stop = self.box_start[1:], self.box_stop[1:]
+        self._surface: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def of_class(cls, runs: Runs, value: int) -> "_Components | None":
+        """The components of label ``value``, or None when the map has none of it."""
+        chosen = np.flatnonzero(runs.value == value)
+        return cls(runs, value, chosen) if len(chosen) else None
+
+    def indices(self, flat: np.ndarray) -> np.ndarray:
+        """(N, 3) voxel indices (z, y, x) in the box of flat indices in the box."""
+        return np.stack(np.unravel_index(flat, self.shape), axis=1)
+
+    def surface(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat indices in the box, ids) of the voxels with a face neighbour outside their component.
+
+        In raster order. The closest voxel of a component to any point outside it is one of them
+        (from a voxel whose 6 face neighbours are all in the component, a step along an axis towards
+        the point is closer). A run's two ends are on it (its x neighbours are not of its class);
+        along y and z, the parts of a run that the runs of the neighbouring row do not cover (runs
+        of one class that touch by a face are of one component).
+        """
+        if self._surface is not None:
+            return self._surface
+        nzb, nyb, nxb = self.shape
+        index = np.arange(len(self.ids))
+        start, end = self.row_start + self.x0, self.row_start + self.x1  # flat, increasing
+        pieces_run, pieces_a, pieces_b = [index, index], [self.x0, self.x1 - 1], [self.x0 + 1, self.x1]
+        for dz, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            valid = (self.z + dz >= 0) & (self.z + dz < nzb) & (self.y + dy >= 0) & (self.y + dy < nyb)
+            target = self.row_start + (dz * nyb + dy) * nxb  # the neighbouring row's first flat index
+            # Runs of that row that overlap [x0, x1): end > row + x0 and start < row + x1.
+            lo = np.searchsorted(end, target + self.x0, "right")
+            hi = np.searchsorted(start, target + self.x1, "left")
+            n = np.where(valid, np.maximum(hi - lo, 0), 0)
+            alone = n == 0
+            pieces_run.append(index[alone])
+            pieces_a.append(self.x0[alone])
+            pieces_b.append(self.x1[alone])
+            some = np.flatnonzero(~alone)
+            first, last = lo[some], hi[some] - 1
+            pieces_run += [some, some]  # before the first covering run, after the last one
+            pieces_a += [self.x0[some], np.maximum(self.x0[some], self.x1[last])]
+            pieces_b += [np.minimum(self.x1[some], self.x0[first]), self.x1[some]]
+            gaps = n[some] - 1  # between consecutive covering runs
+            k = np.repeat(first, gaps) + (np.arange(int(gaps.sum())) - np.repeat(np.cumsum(gaps) - gaps, gaps))
+            pieces_run.append(np.repeat(some, gaps))
+            pieces_a.append(self.x1[k])
+            pieces_b.append(self.x0[k + 1])
+        run, a, b = (np.concatenate(v) for v in (pieces_run, pieces_a, pieces_b))
+        ok = b > a
+        run, a, n = run[ok], a[ok], (b - a)[ok]
+        position = np.repeat(self.run_first[run] + a - self.x0[run], n) + (np.arange(int(n.sum())) -
+                                                                           np.repeat(np.cumsum(n) - n, n))
+        on_surface = np.zeros(len(self.voxels[0]), dtype=bool)
+        on_surface[position] = True
+        self._surface = (self.voxels[0][on_surface], self.voxels[1][on_surface])
+        return self._surface
 
 
-def _filter_bone(labels, value, voxel_mm3, spacing, min_volume_mm3) -> list[RemovedIsland]:
-    components, count, sizes, voxels = _components(labels == value)
-    if count <= 1:
-        return []
-    keep = sizes * voxel_mm3 >= min_volume_mm3
+def _bone_keep(found: _Components, voxel_mm3, min_volume_mm3) -> np.ndarray:
+    """Per bone component id: kept (the largest one, and every one of at least ``min_volume_mm3``)."""
+    keep = np.ones(found.count + 1, dtype=bool)
+    if found.count > 1:
+        keep = found.sizes * voxel_mm3 >= min_volume_mm3
+        keep[int(np.argmax(found.sizes[1:]) + 1)] = True
     keep[0] = False
-    keep[int(np.argmax(sizes[1:]) + 1)] = True
-    return _remove(labels, components, keep, value, voxel_mm3, spacing, f"bone island < {min_volume_mm3:g} mm³",
-                   voxels=voxels)
+    return keep
 
 
-def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
-                  tube_elongation, detached, offset) -> list[RemovedIsland]:
-    components, count, sizes, voxels = _components(labels == value)
+def _nerve_keep(found: _Components, voxel_mm3, spacing, max_distance_mm, min_volume_mm3, tube_volume_mm3,
+                tube_elongation, detached: "_DetachedRootTest") -> np.ndarray:
+    """Per nerve component id: kept or not, by the module's rules."""
+    count, sizes = found.count, found.sizes
+    keep = np.ones(count + 1, dtype=bool)
+    keep[0] = False
     if count <= 1:
-        return []
+        return keep
     main = int(np.argmax(sizes[1:]) + 1)
-    boxes = ndimage.find_objects(components)
+    pieces = _NervePieces(found, main, spacing, max_distance_mm)
     qualified = sizes * voxel_mm3 >= min_volume_mm3
     # Root-shaped pieces qualify too: U-Net hot spots are compact blobs (elongation 1.1-1.7 in validation).
-    qualified |= _tubular(components, boxes, sizes * voxel_mm3, spacing, min_volume_mm3=tube_volume_mm3,
-                          min_elongation=tube_elongation)
+    qualified |= _tubular(pieces, sizes * voxel_mm3, min_volume_mm3=tube_volume_mm3, min_elongation=tube_elongation)
     qualified[0] = qualified[main] = False
-    pieces = _NervePieces(components, boxes, voxels, main, np.asarray(spacing, dtype=float), max_distance_mm)
     # Chains: the pieces other than the main one, joined when their closest voxels lie within
     # ``max_distance_mm`` (the graph is built once; a chain is one of its connected components).
     chain = pieces.chains()
@@ -168,8 +265,9 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     bounds = np.searchsorted(chain[order], np.arange(count + 2))
     for c in np.unique(chain[qualified]):
         members = order[bounds[c]:bounds[c + 1]]
-        if detached.cut_by_edge([boxes[m - 1] for m in members],
-                                lambda i, members=members: components[boxes[members[i] - 1]] == members[i], offset):
+        if detached.cut_by_edge(found.box_start[members - 1] + found.offset,
+                                found.box_stop[members - 1] + found.offset,
+                                lambda i, members=members: pieces.indices(members[i]) + found.offset):
             keep[members] = True
     # Kept pieces grow outwards: a piece within ``max_distance_mm`` of a kept one is kept, then pieces
     # near it, and so on -- a root predicted as a dotted line of fragments stays whole, while islands
@@ -177,10 +275,7 @@ def _filter_nerve(labels, value, voxel_mm3, spacing, max_distance_mm, min_volume
     # main component: the chains that come within ``max_distance_mm`` of it are kept.
     keep[np.isin(chain, chain[pieces.near_main()])] = True
     keep[0] = False
-    return _remove(labels, components, keep, value, voxel_mm3, spacing,
-                   f"nerve piece > {max_distance_mm:g} mm from every kept nerve piece (the dural sac/main nerve, "
-                   "root pieces cut off by the edge of the image near bone, and the fragments chained to them)",
-                   boxes=boxes, voxels=voxels)
+    return keep
 
 
 class _NervePieces:
@@ -192,28 +287,45 @@ class _NervePieces:
     KD-tree query bounded by ``d``; a pair already joined through other pieces is not tested.
     """
 
-    def __init__(self, components, boxes, voxels, main, spacing_mm, max_distance_mm) -> None:
-        self.components, self.main, self.spacing, self.d = components, main, spacing_mm, float(max_distance_mm)
-        self.count = len(boxes)
-        self.box_start = np.array([[sl.start for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
-        self.box_stop = np.array([[sl.stop for sl in b] for b in boxes], dtype=np.int64).reshape(-1, 3)
-        # Voxels of every piece but the main one, grouped by piece id.
-        flat, owner = voxels
+    def __init__(self, found: _Components, main: int, spacing_mm: np.ndarray, max_distance_mm: float) -> None:
+        self.found, self.main, self.spacing, self.d = found, main, spacing_mm, float(max_distance_mm)
+        self.count = found.count
+        self.box_start, self.box_stop = found.box_start, found.box_stop
+        # Voxels of every piece but the main one, grouped by piece id (raster order within a piece).
+        flat, owner = found.voxels
         other = owner != main
         flat, owner = flat[other], owner[other]
         order = np.argsort(owner, kind="stable")
         self.owner = owner[order]
-        self.points = np.stack(np.unravel_index(flat[order], components.shape), axis=1) * spacing_mm
+        self.index = found.indices(flat[order])
+        self.points = self.index * spacing_mm
         self.first = np.searchsorted(self.owner, np.arange(self.count + 2))
+        # Their surface voxels, likewise: two pieces' closest voxels lie on their surfaces.
+        flat, owner = found.surface()
+        other = owner != main
+        flat, owner = flat[other], owner[other]
+        order = np.argsort(owner, kind="stable")
+        self.surface_owner = owner[order]
+        self.surface_points = found.indices(flat[order]) * spacing_mm
+        self.surface_first = np.searchsorted(self.surface_owner, np.arange(self.count + 2))
         self._trees: dict[int, cKDTree] = {}
 
     def voxels(self, piece: int) -> np.ndarray:
+        """Piece ``piece``'s voxel centres, mm, in the class's box."""
         return self.points[self.first[piece]:self.first[piece + 1]]
+
+    def indices(self, piece: int) -> np.ndarray:
+        """Piece ``piece``'s voxel indices (z, y, x) in the class's box."""
+        return self.index[self.first[piece]:self.first[piece + 1]]
+
+    def surface(self, piece: int) -> np.ndarray:
+        """Piece ``piece``'s surface voxel centres, mm, in the class's box."""
+        return self.surface_points[self.surface_first[piece]:self.surface_first[piece + 1]]
 
     def _tree(self, piece: int) -> cKDTree:
         tree = self._trees.get(piece)
         if tree is None:
-            tree = self._trees[piece] = cKDTree(self.voxels(piece))
+            tree = self._trees[piece] = cKDTree(self.surface(piece))
         return tree
 
     def _box_gap_mm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -246,9 +358,9 @@ class _NervePieces:
 
     def _close(self, a: int, b: int) -> bool:
         """True when some voxel of piece ``a`` lies within ``d`` of some voxel of piece ``b``."""
-        if self.first[a + 1] - self.first[a] > self.first[b + 1] - self.first[b]:
-            a, b = b, a  # query the smaller piece's voxels against the larger one's tree
-        distance = self._tree(b).query(self.voxels(a), distance_upper_bound=self.d * 1.001)[0]
+        if self.surface_first[a + 1] - self.surface_first[a] > self.surface_first[b + 1] - self.surface_first[b]:
+            a, b = b, a  # query the smaller piece's surface against the larger one's tree
+        distance = self._tree(b).query(self.surface(a), distance_upper_bound=self.d * 1.001)[0]
         return bool((distance <= self.d).any())
 
     def chains(self) -> np.ndarray:
@@ -264,11 +376,33 @@ class _NervePieces:
                 i = parent[i]
             return i
 
-        for a, b in self._candidate_pairs().tolist():
+        pairs = self._candidate_pairs()
+        close = self._close_small(pairs)  # True / False for pairs of small pieces, None (-1) for the others
+        for (a, b), known in zip(pairs.tolist(), close.tolist()):
             ra, rb = root(a), root(b)
-            if ra != rb and self._close(a, b):
+            if ra != rb and (known == 1 or (known == -1 and self._close(a, b))):
                 parent[max(ra, rb)] = min(ra, rb)
         return np.array([root(i) for i in range(self.count + 1)])
+
+    def _close_small(self, pairs: np.ndarray, most: int = 1024) -> np.ndarray:
+        """Per pair: 1 or 0 (closest voxels within ``d`` or not) where both surfaces have at most
+        ``most`` voxel pairs, all compared at once; -1 for the others (a KD-tree per pair is cheaper)."""
+        result = np.full(len(pairs), -1, dtype=np.int8)
+        if len(pairs) == 0:
+            return result
+        first, n = self.surface_first[pairs], np.diff(self.surface_first)[pairs]
+        small = np.flatnonzero(n[:, 0] * n[:, 1] <= most)
+        if len(small) == 0:
+            return result
+        fa, fb, na, nb = first[small, 0], first[small, 1], n[small, 0], n[small, 1]
+        combos = na * nb
+        local = np.arange(int(combos.sum())) - np.repeat(np.cumsum(combos) - combos, combos)
+        step = np.repeat(nb, combos)
+        a = np.repeat(fa, combos) + local // step
+        b = np.repeat(fb, combos) + local % step
+        distance = np.sqrt(((self.surface_points[a] - self.surface_points[b]) ** 2).sum(axis=1))
+        result[small] = np.minimum.reduceat(distance, np.cumsum(combos) - combos) <= self.d
+        return result
 
     def near_main(self) -> np.ndarray:
         """Ids of the pieces with a voxel within ``d`` of the main component (bounded KD-tree query)."""
@@ -278,11 +412,11 @@ class _NervePieces:
         ids = ids[self._box_gap_mm(ids, np.full_like(ids, self.main)) <= self.d * 1.001]
         if len(ids) == 0:
             return ids
-        box = tuple(slice(int(s), int(e)) for s, e in zip(self.box_start[self.main - 1], self.box_stop[self.main - 1]))
-        targets = (_nearest_candidates(self.components[box] == self.main) + self.box_start[self.main - 1]) * self.spacing
-        near = np.isin(self.owner, ids)
-        distance = cKDTree(targets).query(self.points[near], distance_upper_bound=self.d * 1.001, workers=-1)[0]
-        return np.unique(self.owner[near][distance <= self.d])
+        flat, owner = self.found.surface()  # the main component's closest voxel to a point outside it is there
+        targets = self.found.indices(flat[owner == self.main]) * self.spacing
+        near = np.isin(self.surface_owner, ids)
+        distance = cKDTree(targets).query(self.surface_points[near], distance_upper_bound=self.d * 1.001, workers=-1)[0]
+        return np.unique(self.surface_owner[near][distance <= self.d])
 
 
 def _cells(ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,59 +431,59 @@ def _cells(ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, span: int) -> tuple[
     cz, cy, cx = (np.repeat(lo, n, axis=0) + np.stack([z, y, x], axis=1) + 1).T  # + 1: keys of cell -1 stay >= 0
     return piece, (cz * span + cy) * span + cx
 
-
 class _DetachedRootTest:
     """Could a chain of nerve pieces be a root that the field of view cut off from the sac?
 
     Yes when one of its pieces reaches the volume's edge (within ``edge_voxels``) and some bone
-    voxel lies within ``max_bone_mm`` of one of them (KD-tree over the bone voxels in the piece's
-    box grown by that distance).
+    voxel lies within ``max_bone_mm`` of one of them. The bone is the kept bone's surface voxels
+    (the closest bone voxel of a nerve voxel is one of them), in one KD-tree built when first
+    needed, asked with queries bounded by that distance.
     """
 
-    def __init__(self, labels, bone_label, spacing, edge_voxels, max_bone_mm) -> None:
-        self.labels, self.bone_label = labels, bone_label
+    def __init__(self, shape, bone_surface_zyx: np.ndarray, bone_boxes: tuple[np.ndarray, np.ndarray], spacing,
+                 edge_voxels, max_bone_mm) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.bone, (self.bone_start, self.bone_stop) = bone_surface_zyx, bone_boxes
         self.spacing = np.asarray(spacing, dtype=float)
         self.edge_voxels, self.max_bone_mm = int(edge_voxels), float(max_bone_mm)
-        self.grow = np.ceil(self.max_bone_mm / self.spacing).astype(int)
+        self._tree: cKDTree | None = None
 
-    def cut_by_edge(self, boxes, mask_of, offset: Sequence[int]) -> bool:
+    def cut_by_edge(self, box_start: np.ndarray, box_stop: np.ndarray, indices_of) -> bool:
         """True when some of a chain's pieces reaches the edge and some lies near bone.
 
-        ``boxes``: the pieces' boxes in a region of the volume whose first voxel is ``offset``;
-        ``mask_of(i)``: piece ``i``'s mask in its box, asked for only when the edge test passes.
+        ``box_start``, ``box_stop``: (pieces, 3) the pieces' boxes in the label map (stop exclusive);
+        ``indices_of(i)``: piece ``i``'s voxel indices in the label map, asked for only when the
+        edge test passes and the piece's box lies within ``max_bone_mm`` of a kept bone box.
         """
-        boxes = [tuple(slice(sl.start + o, sl.stop + o) for sl, o in zip(box, offset)) for box in boxes]
-        shape = self.labels.shape
-        if not any(any(sl.start <= self.edge_voxels or sl.stop >= n - self.edge_voxels for sl, n in zip(box, shape))
-                   for box in boxes):
+        shape = np.array(self.shape)
+        if not ((box_start <= self.edge_voxels) | (box_stop >= shape - self.edge_voxels)).any():
             return False
-        return any(self._near_bone(mask_of(i), box) for i, box in enumerate(boxes))
-
-    def _near_bone(self, mask: np.ndarray, box: tuple[slice, ...]) -> bool:
-        shape = self.labels.shape
-        grown = tuple(slice(max(sl.start - g, 0), min(sl.stop + g, n)) for sl, g, n in zip(box, self.grow, shape))
-        bone = np.argwhere(self.labels[grown] == self.bone_label)
-        if len(bone) == 0:
+        if len(self.bone) == 0:
             return False
-        shift = np.array([sl.start - g.start for sl, g in zip(box, grown)])
-        points = (np.argwhere(mask) + shift) * self.spacing
-        distance = cKDTree(bone * self.spacing).query(points, distance_upper_bound=self.max_bone_mm * 1.001)[0]
+        # Pieces whose box is farther than the distance from every kept bone component's box: no bone near.
+        gap = np.maximum(0, np.maximum(box_start[:, None] - (self.bone_stop[None] - 1),
+                                       self.bone_start[None] - (box_stop[:, None] - 1)))
+        near = np.flatnonzero((np.sqrt(((gap * self.spacing) ** 2).sum(axis=2)) <= self.max_bone_mm * 1.001).any(axis=1))
+        if len(near) == 0:
+            return False
+        if self._tree is None:
+            self._tree = cKDTree(self.bone * self.spacing)
+        points = np.concatenate([indices_of(int(i)) for i in near]) * self.spacing
+        distance = self._tree.query(points, distance_upper_bound=self.max_bone_mm * 1.001)[0]
         return bool((distance <= self.max_bone_mm).any())
 
 
-def _tubular(components, boxes, volumes_mm3, spacing, *, min_volume_mm3, min_elongation) -> np.ndarray:
-    """Which components (by id) are root-like tubes: at least ``min_volume_mm3`` and elongated.
+def _tubular(pieces: _NervePieces, volumes_mm3, *, min_volume_mm3, min_elongation) -> np.ndarray:
+    """Which components (by id) other than the main one are root-like tubes: at least ``min_volume_mm3`` and elongated.
 
     Elongation = sqrt(largest / second eigenvalue) of the voxel positions' covariance (mm): for a
     cylinder of length L and radius r it is L / (r sqrt 3), so 3 means about 13 mm of a 5 mm root;
     a compact blob is near 1.
     """
     tubular = np.zeros(len(volumes_mm3), dtype=bool)
-    candidates = [int(i) for i in np.flatnonzero(volumes_mm3 >= min_volume_mm3) if i > 0]
+    candidates = [int(i) for i in np.flatnonzero(volumes_mm3 >= min_volume_mm3) if i > 0 and i != pieces.main]
     for index in candidates:
-        box = boxes[index - 1]
-        offset = np.array([sl.start for sl in box])
-        points = (np.argwhere(components[box] == index) + offset) * np.asarray(spacing, dtype=float)
+        points = pieces.voxels(index)
         if len(points) < 4:
             continue
         eigenvalues = np.linalg.eigvalsh(np.cov(points.T))
@@ -357,78 +491,55 @@ def _tubular(components, boxes, volumes_mm3, spacing, *, min_volume_mm3, min_elo
     return tubular
 
 
-#: Up to this many voxels a KD-tree over all of a mask's voxels is cheaper than finding its surface.
-_ALL_VOXELS_UP_TO = 300_000
-
-
-def _nearest_candidates(mask: np.ndarray) -> np.ndarray:
-    """(N, 3) voxel indices that contain the nearest ``mask`` voxel of any point outside ``mask``.
-
-    The nearest voxel of a set seen from outside always lies on its surface, so for large masks
-    (bone) only surface voxels are returned (one erosion); a small mask (nerve) is returned whole,
-    which gives the same nearest distances without the erosion's pass over the box.
-    """
-    if np.count_nonzero(mask) <= _ALL_VOXELS_UP_TO:
-        return np.argwhere(mask)
-    return np.argwhere(mask & ~ndimage.binary_erosion(mask, structure=_STRUCTURE_26))
-
-
-def _remove(labels, components, keep, value, voxel_mm3, spacing, reason, *, boxes=None,
-            voxels=None) -> list[RemovedIsland]:
+def _remove(labels, found: _Components, keep, value, voxel_mm3, spacing, reason) -> list[RemovedIsland]:
     """Zero the components whose ``keep`` entry (indexed by component id) is False; report them.
 
     Vectorised over islands (a poor model can leave thousands): lookup tables instead of per-island
-    masks; distances by :func:`_distances_to_kept`.
+    masks; distances by :func:`_distances_to_kept`. Centroids are in the label map's voxel indices.
     """
     drop_ids = np.flatnonzero(~keep[1:]) + 1
     if len(drop_ids) == 0:
         return []
-    # The class's voxels (flat indices, C order) and their component ids, when the caller has them.
-    flat, owner = voxels if voxels is not None else (np.flatnonzero(components), components[components > 0])
+    flat, owner = found.voxels
     dropped = ~keep[owner]
     flat, owner = flat[dropped], owner[dropped]
-    coords = np.unravel_index(flat, components.shape)
-    labels[coords] = 0
+    coords = np.unravel_index(flat, found.shape)
+    labels[found.box][coords] = 0  # a view of the label map
     points = np.stack(coords, axis=1)
-    if boxes is None:  # the components' boxes (ndimage.find_objects), when the caller has them
-        boxes = ndimage.find_objects(components)
-    nearest = _distances_to_kept(components, boxes, keep, points, owner, np.asarray(spacing, dtype=float))
+    nearest = _distances_to_kept(found, keep, spacing)
     counts = np.bincount(owner, minlength=len(keep))
     sums = np.stack([np.bincount(owner, weights=points[:, a], minlength=len(keep)) for a in range(3)], axis=1)
-    return [RemovedIsland(value, int(counts[i]), float(counts[i] * voxel_mm3), tuple(float(v) for v in sums[i] / counts[i]),
-                          float(nearest[i]), reason) for i in drop_ids]
+    centroids = (sums[drop_ids] / counts[drop_ids, None] + found.offset.astype(float)).tolist()
+    volumes = (counts[drop_ids] * voxel_mm3).tolist()
+    return [RemovedIsland(value, int(n), v, tuple(c), d, reason)
+            for n, v, c, d in zip(counts[drop_ids].tolist(), volumes, centroids, nearest[drop_ids].tolist())]
 
 
-def _distances_to_kept(components, boxes, keep, points, owner, spacing) -> np.ndarray:
+def _distances_to_kept(found: _Components, keep, spacing) -> np.ndarray:
     """Distance (mm) from each removed island to the nearest kept component, indexed by component id.
 
-    Exact (the closest pair of voxel centres), without one query per voxel against one tree of all
-    kept voxels (slow when the kept pieces are scattered: each query far from them visits much of
-    the tree). Only what can hold a closest pair is used: the islands' surface voxels (a voxel whose
-    6 face neighbours all belong to its island has one, a step along the axis towards any outside
-    point, that is closer to it) and each kept component's surface alike, in one KD-tree per kept
-    component. Each island asks the kept
-    components in order of the distance between their bounding boxes (a lower bound) and stops when
-    the next box is farther than the closest voxel found.
-
-    Args:
-        components, boxes: component ids and their ``ndimage.find_objects`` boxes.
-        keep: per component id, kept or not; ``points`` (voxel indices) and ``owner`` (ids): the
-            removed voxels.
+    Exact (the closest pair of voxel centres). A closest pair joins a surface voxel of the island to
+    a surface voxel of a kept component (:meth:`_Components.surface`), so only those are used, in
+    one KD-tree per kept component (one tree over scattered components is slow to ask from afar).
+    Each island asks the kept components in order of the distance between their bounding boxes (a
+    lower bound) and stops when the next box is farther than the closest voxel found.
     """
     nearest = np.full(len(keep), np.inf)
     kept_ids = np.flatnonzero(keep[1:]) + 1
     if len(kept_ids) == 0:
         return nearest
-    surface = _island_surface(components, points, owner)
-    points, owner = points[surface] * spacing, owner[surface]
-    order = np.argsort(owner, kind="stable")
-    points, owner = points[order], owner[order]
+    flat, owner = found.surface()
+    order = np.argsort(owner, kind="stable")  # grouped by component, raster order within one
+    flat, owner = flat[order], owner[order]
+    group = np.searchsorted(owner, np.arange(len(keep) + 1))  # component k's surface: group[k]:group[k + 1]
+    asking = ~keep[owner]
+    points, owner = found.indices(flat[asking]) * spacing, owner[asking]
     island_ids = np.unique(owner)
+    if len(island_ids) == 0:
+        return nearest
     first = np.searchsorted(owner, island_ids)
     last = np.append(first[1:], len(owner))
-    start = np.array([[sl.start for sl in b] for b in boxes], dtype=np.int64)
-    stop = np.array([[sl.stop for sl in b] for b in boxes], dtype=np.int64)
+    start, stop = found.box_start, found.box_stop
 
     def box_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (len(a), len(b)) lower bounds, mm
         gap = np.maximum(0, np.maximum(start[a - 1][:, None] - (stop[b - 1][None] - 1),
@@ -439,12 +550,7 @@ def _distances_to_kept(components, boxes, keep, points, owner, spacing) -> np.nd
 
     def tree(k: int) -> cKDTree:
         if k not in trees:
-            box = boxes[k - 1]
-            corner = np.array([sl.start for sl in box])
-            mask = components[box] == k
-            if np.count_nonzero(mask) > 64:  # its surface holds the answer; far queries into a solid block are slow
-                mask &= ~ndimage.binary_erosion(mask, structure=_STRUCTURE_6)
-            trees[k] = cKDTree((np.argwhere(mask) + corner) * spacing)
+            trees[k] = cKDTree(found.indices(flat[group[k]:group[k + 1]]) * spacing)
         return trees[k]
 
     best = np.full(len(island_ids), np.inf)
@@ -455,7 +561,8 @@ def _distances_to_kept(components, boxes, keep, points, owner, spacing) -> np.nd
         for step in range(len(kept_ids)):
             column = ranked[rows - chunk, step]
             lower = bound[rows - chunk, column]
-            rows, column = rows[lower <= best[rows] * (1 + 1e-9) + 1e-9], column[lower <= best[rows] * (1 + 1e-9) + 1e-9]
+            going = lower <= best[rows] * (1 + 1e-9) + 1e-9
+            rows, column = rows[going], column[going]
             if len(rows) == 0:
                 break
             for c in np.unique(column):
@@ -467,17 +574,3 @@ def _distances_to_kept(components, boxes, keep, points, owner, spacing) -> np.nd
                 best[asking] = np.minimum(best[asking], np.minimum.reduceat(distance, starts))
     nearest[island_ids] = best
     return nearest
-
-
-def _island_surface(components: np.ndarray, points: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Which of ``points`` (voxel indices, component ids ``owner``) have a face neighbour outside their component."""
-    surface = np.zeros(len(points), dtype=bool)
-    shape = np.array(components.shape)
-    for offset in np.concatenate([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)]):
-        neighbour = points + offset
-        inside = ((neighbour >= 0) & (neighbour < shape)).all(axis=1)
-        surface[~inside] = True
-        ok = np.flatnonzero(inside & ~surface)
-        n = neighbour[ok]
-        surface[ok[components[n[:, 0], n[:, 1], n[:, 2]] != owner[ok]]] = True
-    return surface
