@@ -138,8 +138,8 @@ def test_bad_batch_requests_are_refused_before_any_work(cts, tmp_path, tiny_mode
     with pytest.raises(SpinectError, match="does not take"):
         segment_batch(cts, out_dir=out, overwrite=False)
     assert not out.exists()
-    code = main(["segment-batch", str(cts[0]), "--out", str(out), "--ray"])
-    assert code != 0 and "--ray is not available" in capsys.readouterr().err
+    code = main(["segment-batch", str(cts[0]), "--out", str(out), "--ray-cpus-per-actor", "2"])
+    assert code != 0 and "--ray-cpus-per-actor is for --ray runs" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -13,4 +13,4 @@ python -m pip install --quiet --upgrade pip
 # package itself asks only for ranges (torch>=2.4.1) so that it keeps a user's own PyTorch.
 # torch first: an unconstrained torch pulls gigabytes of CUDA wheels.
 python -m pip install --quiet -c scripts/constraints.txt torch
-python -m pip install --quiet -c scripts/constraints.txt -e ".[test,dicom]"
+python -m pip install --quiet -c scripts/constraints.txt -e ".[test,dicom,ray]"

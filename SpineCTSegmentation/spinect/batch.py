@@ -15,8 +15,11 @@ model is read and built once per batch, and Python, PyTorch and MONAI are import
 - **Failures**: a case that fails (unreadable or missing file, not a CT, ...) is recorded with
   its error and the batch goes on; the CLI exits non-zero when any case failed.
 
-Not built: overlapping the next case's reading with this case's inference, and running on Ray
-(``ray`` is not a dependency; see docs/benchmarks.md).
+- **Ray** (``--ray [ADDRESS]``, :mod:`spinect.batch_ray`): the same cases, resume, CSV and failure
+  handling, with one model-holding actor per GPU or per group of CPUs on a local or existing Ray
+  cluster (the optional ``ray`` extra).
+
+Not built: overlapping the next case's reading with this case's inference within one process.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 
 from spinect.errors import InputError, SpinectError
 
-__all__ = ["BatchCase", "BatchResult", "collect_cases", "run_batch", "CSV_NAME", "SEGMENT_OPTIONS"]
+__all__ = ["BatchCase", "BatchResult", "collect_cases", "run_batch", "segment_case", "CSV_NAME", "SEGMENT_OPTIONS"]
 
 log = logging.getLogger("spinect")
 
@@ -192,6 +195,62 @@ def _row_of(case: BatchCase, status: str, seconds: float, *, error: str = "", re
     return row
 
 
+def check_options(segment_options: dict) -> None:
+    """Raise :class:`SpinectError` naming any option that is not a :data:`SEGMENT_OPTIONS` option."""
+    unknown = sorted(set(segment_options) - set(SEGMENT_OPTIONS))
+    if unknown:
+        raise SpinectError(f"segment-batch does not take {', '.join(unknown)}; its options are {', '.join(SEGMENT_OPTIONS)}")
+
+
+def prepare_outputs(cases: Sequence[BatchCase], csv_path: str | os.PathLike | None) -> Path:
+    """Create the cases' output folders; the per-case CSV's path (default :data:`CSV_NAME` in the first folder).
+
+    Raises:
+        InputError: no case; OutputError: a folder that cannot be created.
+    """
+    from spinect.errors import OutputError
+
+    if not cases:
+        raise InputError("no case to segment")
+    out_dirs = sorted({c.output.parent for c in cases})
+    for folder in out_dirs:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {folder} ({exc.strerror}); choose a writable folder") from exc
+    return Path(csv_path) if csv_path is not None else out_dirs[0] / CSV_NAME
+
+
+def skipped_row(case: BatchCase, old: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The CSV row of a case already written by an earlier run (keeping that run's figures)."""
+    previous = old.get(case.case_id, {})
+    row = {**previous, **_row_of(case, "skipped", 0.0)}
+    row["seconds"] = previous.get("seconds", "")
+    row["error"] = "output already written (earlier run)"
+    return row
+
+
+def segment_case(case: BatchCase, segment_options: dict) -> dict[str, str]:
+    """Segment one case (:func:`spinect.api.segment`, atomic outputs); its CSV row, ``failed`` with the error
+    when it fails (never raises for the case's own problems)."""
+    from spinect.api import segment
+
+    started = time.perf_counter()
+    try:
+        result = segment(case.input, case.output, overwrite=True, **segment_options)
+    except SpinectError as exc:
+        return _row_of(case, "failed", time.perf_counter() - started, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop a cohort; the trace is logged
+        log.debug("case %s failed", case.case_id, exc_info=True)
+        return _row_of(case, "failed", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+    return _row_of(case, "ok", time.perf_counter() - started, result=result)
+
+
+def log_row(number: int, total: int, row: dict[str, str]) -> None:
+    log.info("[%d/%d] %s: %s%s", number, total, row["case"], row["status"],
+             f" ({row['seconds']} s)" if row["status"] == "ok" else f": {row['error']}" if row["error"] else "")
+
+
 def run_batch(cases: Sequence[BatchCase], *, csv_path: str | os.PathLike | None = None,
               progress: Callable[[int, int, dict[str, str]], None] | None = None, **segment_options) -> BatchResult:
     """Segment ``cases`` one after the other with one loaded model; see the module docstring.
@@ -206,49 +265,20 @@ def run_batch(cases: Sequence[BatchCase], *, csv_path: str | os.PathLike | None 
         SpinectError: an option that is not a segment option, or an output folder that cannot be
             created; per-case errors are recorded in the CSV, not raised.
     """
-    from spinect.api import segment
-    from spinect.errors import OutputError
     from spinect.model_file import reuse_loaded_models
 
-    unknown = sorted(set(segment_options) - set(SEGMENT_OPTIONS))
-    if unknown:
-        raise SpinectError(f"segment-batch does not take {', '.join(unknown)}; its options are {', '.join(SEGMENT_OPTIONS)}")
-    if not cases:
-        raise InputError("no case to segment")
-    out_dirs = sorted({c.output.parent for c in cases})
-    for folder in out_dirs:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {folder} ({exc.strerror}); choose a writable folder") from exc
-    csv_path = Path(csv_path) if csv_path is not None else out_dirs[0] / CSV_NAME
+    check_options(segment_options)
+    csv_path = prepare_outputs(cases, csv_path)
     old = _old_rows(csv_path)
     rows: list[dict[str, str]] = []
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with reuse_loaded_models():
         for number, case in enumerate(cases, 1):
-            started = time.perf_counter()
-            if _is_done(case):
-                previous = old.get(case.case_id, {})
-                row = {**previous, **_row_of(case, "skipped", 0.0)}
-                row["seconds"] = previous.get("seconds", "")
-                row["error"] = "output already written (earlier run)"
-                counts["skipped"] += 1
-            else:
-                try:
-                    result = segment(case.input, case.output, overwrite=True, **segment_options)
-                except SpinectError as exc:
-                    row = _row_of(case, "failed", time.perf_counter() - started, error=str(exc))
-                except Exception as exc:  # noqa: BLE001 - one bad case must not stop a cohort; the trace is logged
-                    log.debug("case %s failed", case.case_id, exc_info=True)
-                    row = _row_of(case, "failed", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
-                else:
-                    row = _row_of(case, "ok", time.perf_counter() - started, result=result)
-                counts[row["status"]] += 1
+            row = skipped_row(case, old) if _is_done(case) else segment_case(case, segment_options)
+            counts[row["status"]] += 1
             rows.append(row)
             _write_csv(csv_path, rows)
-            log.info("[%d/%d] %s: %s%s", number, len(cases), case.case_id, row["status"],
-                     f" ({row['seconds']} s)" if row["status"] == "ok" else f": {row['error']}" if row["error"] else "")
+            log_row(number, len(cases), row)
             if progress is not None:
                 progress(number, len(cases), row)
     return BatchResult(rows, csv_path, counts)

@@ -37,7 +37,12 @@ def register(subparsers) -> None:
     p.add_argument("--allow-gaps", action="store_true", help="resample DICOM series with missing slices instead of failing them")
     p.add_argument("--force", action="store_true", help="run cases beyond the sane-work bounds of spinect segment")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="not available: running on a Ray cluster is not built (ray is not a spinect dependency)")
+                   help="run the cases on Ray actors (one per GPU or per group of CPUs, each loading the model once): "
+                        "without ADDRESS a local Ray instance on this machine's CPUs/GPUs, with one (auto, HOST:6379, "
+                        "ray://HOST:10001) an existing cluster whose nodes all see the inputs and --out. Needs "
+                        "`pip install 'spinect[ray]'`")
+    p.add_argument("--ray-cpus-per-actor", type=int, default=None, metavar="N",
+                   help="with --ray on CPUs: CPUs per actor (default 4, at most the cluster's CPUs)")
     p.add_argument("--verbose", action="store_true",
                    help="log what each case does (removed islands, ...) and the traceback of unexpected errors")
     p.set_defaults(func=run)
@@ -47,10 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from spinect.api import segment_batch
     from spinect.errors import SpinectError
 
-    if args.ray is not None:
-        raise SpinectError("--ray is not available in this version: running a batch on a Ray cluster is not built "
-                           "(ray is not a spinect dependency). Run segment-batch without --ray on each machine, "
-                           "giving each a part of the case list")
+    if args.ray_cpus_per_actor is not None and args.ray is None:
+        raise SpinectError("--ray-cpus-per-actor is for --ray runs; add --ray or leave it out")
     if not args.verbose:  # one line per case; the cases' own messages (removed islands, ...) with --verbose
         logging.getLogger("spinect").setLevel(logging.WARNING)
 
@@ -58,11 +61,20 @@ def run(args: argparse.Namespace) -> int:
         detail = f" ({row['seconds']} s)" if row["status"] == "ok" else f": {row['error']}" if row["error"] else ""
         print(f"[{done}/{total}] {row['case']}: {row['status']}{detail}", file=sys.stderr, flush=True)
 
-    result = segment_batch(args.inputs, list_file=args.list_file, out_dir=args.out, suffix=args.suffix,
-                           csv_path=args.csv, model=args.model, device=args.device, smoothing_mm=args.smoothing_mm,
-                           batch_size=args.batch_size, keep_islands=args.keep_islands, whole_volume=args.whole_volume,
-                           levels=args.levels, allow_gaps=args.allow_gaps, force=args.force,
-                           progress=None if args.verbose else progress)
+    options = dict(model=args.model, device=args.device, smoothing_mm=args.smoothing_mm, batch_size=args.batch_size,
+                   keep_islands=args.keep_islands, whole_volume=args.whole_volume, levels=args.levels,
+                   allow_gaps=args.allow_gaps, force=args.force)
+    if args.ray is not None:
+        from spinect.batch import collect_cases
+        from spinect.batch_ray import import_ray, run_batch_ray
+
+        import_ray()  # before any work: a clear error when Ray is not installed
+        cases = collect_cases(args.inputs, list_file=args.list_file, out_dir=args.out, suffix=args.suffix)
+        result = run_batch_ray(cases, address=args.ray, csv_path=args.csv, cpus_per_actor=args.ray_cpus_per_actor,
+                               progress=None if args.verbose else progress, **options)
+    else:
+        result = segment_batch(args.inputs, list_file=args.list_file, out_dir=args.out, suffix=args.suffix,
+                               csv_path=args.csv, progress=None if args.verbose else progress, **options)
     counts = result.counts
     print(f"segment-batch: {counts.get('ok', 0)} segmented, {counts.get('skipped', 0)} skipped (already written), "
           f"{counts.get('failed', 0)} failed; per-case CSV {result.csv_path}", file=sys.stderr)
