@@ -120,35 +120,21 @@ def build_segment_command(
         levels: also label vertebral levels (``--levels``; needs a level model): a label-map
             output gets its level map beside it, ``<name>_levels<suffix>``.
     """
+    from spinect.requests import SegmentRequest  # standard library only: light in Slicer's process
+
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
     if (uncertainty_path is not None or review_path is not None) and not tta:
         raise ValueError("the uncertainty map and review list need tta=True")
-    command = [str(python_executable), "-m", "spinect", "segment", str(input_path), str(output_path)]
-    command += ["--device", device, "--progress-lines"]
-    if model_path is not None:
-        command += ["--model", str(model_path)]
-    if smoothing_mm is not None:
-        command += ["--smoothing-mm", f"{float(smoothing_mm):g}"]
-    if tta:
-        command.append("--tta")
-    if uncertainty_path is not None:
-        command += ["--uncertainty", str(uncertainty_path)]
-    if review_path is not None:
-        command += ["--review", str(review_path)]
-    if keep_islands:
-        command.append("--keep-islands")
-    if whole_volume:
-        command.append("--whole-volume")
-    if levels:
-        command.append("--levels")
+    # The options, their flags and their checks come from the backend's request class.
+    request = SegmentRequest(input=input_path, output=output_path, model=model_path, device=device,
+                             smoothing_mm=None if smoothing_mm is None else float(smoothing_mm), tta=tta,
+                             uncertainty_output=uncertainty_path, review_output=review_path, keep_islands=keep_islands,
+                             whole_volume=whole_volume, levels=levels)
+    command = [str(python_executable), "-m", "spinect", "segment", *request.to_argv(), "--progress-lines"]
     if verbose:
         command.append("--verbose")
     return command
-
-
-def _coordinates(points) -> list[str]:
-    return [f"{float(v):.6g}" for point in points for v in point]
 
 
 def build_triangles_command(
@@ -187,29 +173,26 @@ def build_triangles_command(
     Raises:
         ValueError: no mode, two modes, or a wrong number of points.
     """
+    from spinect.requests import TrianglesRequest  # standard library only: light in Slicer's process
+
     if points_ras is not None and seed_ras is not None:
         raise ValueError("give three points or one seed, not both")
-    command = [str(python_executable), "-m", "spinect", "triangles", str(seg_path), "--json", str(json_path)]
-    command += ["--level", str(level), "--side", str(side), "--progress-lines"]
-    if points_ras is not None:
-        if len(points_ras) != 3:
-            raise ValueError(f"the triangle needs exactly three points A, B, C; {len(points_ras)} are placed")
-        command += ["--ras", "--points"] + _coordinates(points_ras)
-    elif seed_ras is not None:
-        command += ["--ras", "--seed"] + _coordinates([seed_ras])
-    elif structures_path is None:
+    if points_ras is not None and len(points_ras) != 3:
+        raise ValueError(f"the triangle needs exactly three points A, B, C; {len(points_ras)} are placed")
+    if points_ras is None and seed_ras is None and structures_path is None:
         raise ValueError("automatic mode needs a level map: choose the structure map volume")
-    else:
-        command.append("--auto")
-    if structures_path is not None:
-        command += ["--structures", str(structures_path)]
-    if ct_path is not None:
-        command += ["--ct", str(ct_path)]
-    command += ["--theta", f"{float(theta_deg):g}", "--phi", f"{float(phi_deg):g}"]
-    if optimize:
-        command.append("--optimize")
-        if heatmap_path is not None:
-            command += ["--heatmap", str(heatmap_path)]
+
+    def lps(points):  # RAS -> LPS; the request is in LPS, the command line in RAS (--ras), as Slicer shows them
+        return None if points is None else [[-float(p[0]), -float(p[1]), float(p[2])] for p in points]
+
+    request = TrianglesRequest(
+        seg=seg_path, level=str(level), side=str(side), points_lps_mm=lps(points_ras),
+        seed_lps_mm=None if seed_ras is None else lps([seed_ras])[0], auto=points_ras is None and seed_ras is None,
+        structures=structures_path, ct=ct_path, theta_deg=float(theta_deg), phi_deg=float(phi_deg), optimize=optimize,
+        json_path=json_path, heatmap_path=heatmap_path if optimize else None)
+    command = [str(python_executable), "-m", "spinect", "triangles", *request.from_ras().to_argv(), "--progress-lines"]
+    if points_ras is not None or seed_ras is not None:
+        command.append("--ras")
     return command
 
 

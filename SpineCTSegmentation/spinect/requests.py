@@ -735,6 +735,16 @@ def cli_fields(cls: type[Request]) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
 
+def cli_dest(f: dataclasses.Field) -> str:
+    """The argparse attribute of a field: argparse's own name for its flag (``--theta`` ->
+    ``theta``), so code reading a parsed namespace keeps working; the field name for positionals
+    and for bools set by a negative flag (``--no-overwrite`` -> ``overwrite``)."""
+    m = f.metadata
+    if m.get("positional") or (m.get("kind") == "bool" and f.default is not False):
+        return f.name
+    return option_name(f).lstrip("-").replace("-", "_")
+
+
 def _help(f: dataclasses.Field) -> str:
     m = f.metadata
     text = m["help"]
@@ -775,7 +785,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Request]) -> argpar
             target.add_argument(f.name, **kwargs)
             continue
         names = [option_name(f), *m.get("aliases", ())]
-        kwargs["dest"] = f.name
+        kwargs["dest"] = cli_dest(f)
         if kind == "bool":
             kwargs.pop("metavar", None)
             if f.default is None:  # three states: flag, negative flag, neither
@@ -807,6 +817,6 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Request]) -> argpar
 def from_args(cls: type[Request], namespace: argparse.Namespace, **extra: Any):
     """The ``cls`` request an argparse namespace (from :func:`add_arguments`) describes; ``extra``
     sets API-only fields."""
-    values = {f.name: getattr(namespace, f.name) for f in cli_fields(cls) if hasattr(namespace, f.name)}
+    values = {f.name: getattr(namespace, cli_dest(f)) for f in cli_fields(cls) if hasattr(namespace, cli_dest(f))}
     values.update(extra)
     return build_request(cls, **values)
