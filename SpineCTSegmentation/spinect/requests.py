@@ -86,7 +86,7 @@ def option(default: Any = MISSING, *, help: str, kind: str = "str", flag: str | 
            bounds: tuple[float, float] | None = None, unit: str = "", describe: str | None = None,
            cli: bool = True, cli_required: bool = False, group: str | None = None, negative_flag: str | None = None,
            separator: str | None = None, image: bool = False, default_text: str | None = None,
-           coordinates: bool = False, negative_help: str | None = None) -> Any:
+           coordinates: bool = False, negative_help: str | None = None, what: str | None = None) -> Any:
     """A request field with everything the CLI, the API and JSON need to know about it.
 
     Args:
@@ -108,6 +108,7 @@ def option(default: Any = MISSING, *, help: str, kind: str = "str", flag: str | 
         negative_flag: for a bool whose default is True: the CLI flag that turns it off (e.g.
             ``--no-overwrite``); for a bool defaulting to None (three states): the flag for False.
             ``negative_help`` is that flag's help.
+        what: the option in words, put before the flag in messages ("instrument radius (--instrument-radius)").
         separator: ``strs`` given as one string on the CLI are split at this character.
         image: a ``path`` that may also be an in-memory SimpleITK image (API only).
         default_text: how ``--help`` states a default of None ("the model's").
@@ -117,7 +118,7 @@ def option(default: Any = MISSING, *, help: str, kind: str = "str", flag: str | 
         help=help, kind=kind, flag=flag, aliases=tuple(aliases), positional=positional, count=count, metavar=metavar,
         choices=None if choices is None else tuple(choices), bounds=bounds, unit=unit, describe=describe, cli=cli,
         cli_required=cli_required, group=group, negative_flag=negative_flag, separator=separator, image=image,
-        default_text=default_text, coordinates=coordinates, negative_help=negative_help).items()}
+        default_text=default_text, coordinates=coordinates, negative_help=negative_help, what=what).items()}
     if default is MISSING:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -178,7 +179,7 @@ class _Checker:
 
     def __init__(self, cls: type[Request], f: dataclasses.Field) -> None:
         self.cls, self.f, self.m = cls, f, f.metadata
-        self.name = option_name(f)
+        self.name = option_name(f) if not f.metadata.get("what") else f"{f.metadata['what']} ({option_name(f)})"
 
     def fail(self, what: str, value: Any) -> None:
         raise self.cls.error(f"{self.name} must be {what}, got {value!r}")
@@ -570,20 +571,20 @@ class TrianglesRequest(Request):
     upper_line_lps_mm: tuple | None = option(None, kind="points", count=1, flag="--pedicle", metavar="X",
                                              coordinates=True,
                                              help="lowest point of the upper pedicle (bounds a seed window)")
-    theta_deg: float = option(0.0, kind="float", flag="--theta", bounds=(0.0, 90.0), unit="degrees",
+    theta_deg: float = option(0.0, kind="float", flag="--theta", what="theta", bounds=(0.0, 90.0), unit="degrees",
                               help="obliquity in degrees (0 = PA)")
-    phi_deg: float = option(0.0, kind="float", flag="--phi", bounds=(-60.0, 60.0), unit="degrees",
+    phi_deg: float = option(0.0, kind="float", flag="--phi", what="phi", bounds=(-60.0, 60.0), unit="degrees",
                             help="cranio-caudal tilt in degrees (0 = endplate squared)")
     optimize: bool = option(False, kind="bool", help="search theta in [0, 60], phi in [-25, 25] for the best view")
-    step_deg: float = option(2.5, kind="float", flag="--step", bounds=(0.1, 30.0), unit="degrees",
+    step_deg: float = option(2.5, kind="float", flag="--step", what="search step", bounds=(0.1, 30.0), unit="degrees",
                              help="coarse search grid step in degrees")
     objective: str = option("radius", choices=("radius", "free_area", "usable_area"),
                             help="search objective (radius = r*)")
     reachable: bool = option(False, kind="bool",
                              help="measure the window from the skin (default: 15 mm before the target)")
-    instrument_radius_mm: float = option(0.36, kind="float", flag="--instrument-radius", bounds=(0.0, 10.0), unit="mm",
+    instrument_radius_mm: float = option(0.36, kind="float", flag="--instrument-radius", what="instrument radius", bounds=(0.0, 10.0), unit="mm",
                                          help="needle/cannula radius in mm (0.36 = 22 G)")
-    pixel_mm: float = option(0.25, kind="float", flag="--pixel", bounds=(0.01, 5.0), unit="mm",
+    pixel_mm: float = option(0.25, kind="float", flag="--pixel", what="pixel size", bounds=(0.01, 5.0), unit="mm",
                              help="in-plane sampling of the projection in mm")
     allow_missing_nerve: bool = option(False, kind="bool",
                                        help="measure even when no nerve is labelled near the target (window bounded "
