@@ -8,6 +8,8 @@ the user runs it (a fresh process, wall clock):
    ``--verbose`` stage table gives the in-process time of the same run, so the difference is what
    a process adds (interpreter start, imports, model load, interpreter exit);
 2. batch: one ``python -m spinect segment-batch CT... --out DIR --device cpu`` process;
+2b. ray: the same with ``--ray`` (a local Ray instance with this machine's CPUs, one actor per
+   group of up to 4 CPUs), when Ray is installed (``--no-ray`` skips it);
 3. start-up alone: ``python -c pass``, ``python -c "import spinect.api, spinect.pipeline, ..."``,
    and the model load, to explain the difference.
 
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 160, 160])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--no-ray", action="store_true", help="skip the `segment-batch --ray` row")
     parser.add_argument("--anatomy-only", type=Path, default=None, metavar="CT",
                         help="only time one whole process on this CT (e.g. a 512x512x300 phantom), parts inside")
     args = parser.parse_args(argv)
@@ -146,7 +149,10 @@ def main(argv=None) -> int:
 
         anatomy = [_anatomy(python, cts[0], work / "anatomy.nii.gz") for _ in range(args.repeats)]
 
-        serial_total, batch_total, whole, inproc, batch_case = [], [], [], [], []
+        import importlib.util
+
+        with_ray = not args.no_ray and importlib.util.find_spec("ray") is not None
+        serial_total, batch_total, ray_total, whole, inproc, batch_case = [], [], [], [], [], []
         for repeat in range(args.repeats):
             out = work / f"serial{repeat}"
             out.mkdir()
@@ -162,6 +168,10 @@ def main(argv=None) -> int:
             batch_total.append(seconds)
             with open(out / "segment-batch.csv", newline="", encoding="utf-8") as handle:
                 batch_case += [float(r["seconds"]) for r in csv.DictReader(handle)]
+            if with_ray:
+                seconds, _ = _run([python, "-m", "spinect", "segment-batch", *map(str, cts), "--out",
+                                   str(work / f"ray{repeat}"), "--device", "cpu", "--ray"])
+                ray_total.append(seconds)
 
         n = len(cts)
         serial, batch = statistics.median(serial_total), statistics.median(batch_total)
@@ -169,6 +179,12 @@ def main(argv=None) -> int:
         print("|---|---|---|---|")
         print(f"| serial: {n} `spinect segment` processes | {serial:.1f} | {serial / n:.2f} | {3600 * n / serial:.0f} |")
         print(f"| batch: one `spinect segment-batch` process | {batch:.1f} | {batch / n:.2f} | {3600 * n / batch:.0f} |")
+        if ray_total:
+            on_ray = statistics.median(ray_total)
+            print(f"| ray: one `spinect segment-batch --ray` process (local Ray instance, {os.cpu_count()} CPUs) | "
+                  f"{on_ray:.1f} | {on_ray / n:.2f} | {3600 * n / on_ray:.0f} |")
+        else:
+            print("| ray: not run (Ray not installed, or --no-ray) | | | |")
         print(f"\nbatch / serial throughput: **{serial / batch:.2f}×** (median of {args.repeats} repeat(s))\n")
         print("| per case | median (s) |")
         print("|---|---|")

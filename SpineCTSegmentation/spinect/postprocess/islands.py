@@ -29,12 +29,15 @@ Removed voxels become background, and each removed island is reported (class, vo
 centroid, distance to the kept anatomy) so that nothing disappears silently.
 
 Cost: linear in the number of islands (a poor prediction on a large field of view leaves
-thousands). The "within ``nerve_max_distance_mm``" graph of nerve pieces is built once (candidate
-pairs from a grid of cells over the pieces' bounding boxes, then a KD-tree query bounded by the
-distance), each chain (a connected component of that graph) is tested once, and the distances in
-the report are found per island against the kept pieces in order of their boxes' distance. The
-result is the same, bit for bit, as the earlier implementation that re-grew every chain
-(``benchmarks/islands_reference.py``; ``benchmarks/bench_islands.py`` compares the two).
+thousands), and no pass of a labelling algorithm over the whole grid: the components of both
+classes come from the labelled voxels' runs along x (:mod:`spinect.postprocess.runs`), and so do
+their boxes and surfaces. The "within ``nerve_max_distance_mm``" graph of nerve pieces is built
+once (candidate pairs from a grid of cells over the pieces' bounding boxes, then an exact test on
+the pieces' surfaces bounded by the distance), each chain (a connected component of that graph) is
+tested once, and the distances in the report are found per island against the kept pieces'
+surfaces in order of their boxes' distance. The result is the same, bit for bit, as the earlier
+implementation that re-grew every chain (``benchmarks/islands_reference.py``;
+``benchmarks/bench_islands.py`` compares the two).
 """
 
 from __future__ import annotations
