@@ -160,7 +160,8 @@ def test_optimize_keeps_the_measured_view_and_prints_both_views(small_files, cap
     plain = json.loads((f["folder"] / "plain.json").read_text())
     opt = json.loads((f["folder"] / "opt.json").read_text())
     assert plain["measurement"] == opt["measurement"]  # every number and outline, exactly
-    assert plain["frame_source"] == opt["frame_source"] == "bone surface through B and C"
+    assert plain["frame_source"] == opt["frame_source"]
+    assert "through B and C" in plain["frame_source"]
     assert plain["trajectory"] is None and opt["trajectory"] is not None
 
     def block(text: str, start: str, stop: str | None) -> list[str]:

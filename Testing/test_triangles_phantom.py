@@ -123,7 +123,7 @@ def test_points_mode_at_l5s1_finds_the_steep_s1_endplate_without_a_level_map(pri
     result = measure_triangle(case.labels, points_lps_mm=pts, level="L5S1", side=side, theta_deg=30.0)
     truth = _truth_frame(level)
     angle = np.degrees(np.arccos(np.clip(result.measurement.frame.normal @ truth.normal, -1.0, 1.0)))
-    assert result.frame_source == "bone surface through B and C"
+    assert "through B and C" in result.frame_source
     assert angle < 10.0
     # the projected triangle in the requested view follows: within 10 % of the truth's table
     table = entry["projected_area_mm2"]

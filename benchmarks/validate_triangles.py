@@ -203,6 +203,7 @@ def validate_case(index: int, seed: int, levels, args) -> list[Row]:
     scene = ContinuousScene(case)
     rows: list[Row] = []
     settings = WindowSettings()
+    predicted = segment_case(case, args.model) if getattr(args, "model", None) else None
     for level in levels:
         level_truth = case.truth["levels"][level]
         frame = truth_frame(level_truth)
@@ -241,9 +242,61 @@ def validate_case(index: int, seed: int, levels, args) -> list[Row]:
                 if m.bounded and bounded:
                     rows.append(Row(*common, "free_area_mm2", m.value("free_area_mm2"), area))
                     rows.append(Row(*common, "inscribed_radius_mm", m.value("inscribed_radius_mm"), radius))
+                rows += nolevel_rows(index, level, side, name, entry, case.labels, frame, fields, scene, pts, args,
+                                     mode="points_nolevel")
+                if predicted is not None:
+                    rows += nolevel_rows(index, level, side, name, entry, predicted, frame, fields, scene, pts, args,
+                                         mode="points_nolevel_model")
                 if name == "kambin":
                     rows += auto_rows(index, level, side, case, entry)
                 rows += optimiser_rows(index, level, side, name, entry, frame, pts, fields, args)
+    return rows
+
+
+def segment_case(case, model: str):
+    """The model's label map of the case's CT (what a physician measures on)."""
+    from spinect.api import segment
+
+    return segment(case.ct, model=model, device="cpu").labels
+
+
+def nolevel_rows(index, level, side, name, entry, labels, truth: EndplateFrame, fields, scene, pts, args, *,
+                 mode: str) -> list[Row]:
+    """Points mode as a physician uses it on a patient: three clicks, no level map, no endplate.
+
+    The endplate frame is fitted from the label map's bone through B and C
+    (:func:`spinect.geometry.measure.measure_triangle` without ``structures``). Rows: the fitted
+    normal's angle to the truth's, the projected triangle area against the truth's table in the
+    (0°, 0°), (30°, 0°) and best projected views (what a wrong frame spoils: 78-80° off at L5/S1
+    gave half the area before the fit through B-C), and the free area against the continuous
+    reference in the view measured (on a model's segmentation this includes its errors).
+    A refusal is a row too (``refused`` = 1), never a silent skip.
+    """
+    from spinect.errors import InputError
+    from spinect.geometry.measure import measure_triangle
+
+    views = views_for(entry)
+    rows: list[Row] = []
+    for k, (theta, phi) in enumerate(views):
+        common = (index, level, side, name, mode, theta, phi)
+        try:
+            result = measure_triangle(labels, level=level, side=side, triangle=name, points_lps_mm=pts,
+                                      theta_deg=theta, phi_deg=phi, allow_missing_nerve=True)
+        except InputError as exc:
+            print(f"case {index} {level} {side} {name} {mode}: refused: {exc}", file=sys.stderr)
+            rows.append(Row(*common, "refused", 1.0, 0.0))
+            return rows
+        m = result.measurement
+        if k == 0:
+            rows.append(Row(*common, "refused", 0.0, 0.0))
+            angle = float(np.degrees(np.arccos(np.clip(m.frame.normal @ truth.normal, -1, 1))))
+            rows.append(Row(*common, "endplate_normal_error_deg", angle, 0.0))
+        rows.append(Row(*common, "projected_triangle_area_mm2", m.value("projected_triangle_area_mm2"),
+                        table_value(entry, theta, phi)))
+        # the fields give the window's geometry only: the reference is the continuous truth either way
+        window = points_window(fields, m.frame.view(theta, phi, side), pts, m.settings)
+        area, _, _ = reference_window(scene, window, region_seed=False, pixel_mm=args.pixel)
+        rows.append(Row(*common, "free_area_mm2", m.value("free_area_mm2"), area))
     return rows
 
 
@@ -341,6 +394,10 @@ def _verdict(quantity: str, errs: np.ndarray, rel: np.ndarray | None) -> str:
         return "yes" if errs.max() <= 0.25 else f"NO ({np.mean(errs <= 0.25) * 100:.0f}% within)"
     if quantity == "best_view_error_deg":
         return "yes" if errs.max() <= 2.5 else "NO"
+    if quantity == "endplate_normal_error_deg":
+        return "yes" if errs.max() <= 10.0 else f"NO ({np.mean(errs <= 10.0) * 100:.0f}% within 10 deg)"
+    if quantity == "refused":
+        return f"{errs.sum():.0f} refused"
     if quantity == "bounded":
         return f"{np.mean(errs == 0) * 100:.0f}% agree"
     return ""
@@ -358,6 +415,9 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", default=None, help="write every comparison to this CSV")
     parser.add_argument("--anatomy", choices=("primitive", "mesh"), default="mesh",
                         help="phantom bones: real bone shapes (phantom v2, default) or geometric primitives (v1)")
+    parser.add_argument("--model", default=None,
+                        help="also measure points mode without a level map on this model's segmentation of each "
+                             "case (e.g. SpineCTSegmentation/spinect/models/spinect_default.pt)")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     for i in range(args.cases):

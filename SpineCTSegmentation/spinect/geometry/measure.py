@@ -230,28 +230,14 @@ def _frame(frame, structures, endplate, points, fields, labels, level, *, triang
             return frame_from_endplate_points(pts), f"plane fit on {len(pts)} endplate points"
         return endplate_frame_near(fields, label_array, pts[0]), "bone surface near the endplate point"
     if points is not None:
-        pts = np.asarray(points, float).reshape(3, 3)
-        if triangle == "kambin":
-            # B and C lie on the endplate and A above it: the plane through B-C that the bone supports
-            # (a free fit near B took the S1 superior articular process for the endplate, 75-80 deg off)
-            from spinect.geometry.endplate import endplate_frame_through_triangle
+        # the lower vertebra's superior endplate, found from the clicks and fitted over the whole
+        # endplate (a local fit near B and C was 12-19 deg off on real bone shapes, 78-80 deg at S1)
+        from spinect.geometry.endplate import endplate_frame_from_clicks
 
-            try:
-                return endplate_frame_through_triangle(fields, label_array, pts), "bone surface through B and C"
-            except InputError:
-                pass
-        # B and C lie on the endplate; their midpoint can miss it where the endplate is narrow or
-        # the clicks sit on its rim, so try B and C themselves before giving up.
-        hints = [("B-C", 0.5 * (pts[1] + pts[2])), ("B", pts[1]), ("C", pts[2])]
-        for name, hint in hints:
-            try:
-                return endplate_frame_near(fields, label_array, hint), f"bone surface near {name}"
-            except InputError:
-                continue
-        raise InputError(
-            "no cranially facing bone surface within 12 mm of B, C or their midpoint: place B and C on the "
-            "lower vertebra's superior endplate, or give --endplate / --structures"
-        )
+        pts = np.asarray(points, float).reshape(3, 3)
+        frame = endplate_frame_from_clicks(fields, label_array, pts, triangle=triangle)
+        where = "through B and C" if triangle == "kambin" else "below the clicked points"
+        return frame, f"bone surface: the endplate {where}, fitted over the whole endplate"
     raise InputError("the endplate is unknown: give --endplate (a point on the lower vertebra's endplate) or --structures")
 
 
