@@ -164,8 +164,14 @@ class BoundedWindow:
             axis = (np.arange(count) - (count - 1) / 2) * s.pixel_mm
             uu, vv = np.meshgrid(axis, axis)
             active = None
+            ignore_above = None
             if s.bounded_rays_only and (self.triangle_uv_mm is not None or self.half_planes):
-                active = self.bound_mm(np.stack([uu, vv], -1)) >= -BOUND_MARGIN_PX * s.pixel_mm
+                bound = self.bound_mm(np.stack([uu, vv], -1))
+                active = bound >= -BOUND_MARGIN_PX * s.pixel_mm
+                # the search reads min(clearance, bound) and the clearance's 0 and instrument levels:
+                # clearances beyond the largest bound distance (plus a pixel) are never used exactly
+                if np.isfinite(bound).all():
+                    ignore_above = float(bound.max()) + max(s.pixel_mm, s.instrument_radius_mm) + 1.0
             self._image = project_window(
                 self.fields,
                 self.view,
@@ -178,6 +184,7 @@ class BoundedWindow:
                 depth_step_mm=s.depth_step_mm,
                 separate=s.separate_structures,
                 active=active,
+                ignore_above_mm=ignore_above,
             )
         return self._image
 
