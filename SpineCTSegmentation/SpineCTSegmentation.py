@@ -1,10 +1,12 @@
 """SpineCTSegmentation: lumbosacral bone and nerve segmentation of CT (SPINECT 3D U-Net).
 
 Module, parameter node, widget, logic and test. The widget only wires the GUI to the logic;
-the logic takes MRML nodes and returns MRML nodes. Inference and triangle measurements run in a
-``PythonSlicer`` subprocess (``python -m spinect segment`` / ``spinect triangles``), so torch,
-MONAI and scikit-image are never imported into Slicer. The subprocess runner, file I/O,
-terminology, triangle display and uncertainty display live in ``SpineCTSegmentationLib``.
+the logic takes MRML nodes and returns MRML nodes. Inference and triangle measurements run in
+``PythonSlicer`` subprocesses: two long-lived ``spinect serve`` workers (one for segmentation,
+one for measurements; ``SpineCTSegmentationLib/backend.py``), or one ``spinect segment`` /
+``spinect triangles`` process per request if a worker cannot start. So torch, MONAI and
+scikit-image are never imported into Slicer. The subprocess runners, file I/O, terminology,
+triangle display and uncertainty display live in ``SpineCTSegmentationLib``.
 """
 
 import logging
@@ -33,21 +35,22 @@ from slicer.util import VTKObservationMixin
 from SpineCTSegmentationLib import dependencies
 from SpineCTSegmentationLib.mrml_io import conflicting_segment_ids
 from SpineCTSegmentationLib.options import DEFAULT_SMOOTHING_MM, Device, ExistingSegments, Level, Side, TriangleMode
-from SpineCTSegmentationLib.pipeline import SegmentationJob
+from SpineCTSegmentationLib.backend import BackendRunner
 from SpineCTSegmentationLib.terminology import LEVEL_SEGMENTS, SEGMENTS
 from SpineCTSegmentationLib.triangles import (
     REMEASURE_DELAY_S,
     LiveMeasureScheduler,
     TriangleInputs,
-    TrianglesJob,
+    TriangleState,
     apply_camera,
     control_points_ras,
     placement_plan,
+    readout_html,
+    update_measurement_table,
     update_window_nodes,
     write_table_csv,
 )
 from SpineCTSegmentationLib.uncertainty import review_row_centroid_ras
-from SpineCTSegmentationLib.worker import WorkerClient, WorkerTrianglesJob, WorkerUnavailable
 from SpineCTSegmentationLib.view import camera_for_view, lps_to_ras
 
 #
@@ -97,6 +100,8 @@ class SpineCTSegmentationParameterNode:
     structuresVolume - optional level/structure map (automatic mode and endplate frame).
     trianglePoints - the point list A, B, C (RAS).
     thetaDeg, phiDeg - the view: obliquity and cranio-caudal tilt relative to the endplate.
+    triangleMode - how the window is bounded: "points", "seed", "auto"; empty before the first choice.
+    triangleReport - the last measurement's JSON report (the readout's source); empty when none.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -117,6 +122,8 @@ class SpineCTSegmentationParameterNode:
     trianglePoints: vtkMRMLMarkupsFiducialNode
     thetaDeg: Annotated[float, WithinRange(0.0, 80.0)] = 0.0
     phiDeg: Annotated[float, WithinRange(-40.0, 40.0)] = 0.0
+    triangleMode: str = ""
+    triangleReport: str = ""
 
 
 def modelPathOrNone(path: pathlib.Path) -> Optional[pathlib.Path]:
@@ -146,10 +153,10 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPollJob)
         # Triangles: one backend run at a time; point drags and slider moves re-measure after a
-        # pause (LiveMeasureScheduler decides; the QTimers only wake it up).
+        # pause (LiveMeasureScheduler decides; the QTimers only wake it up). The mode and the
+        # last report live in the parameter node (TriangleState reads and writes them).
         self._triangleJob = None
-        self._triangleMode = None
-        self._triangleReport = None
+        self._triangleState = TriangleState()
         self._triangleTable = None
         self._liveScheduler = LiveMeasureScheduler()
         self._observedPointList = None
@@ -203,7 +210,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._triangleJob = None
         if self.logic is not None:
             self.logic.cleanupTriangles()
-            self.logic.stopWorker()
+            self.logic.stopWorkers()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -233,8 +240,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._liveScheduler.finished()
         self._liveScheduler.reset()
         self.logic.cleanupTriangles()
-        self._triangleReport = None
-        self._triangleMode = None
+        self._triangleTable = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -256,7 +262,41 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.restoreTriangles()
         self.updateButtons()
+
+    def triangleMode(self):
+        """The triangle mode stored in the parameter node (None before the first choice)."""
+        return self._triangleState.mode(self._parameterNode)
+
+    def setTriangleMode(self, mode) -> None:
+        self._triangleState.set_mode(self._parameterNode, mode)
+
+    def triangleReport(self):
+        """The last measurement's report, from the parameter node (None when there is none)."""
+        return self._triangleState.report(self._parameterNode)
+
+    def setTriangleReport(self, report) -> None:
+        self._triangleState.set_report(self._parameterNode, report)
+
+    def modePointList(self, mode):
+        """The existing point list that ``mode`` measures (None for auto, or when there is none)."""
+        if mode == TriangleMode.POINTS:
+            return self._parameterNode.trianglePoints if self._parameterNode else None
+        if mode == TriangleMode.SEED:
+            return slicer.mrmlScene.GetFirstNode("Kambin seed", "vtkMRMLMarkupsFiducialNode")
+        return None
+
+    def restoreTriangles(self) -> None:
+        """Show the parameter node's triangle state (after a module reload or reopening a saved
+        scene): its readout, and drags of its mode's points re-measure. Not while a measurement
+        runs: its end shows the new state."""
+        if self._triangleJob is not None:
+            return
+        self._triangleTable = None
+        node = self.modePointList(self.triangleMode()) if self._parameterNode else None
+        self.observePointList(node)
+        self.ui.trianglesReadoutLabel.text = self._triangleState.restore(self._parameterNode, self._liveScheduler, node)
 
     def updateButtons(self, caller=None, event=None) -> None:
         running = self._job is not None
@@ -275,9 +315,10 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         for button in (self.ui.placePointsButton, self.ui.seedButton):
             button.enabled = canMeasure
         self.ui.autoButton.enabled = canMeasure and bool(params and params.structuresVolume)
-        self.ui.optimizeButton.enabled = canMeasure and self._triangleMode is not None
-        self.ui.squareEndplateButton.enabled = self._triangleReport is not None
-        self.ui.exportTableButton.enabled = self._triangleReport is not None
+        hasReport = self.triangleReport() is not None
+        self.ui.optimizeButton.enabled = canMeasure and self.triangleMode() is not None
+        self.ui.squareEndplateButton.enabled = hasReport
+        self.ui.exportTableButton.enabled = hasReport
         self.ui.reportButton.enabled = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
 
     # Segmentation
@@ -346,7 +387,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         finished = False
         try:
             with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-                if job.process.cancelled:
+                if job.cancelled:
                     self.setStatus(_("Cancelled; nothing was changed."))
                     finished = True
                     return
@@ -415,7 +456,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             _("'{name}' already has {defined} point(s). Replace them with {count} new click(s)?\n\n"
               "No keeps them: drag them in the 3D view to move them.").format(name=node.GetName(), defined=defined, count=count))
         plan = placement_plan(defined, count, replace=replace)
-        self._triangleMode = mode
+        self.setTriangleMode(mode)
         self._liveScheduler.reset(required_points=count)
         if plan.remove_existing:
             node.RemoveAllControlPoints()
@@ -455,11 +496,12 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onTrianglePointModified(self, caller, event) -> None:
         """A point was dragged (Slicer sends many events per drag): measure once it rests."""
-        if self._triangleMode not in (TriangleMode.POINTS, TriangleMode.SEED):
+        if self.triangleMode() not in (TriangleMode.POINTS, TriangleMode.SEED):
             return
         if self._liveScheduler.points_changed(control_points_ras(caller)):
-            if self._triangleReport is not None:
-                self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(self._triangleReport, stale=True)
+            report = self.triangleReport()
+            if report is not None:
+                self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(report, stale=True)
             self._remeasureTimer.start()
 
     def onPointPlaced(self, caller, event) -> None:
@@ -479,12 +521,14 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onAuto(self) -> None:
         self.stopPlacing()
-        self._triangleMode = TriangleMode.AUTO
+        self.setTriangleMode(TriangleMode.AUTO)
+        self._liveScheduler.reset()
         self.measureTriangles()
 
     def measureTriangles(self, optimize: bool = False) -> None:
         """Run the backend for the current mode and view (queued if a run is going on)."""
-        if self._triangleMode is None:
+        mode = self.triangleMode()
+        if mode is None:
             return
         if self._triangleJob is not None:  # queued (Optimize too), run with the latest points after this one
             if optimize:
@@ -493,9 +537,9 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self._liveScheduler.view_changed()
             return
         params = self._parameterNode
-        if self._triangleMode == TriangleMode.POINTS:
+        if mode == TriangleMode.POINTS:
             node = self.trianglePointList("Kambin A-B-C", "points")
-        elif self._triangleMode == TriangleMode.SEED:
+        elif mode == TriangleMode.SEED:
             node = self.trianglePointList("Kambin seed", "seed")
         else:
             node = None
@@ -508,7 +552,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             positions = control_points_ras(node) if node is not None else None
             self._triangleJob = self.logic.startTriangles(
                 params.outputSegmentation, params.inputVolume, level=params.triangleLevel, side=params.triangleSide,
-                mode=self._triangleMode, pointsNode=node, structuresVolume=params.structuresVolume,
+                mode=mode, pointsNode=node, structuresVolume=params.structuresVolume,
                 thetaDeg=params.thetaDeg, phiDeg=params.phiDeg, optimize=optimize,
             )
             self._liveScheduler.started(positions)
@@ -532,7 +576,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         try:
             with slicer.util.tryWithErrorDisplay(_("Triangle measurement failed."), waitCursor=False):
                 report = job.finish()
-                self._triangleReport = report
+                self.setTriangleReport(report)  # saved with the scene; the readout's source
                 self._triangleTable = self.logic.showTriangles(report).table
                 trajectory = report.get("trajectory")
                 if trajectory:  # move the sliders to the best view without measuring again
@@ -555,13 +599,14 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onViewAngleChanged(self, value) -> None:
         """Move the camera now; measure again once the slider rests."""
-        if self._triangleReport is None:
+        report = self.triangleReport()
+        if report is None:
             return
         # The sliders' values, not the parameter node's: it may be updated after this slot runs.
         theta, phi = self.ui.thetaSliderWidget.value, self.ui.phiSliderWidget.value
         with slicer.util.tryWithErrorDisplay(_("Could not move the 3D view."), waitCursor=False):
-            self.logic.lookAlongView(self._triangleReport, theta, phi)
-        self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(self._triangleReport, stale=True)
+            self.logic.lookAlongView(report, theta, phi)
+        self.ui.trianglesReadoutLabel.text = self.logic.readoutHtml(report, stale=True)
         self._liveScheduler.view_changed()
         self._remeasureTimer.start()
 
@@ -585,6 +630,8 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            if self._triangleTable is None:  # restored from the parameter node: the stored report's table
+                self._triangleTable = update_measurement_table(self.triangleReport(), slicer.mrmlScene)
             written = self.logic.exportTableCsv(self._triangleTable, path)
             self.setStatus(_("Wrote {path}").format(path=written))
 
@@ -595,7 +642,8 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             return
         params = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not write the report."), waitCursor=True):
-            measurements = [self._triangleReport] if self._triangleReport is not None else []
+            report = self.triangleReport()
+            measurements = [report] if report is not None else []
             written = self.logic.writeReport(params.outputSegmentation, params.inputVolume, path, measurements=measurements)
             self.setStatus(_("Wrote {path}").format(path=written))
 
@@ -627,11 +675,38 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._triangleInputs = None
-        # One long-lived ``spinect serve`` for triangle measurements (started at the first one);
-        # False after it failed to start: one ``spinect triangles`` process per request then.
-        self._worker = None
-        self.useWorker = True
+        # Two long-lived ``spinect serve`` workers, one for segmentation and one for triangle
+        # measurements, each started by its first request (BackendRunner); useWorker is False
+        # after a worker failed to start: one process per request then.
+        self._backend = None
+        self._useWorker = True
         self.workerIdleExitS = 600.0
+
+    @property
+    def useWorker(self) -> bool:
+        """Run requests on the long-lived workers (False: one process per request)."""
+        return self._backend.use_worker if self._backend is not None else self._useWorker
+
+    @useWorker.setter
+    def useWorker(self, value: bool) -> None:
+        self._useWorker = bool(value)
+        if self._backend is not None:
+            self._backend.use_worker = bool(value)
+
+    def backend(self) -> BackendRunner:
+        """Where segmentations and measurements run (created here; its workers start on demand)."""
+        if self._backend is None:
+            self._backend = BackendRunner(python_executable=self.pythonSlicerExecutable(),
+                                          base_env=slicer.util.startupEnvironment(), work_dir=slicer.app.temporaryPath,
+                                          idle_exit_s=self.workerIdleExitS, use_worker=self._useWorker)
+        return self._backend
+
+    def stopWorkers(self) -> None:
+        """Stop both workers (module cleanup, application exit); the next request starts them again."""
+        if self._backend is not None:
+            self._useWorker = self._backend.use_worker
+            self._backend.stop()
+            self._backend = None
 
     def getParameterNode(self):
         return SpineCTSegmentationParameterNode(super().getParameterNode())
@@ -658,21 +733,20 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
                           uncertainty=False, keepIslands=False, wholeVolume=False, levels=False):
-        """Export ``inputVolume`` and start the backend; returns a running ``SegmentationJob``.
+        """Export ``inputVolume`` and start the backend; returns a running job.
 
+        The job runs on the segmentation worker (``WorkerSegmentationJob``: the network stays
+        loaded for the next run), or in its own ``spinect segment`` process (``SegmentationJob``)
+        if the worker cannot start; both have the same interface and outputs.
         ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``);
         ``keepIslands`` keeps isolated false-positive islands; ``wholeVolume`` runs every window in
         the body (by default windows more than 30 mm from bone-dense tissue are skipped); ``levels``
         adds segments L1-L5 and sacrum (needs a level model, ``modelPath``).
         """
-        job = SegmentationJob(
-            inputVolume, python_executable=self.pythonSlicerExecutable(), base_env=slicer.util.startupEnvironment(),
-            device=device, model_path=modelPath, smoothing_mm=smoothingMm, work_dir=slicer.app.temporaryPath,
-            uncertainty=uncertainty, keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels,
+        return self.backend().start_segmentation(
+            inputVolume, device=device, model_path=modelPath, smoothing_mm=smoothingMm, uncertainty=uncertainty,
+            keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels,
         )
-        logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
-        job.start()
-        return job
 
     def finishSegmentation(self, job, outputSegmentation=None, *, existing=ExistingSegments.ASK):
         """Load the finished job's result into ``bone``/``nerve`` segments; returns the node."""
@@ -728,10 +802,12 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def startTriangles(self, segmentationNode, ctVolume, *, level=Level.L5S1, side=Side.LEFT, mode=TriangleMode.POINTS,
                        pointsNode=None, structuresVolume=None, thetaDeg=0.0, phiDeg=0.0, optimize=False):
-        """Start ``spinect triangles`` on the segmentation; returns a running ``TrianglesJob``.
+        """Start a triangle measurement on the segmentation; returns the running job.
 
-        The label map (and level map, CT) files are written once and reused while only the view
-        changes; a different segmentation, CT or level map writes them again.
+        The job is one request to the measurement worker (``WorkerTrianglesJob``), or one
+        ``spinect triangles`` process (``TrianglesJob``) if the worker cannot start. The label map
+        (and level map, CT) files are written once and reused while only the view changes; a
+        different segmentation, CT or level map writes them again.
         """
         if mode == TriangleMode.AUTO and structuresVolume is None:
             raise ValueError("automatic mode needs a level/structure map volume")
@@ -746,39 +822,10 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
             self.cleanupTriangles()
             inputs = self._triangleInputs = TriangleInputs(
                 segmentationNode, ctVolume, structures_volume=structuresVolume, work_dir=slicer.app.temporaryPath)
-        target = dict(level=level.value, side=side.value, points_ras=points if mode == TriangleMode.POINTS else None,
-                      seed_ras=points[0] if mode == TriangleMode.SEED else None, theta_deg=thetaDeg, phi_deg=phiDeg,
-                      optimize=optimize)
-        if self.useWorker:
-            try:
-                job = WorkerTrianglesJob(self.triangleWorker(), inputs, **target)
-                job.start()
-                logging.info("SpineCTSegmentation: " + " ".join(job.command))
-                return job
-            except WorkerUnavailable as exc:  # one process per request from now on
-                logging.warning(f"SpineCTSegmentation: the backend worker did not start ({exc}); "
-                                "measuring with one process per request")
-                self.useWorker = False
-                self.stopWorker()
-        job = TrianglesJob(inputs, python_executable=self.pythonSlicerExecutable(),
-                           base_env=slicer.util.startupEnvironment(), **target)
-        logging.info("SpineCTSegmentation: " + " ".join(job.process.command))
-        job.start()
-        return job
-
-    def triangleWorker(self):
-        """The ``spinect serve`` worker (created here, started by its first request)."""
-        if self._worker is None:
-            self._worker = WorkerClient(python_executable=self.pythonSlicerExecutable(),
-                                        base_env=slicer.util.startupEnvironment(), idle_exit_s=self.workerIdleExitS,
-                                        cwd=slicer.app.temporaryPath)
-        return self._worker
-
-    def stopWorker(self) -> None:
-        """Stop the worker (module cleanup, application exit); the next measurement starts a new one."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        return self.backend().start_triangles(
+            inputs, level=level.value, side=side.value, points_ras=points if mode == TriangleMode.POINTS else None,
+            seed_ras=points[0] if mode == TriangleMode.SEED else None, theta_deg=thetaDeg, phi_deg=phiDeg,
+            optimize=optimize)
 
     def measureTriangles(self, segmentationNode, ctVolume, *, timeoutS=None, **kwargs) -> dict:
         """Blocking measurement (scripts and tests): returns the backend's JSON report and shows it."""
@@ -834,20 +881,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def readoutHtml(report, *, stale: bool = False) -> str:
         """The report's numbers as the readout shows them (always the backend's, never Slicer's curve area)."""
-        from SpineCTSegmentationLib.triangles import displayed_measurement, measurement_rows
-
-        m = displayed_measurement(report)
-        view = m["view"]
-        head = (f"<b>{m['triangle']} {m['level']} {m['side']}</b> ({m['mode']}), measured at "
-                f"θ={view['theta_deg']:.1f}°, φ={view['phi_deg']:.1f}°")
-        if stale:
-            head += " <i>(view changed: measuring again...)</i>"
-        lines = [head]
-        for row in measurement_rows(report):
-            value = "undefined" if row["value"] is None else f"{row['value']:.2f} {row['unit']}"
-            lines.append(f"{row['quantity']}: <b>{value}</b> [{row['kind']}]")
-        lines += [f"<i>note: {note}</i>" for note in m.get("notes", [])]
-        return "<br>".join(lines)
+        return readout_html(report, stale=stale)
 
     @staticmethod
     def placeInSubjectHierarchy(volumeNode, segmentationNode) -> None:

@@ -220,11 +220,15 @@ def test_a_point_drag_in_mrml_reaches_a_new_readout(slicer, case, tmp_path):
 # --------------------------------------------------------------------------- requirements
 
 
-def test_requirements_cover_what_a_triangles_run_imports(case, tmp_path):
-    """A real ``spinect triangles --optimize`` (search + heat map), imports profiled like the
-    segment check in test_slicer_logic: every third-party package a spinect module imports is
-    shipped with Slicer (numpy, scipy, SimpleITK) or in TRIANGLE_REQUIREMENTS, and those are in
-    requirements.txt. PyTorch is not imported at all."""
+@pytest.mark.parametrize("path", ["worker", "one-process"])
+def test_requirements_cover_what_a_triangles_run_imports(case, tmp_path, path):
+    """A real Optimize (search + heat map) as the module runs it: on the ``spinect serve`` worker
+    (open_triangles + optimize requests), and as one ``spinect triangles --optimize`` process (the
+    fallback). Imports are profiled like the segment check in test_slicer_logic: every third-party
+    package a spinect module imports is shipped with Slicer (numpy, scipy, SimpleITK) or in
+    TRIANGLE_REQUIREMENTS, and those are in requirements.txt. PyTorch is not imported at all."""
+    import json
+
     import SimpleITK as sitk
     from test_slicer_logic import _import_tree, _requirement_name, _source_imports
 
@@ -234,10 +238,20 @@ def test_requirements_cover_what_a_triangles_run_imports(case, tmp_path):
     seg = tmp_path / "labels.nrrd"
     sitk.WriteImage(crop_around(case.labels, truth.mean(axis=0), 40.0), str(seg))
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONPATH=str(MODULE_DIR))
-    command = [sys.executable, "-m", "spinect", "triangles", str(seg), "--level", LEVEL, "--side", SIDE,
-               "--points", *map(str, truth.ravel()), "--optimize", "--step", "30", "--json", str(tmp_path / "t.json"),
-               "--progress-lines"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if path == "worker":
+        requests = [{"id": 1, "verb": "open_triangles", "session": "s", "args": {"seg": str(seg), "level": LEVEL, "side": SIDE}},
+                    {"id": 2, "verb": "optimize", "session": "s",
+                     "args": {"points": truth.tolist(), "step_deg": 30, "heatmap": str(tmp_path / "t_heatmap.png")}},
+                    {"id": 3, "verb": "shutdown"}]
+        run = subprocess.run([sys.executable, "-m", "spinect", "serve"], input="".join(json.dumps(r) + "\n" for r in requests),
+                             env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        answers = [json.loads(line) for line in run.stdout.splitlines()]
+        assert [a.get("ok") for a in answers if "progress" not in a and a.get("id")] == [True, True, True], run.stdout[-2000:]
+    else:
+        command = [sys.executable, "-m", "spinect", "triangles", str(seg), "--level", LEVEL, "--side", SIDE,
+                   "--points", *map(str, truth.ravel()), "--optimize", "--step", "30", "--json", str(tmp_path / "t.json"),
+                   "--progress-lines"]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "t_heatmap.png").is_file()
     entries = _import_tree(run.stderr.splitlines())
@@ -260,3 +274,103 @@ def test_requirements_cover_what_a_triangles_run_imports(case, tmp_path):
     assert unlisted == [], f"add to TRIANGLE_REQUIREMENTS and requirements.txt: {unlisted}"
     listed = {_requirement_name(r) for r in dependencies.read_requirements()}
     assert triangle <= listed, f"TRIANGLE_REQUIREMENTS missing from requirements.txt: {sorted(triangle - listed)}"
+
+
+# --------------------------------------------------------------------------- parameter node state
+
+
+class _StoredParams:
+    """The parameter node wrapper's two string fields on a real ``vtkMRMLScriptedModuleNode``
+    (the wrapper keeps a ``str`` field as the node's parameter of the same name)."""
+
+    def __init__(self, node):
+        object.__setattr__(self, "node", node)
+
+    def __getattr__(self, name):
+        return self.node.GetParameter(name)
+
+    def __setattr__(self, name, value):
+        self.node.SetParameter(name, value)
+
+
+def _reopened(slicer, scene):
+    """The scene saved to MRML and read back, as Save + reopen does; returns the new scene."""
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    reopened = slicer.vtkMRMLScene()
+    reopened.SetLoadFromXMLString(1)
+    reopened.SetSceneXMLString(scene.GetSceneXMLString())
+    reopened.Import()
+    return reopened
+
+
+def test_mode_and_last_result_live_in_the_parameter_node_and_restore_the_readout(slicer, case):
+    import json
+
+    from SpineCTSegmentationLib.options import TriangleMode
+    from SpineCTSegmentationLib.triangles import TriangleState, control_points_ras, readout_html
+    from spinect.geometry.measure import measure_triangle
+
+    truth = np.array(list(case.truth["levels"][LEVEL][SIDE]["kambin"]["points_lps_mm"].values()), float)
+    report = json.loads(json.dumps(measure_triangle(case.labels, level=LEVEL, side=SIDE, points_lps_mm=truth,
+                                                    theta_deg=30.0).to_dict()))
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "SpineCTSegmentation")
+    node.SetAttribute("ModuleName", "SpineCTSegmentation")
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Kambin A-B-C")
+    for label, p in zip("ABC", lps_to_ras(truth)):
+        points.AddControlPoint(*p, label)
+
+    widget_state = TriangleState()  # what the widget holds: no mode or report of its own
+    params = _StoredParams(node)
+    assert widget_state.mode(params) is None and widget_state.report(params) is None
+    assert widget_state.restore(params, LiveMeasureScheduler(), points) == ""
+    widget_state.set_mode(params, TriangleMode.POINTS)  # "Place points" clicked
+    widget_state.set_report(params, report)  # the measurement finished
+    assert widget_state.report(params) == report and node.GetParameter("triangleMode") == "points"
+
+    # the module is reloaded (new widget, same scene), or the scene is saved and reopened
+    for reloaded_node in (node, _reopened(slicer, scene).GetFirstNodeByClass("vtkMRMLScriptedModuleNode")):
+        state, stored = TriangleState(), _StoredParams(reloaded_node)
+        assert state.mode(stored) == TriangleMode.POINTS
+        assert state.report(stored) == report
+        scheduler = LiveMeasureScheduler(clock=FakeClock())
+        readout = state.restore(stored, scheduler, points)
+        assert readout == readout_html(report) and "free_area_mm2" in readout and "θ=30.0°" in readout
+        assert scheduler.required_points == 3 and not scheduler.waiting
+        assert not scheduler.points_changed(control_points_ras(points))  # the stored report measured these
+        moved = control_points_ras(points)
+        moved[1] += 1.0
+        assert scheduler.points_changed(moved)  # a drag after the reload measures again
+
+    seed = TriangleState()
+    seed.set_mode(params, TriangleMode.SEED)
+    scheduler = LiveMeasureScheduler()
+    assert seed.restore(params, scheduler, None) == readout_html(report) and scheduler.required_points == 1
+    seed.set_mode(params, None)
+    assert seed.mode(params) is None and node.GetParameter("triangleMode") == ""
+    params.triangleMode = "sideways"  # a scene edited by hand: ignored, not an error
+    assert seed.mode(params) is None
+    params.triangleReport = "{not json"
+    assert seed.report(params) is None and seed.restore(params, LiveMeasureScheduler(), points) == ""
+    seed.set_report(params, None)
+    assert node.GetParameter("triangleReport") == ""
+
+
+def test_the_widget_keeps_the_triangle_state_in_the_parameter_node():
+    """The widget cannot run here (Qt); its source must keep mode and report in the parameter
+    node (string fields of the wrapper), read them from there, and restore them on a new node."""
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "SpineCTSegmentation.py").read_text(encoding="utf-8"))
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpineCTSegmentationParameterNode")
+    fields = {n.target.id: ast.unparse(n.annotation) for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    assert fields["triangleMode"] == "str" and fields["triangleReport"] == "str"
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpineCTSegmentationWidget")
+    attributes = {n.attr for n in ast.walk(widget) if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self"}
+    assert not attributes & {"_triangleMode", "_triangleReport"}  # no copy of the state outside the node
+    methods = {n.name: ast.unparse(n) for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert "self.restoreTriangles()" in methods["setParameterNode"]
+    assert "self.setTriangleReport(report)" in methods["onPollTriangles"]
+    assert "self.setTriangleMode(mode)" in methods["startPlacing"]
+    assert "self.setTriangleMode(TriangleMode.AUTO)" in methods["onAuto"]

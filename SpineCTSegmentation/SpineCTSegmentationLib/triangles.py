@@ -47,6 +47,8 @@ __all__ = [
     "PlacementPlan",
     "placement_plan",
     "REMEASURE_DELAY_S",
+    "readout_html",
+    "TriangleState",
 ]
 
 #: Node attribute naming what a node shows, so a new measurement updates the same nodes.
@@ -301,6 +303,11 @@ class LiveMeasureScheduler:
         """The run ended (measured, failed or cancelled)."""
         self.running = False
 
+    def mark_measured(self, positions) -> None:
+        """A measurement of these positions exists already (restored from the parameter node):
+        events without a move do not measure again, a drag does."""
+        self._measured = None if positions is None else np.array(positions, float).reshape(-1, 3)
+
     def _schedule(self) -> bool:
         self._measure_pending = True
         self._quiet_until = self.clock() + self.delay_s
@@ -353,6 +360,92 @@ def displayed_measurement(report: Mapping) -> Mapping:
     """The measurement to show: the best view's after a search, else the requested view's."""
     trajectory = report.get("trajectory")
     return trajectory["measurement"] if trajectory else report["measurement"]
+
+
+def readout_html(report: Mapping, *, stale: bool = False) -> str:
+    """The report's numbers as the panel's readout shows them (always the backend's, never
+    Slicer's curve area); ``stale``: the view or points changed and a new measurement is due."""
+    m = displayed_measurement(report)
+    view = m["view"]
+    head = (f"<b>{m['triangle']} {m['level']} {m['side']}</b> ({m['mode']}), measured at "
+            f"θ={view['theta_deg']:.1f}°, φ={view['phi_deg']:.1f}°")
+    if stale:
+        head += " <i>(view changed: measuring again...)</i>"
+    lines = [head]
+    for row in measurement_rows(report):
+        value = "undefined" if row["value"] is None else f"{row['value']:.2f} {row['unit']}"
+        lines.append(f"{row['quantity']}: <b>{value}</b> [{row['kind']}]")
+    lines += [f"<i>note: {note}</i>" for note in m.get("notes", [])]
+    return "<br>".join(lines)
+
+
+class TriangleState:
+    """The triangle panel's state kept in the parameter node, so that it is saved with the scene.
+
+    The parameter node has two string parameters: ``triangleMode`` (``points``, ``seed``,
+    ``auto``, or empty before the first choice) and ``triangleReport`` (the last measurement's
+    JSON report, as the backend wrote it; empty when there is none). The widget reads both from
+    the node (never from attributes of its own), so reloading the module or reopening a saved
+    scene restores the mode, the readout and what Optimize/Export need.
+
+    ``params`` is the parameter node wrapper (or anything with those two string attributes). The
+    report is parsed once per stored text (the widget asks on every parameter change).
+    """
+
+    def __init__(self):
+        self._parsed: tuple[str, dict | None] = ("", None)
+
+    @staticmethod
+    def mode(params):
+        """The stored :class:`TriangleMode`, or None (no parameter node, nothing chosen, unknown text)."""
+        from SpineCTSegmentationLib.options import TriangleMode
+
+        text = getattr(params, "triangleMode", "") if params is not None else ""
+        try:
+            return TriangleMode(text) if text else None
+        except ValueError:
+            return None
+
+    @staticmethod
+    def set_mode(params, mode) -> None:
+        if params is not None:
+            params.triangleMode = "" if mode is None else mode.value
+
+    def report(self, params) -> dict | None:
+        """The stored report, or None (none, or text that is not a JSON report)."""
+        text = getattr(params, "triangleReport", "") if params is not None else ""
+        if not text:
+            return None
+        if self._parsed[0] != text:
+            try:
+                report = json.loads(text)
+                displayed_measurement(report)["view"]  # noqa: B018 - what the readout needs
+            except (ValueError, TypeError, KeyError):
+                report = None
+            self._parsed = (text, report if isinstance(report, dict) else None)
+        return self._parsed[1]
+
+    def restore(self, params, scheduler: LiveMeasureScheduler, point_list=None) -> str:
+        """Set up the live scheduler for the stored mode after a module reload or a reopened scene;
+        returns the readout HTML of the stored report ("" when there is none).
+
+        ``point_list``: the markups list the stored mode measures (None in automatic mode): its
+        current positions count as measured, so a drag re-measures and other events do not.
+        """
+        from SpineCTSegmentationLib.options import TriangleMode
+
+        mode = self.mode(params)
+        scheduler.reset(required_points=1 if mode == TriangleMode.SEED else 3)
+        report = self.report(params)
+        if report is not None and point_list is not None:
+            scheduler.mark_measured(control_points_ras(point_list))
+        return readout_html(report) if report is not None else ""
+
+    def set_report(self, params, report: Mapping | None) -> None:
+        if params is None:
+            return
+        text = "" if report is None else json.dumps(report, separators=(",", ":"))
+        params.triangleReport = text  # read back (and parsed) as a reopened scene would be
 
 
 def _view_text(view: Mapping | None) -> str:
