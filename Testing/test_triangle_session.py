@@ -212,3 +212,22 @@ def test_the_api_opens_the_same_session(case):
                                                     theta_deg=40.0, phi_deg=10.0))
     with pytest.raises(InputError, match="finite 3D points"):
         api.open_triangles(case.labels, level="L5S1", side="right", around_lps_mm=[1.0, 2.0])
+
+
+def test_prefetched_reach_crop_gives_the_same_search_without_building_it_again(case):
+    """prefetch_reach (the worker's sessions): the 110 mm crop is built in the background after
+    open; measurements go on meanwhile, and the search uses that crop: the same numbers as a
+    session that builds it on demand, and no second build."""
+    pts = _points(case, "L5S1", "left")
+    search = SearchSettings(step_deg=20.0, refine_step_deg=0.0)
+    plain = TriangleSession.open(case.labels, level="L5S1", side="left", ct=case.ct, around_lps_mm=pts)
+    expected = plain.optimize("points", points_lps_mm=pts, search=search)
+    session = TriangleSession.open(case.labels, level="L5S1", side="left", ct=case.ct, around_lps_mm=pts,
+                                   prefetch_reach=True)
+    measured = session.measure("points", points_lps_mm=pts, theta_deg=20.0)  # while the crop is built
+    assert _numbers(measured) == _numbers(plain.measure("points", points_lps_mm=pts, theta_deg=20.0))
+    session._prefetch.join(timeout=120)
+    assert session.fields_prefetched == 1 and session.fields("reach") is not None
+    found = session.optimize("points", points_lps_mm=pts, search=search)
+    assert session.fields_built == 1  # only the local crop was built in the foreground
+    assert json.dumps(found.to_dict(), sort_keys=True) == json.dumps(expected.to_dict(), sort_keys=True)

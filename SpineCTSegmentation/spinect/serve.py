@@ -238,6 +238,7 @@ class Worker:
             around_lps_mm=_points(args.get("around"), "around", ras=ras),
             auto=_flag(args, "auto"), reach_skin=_flag(args, "reach_skin"),
             allow_missing_nerve=_flag(args, "allow_missing_nerve"), progress=progress,
+            prefetch_reach=True,  # Optimize later finds the 110 mm crop built while the user looks
         )
         session.progress = lambda stage, fraction, message: None  # later requests pass their own
         self.sessions[name] = session

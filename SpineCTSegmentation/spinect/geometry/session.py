@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -84,7 +85,8 @@ class TriangleSession:
         level, side, triangle: what is measured (fixed for the session).
         labels: the whole label map; structures: the level map or None; ct: the CT or None.
         fields_built: how many times the obstacle fields were built (1 for a session that never
-            re-cropped; tests and the benchmark read it).
+            re-cropped; tests and the benchmark read it); ``fields_prefetched``: those built in
+            the background (``prefetch_reach``), not counted in ``fields_built``.
     """
 
     def __init__(self, labels: sitk.Image, *, level: str, side: str, triangle: str, ct: sitk.Image | None,
@@ -99,11 +101,15 @@ class TriangleSession:
         self.allow_missing_nerve = allow_missing_nerve
         self.progress: ProgressCallback = progress or (lambda stage, fraction, message: None)
         self.fields_built = 0
+        self.fields_prefetched = 0  # reach crops built in the background (prefetch_reach)
         self._crops: dict[str, _Crop] = {}  # "local" (anatomical windows, frame), "reach" (search)
         self._auto_points: np.ndarray | None = None
         self._frames: dict[bytes | None, tuple[EndplateFrame, str]] = {}
         self._nerve: dict[tuple, tuple[int, list[str]]] = {}
         self._ct_source = None  # the CT is read when the first crop is built (after the nerve check)
+        self.prefetch_reach = False  # build the reach crop in the background once the target is known
+        self._reach_lock = threading.Lock()  # one builder of the reach crop at a time
+        self._prefetch: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------ open
 
@@ -124,6 +130,7 @@ class TriangleSession:
         reach_skin: bool = False,
         allow_missing_nerve: bool = False,
         progress: ProgressCallback | None = None,
+        prefetch_reach: bool = False,
     ) -> TriangleSession:
         """Read the images and, when the target is known, crop and build the fields and frame.
 
@@ -143,6 +150,10 @@ class TriangleSession:
                 crop's cost).
             allow_missing_nerve: measure even when no nerve is labelled near the target (flagged).
             progress: called with (stage, overall fraction, message).
+            prefetch_reach: once the target is known (at open, or after the first measurement),
+                build the reach crop in a background thread, so that a later search or reachable
+                window finds it ready (an interactive worker: the user looks at the first views
+                meanwhile). The same crop a search would build; a search waits for it.
 
         Raises:
             InputError: bad level, side, triangle or files; ``auto`` without a level map; no nerve
@@ -158,6 +169,7 @@ class TriangleSession:
         session = cls(labels, level=level, side=side, triangle=triangle, ct=None, structures=structures_image,
                       endplate_lps_mm=endplate_lps_mm, frame=frame, allow_missing_nerve=allow_missing_nerve,
                       progress=progress)
+        session.prefetch_reach = bool(prefetch_reach)
         if auto:
             around_lps_mm = session.auto_points()
         session._ct_source = ct
@@ -166,7 +178,9 @@ class TriangleSession:
             session._nerve_check(centre)
             session._ensure_crop(centre, "local")
             if reach_skin:
-                session._ensure_crop(centre, "reach")
+                session._reach_crop(centre)
+            else:
+                session._start_prefetch(centre)
         return session
 
     # ------------------------------------------------------------------------------ queries
@@ -217,7 +231,7 @@ class TriangleSession:
         nerve_near, warnings = self._nerve_check(centre)
         frame, frame_source = self._frame_for(centre, points)
         reach = settings is not None and settings.depth_before_mm is None
-        crop = self._ensure_crop(centre, "reach" if reach else "local")
+        crop = self._reach_crop(centre) if reach else self._ensure_crop(centre, "local")
         self.progress("measure", 0.2, f"measuring at theta={theta_deg:g}, phi={phi_deg:g}")
         common = dict(triangle=self.triangle, level=self.level, side=self.side, theta_deg=theta_deg, phi_deg=phi_deg,
                       settings=settings)
@@ -227,6 +241,7 @@ class TriangleSession:
             measurement = measure_seed(crop.fields, frame, seed, upper_line_lps_mm=upper_line_lps_mm, **common)
         if mode == "auto":
             measurement = replace(measurement, mode="auto")
+        self._start_prefetch(centre)
         return TrianglesResult(measurement, None, frame_source, {}, list(warnings), nerve_near)
 
     def optimize(
@@ -248,7 +263,7 @@ class TriangleSession:
         centre = _centre(points if points is not None else seed)
         self._nerve_check(centre)
         frame, _ = self._frame_for(centre, points)
-        crop = self._ensure_crop(centre, "reach")
+        crop = self._reach_crop(centre)
         report = self.progress
         return search_trajectory(
             crop.fields, frame, side=self.side, triangle=self.triangle, level=self.level,
@@ -272,7 +287,37 @@ class TriangleSession:
             self._nerve[key] = _nerve_near_target(self.labels, centre, self.allow_missing_nerve)
         return self._nerve[key]
 
-    def _ensure_crop(self, centre: np.ndarray, kind: str) -> _Crop:
+    def _reach_crop(self, centre: np.ndarray) -> _Crop:
+        """The reach crop around ``centre``: waits for a background build, else builds it."""
+        with self._reach_lock:
+            return self._ensure_crop(centre, "reach")
+
+    def _start_prefetch(self, centre: np.ndarray) -> None:
+        """With ``prefetch_reach``: build the reach crop around ``centre`` in a background thread.
+
+        Most of the build runs in SimpleITK, SciPy and scikit-image code that releases the GIL,
+        so measurements go on meanwhile (sharing the CPU). It reports no progress (another
+        request's stream may be open) and swallows errors: a search that needs the crop builds
+        it again and reports them.
+        """
+        if not self.prefetch_reach or (self._prefetch is not None and self._prefetch.is_alive()):
+            return
+        crop = self._crops.get("reach")
+        if crop is not None and crop.holds(centre, ROI_RADIUS_MM):
+            return
+        centre = np.asarray(centre, float).copy()
+
+        def build() -> None:
+            try:
+                with self._reach_lock:
+                    self._ensure_crop(centre, "reach", quiet=True)
+            except Exception as exc:  # noqa: BLE001 - reported by the search that needs the crop
+                logger.debug("background reach crop failed: %s", exc)
+
+        self._prefetch = threading.Thread(target=build, name="spinect-reach-crop", daemon=True)
+        self._prefetch.start()
+
+    def _ensure_crop(self, centre: np.ndarray, kind: str, *, quiet: bool = False) -> _Crop:
         radius = ROI_RADIUS_MM if kind == "reach" else LOCAL_ROI_RADIUS_MM
         crop = self._crops.get(kind)
         if crop is not None and crop.holds(centre, radius):
@@ -282,9 +327,13 @@ class TriangleSession:
             self.ct = _read_ct(self._ct_source)
         if self.ct is not None:
             _check_overlap(self.ct, labels)
-        self.progress("distance", 0.05, "signed distance maps of bone and nerve")
+        if not quiet:
+            self.progress("distance", 0.05, "signed distance maps of bone and nerve")
         fields = ObstacleFields.from_image(labels, ct=self.ct)
-        self.fields_built += 1
+        if quiet:
+            self.fields_prefetched += 1
+        else:
+            self.fields_built += 1
         self._crops[kind] = crop = _Crop(np.asarray(centre, float).copy(), radius, labels, fields)
         if kind == "local":
             self._frames.clear()
