@@ -100,6 +100,7 @@ def test_worker_segmentation_gives_the_one_process_labels_and_keeps_the_users_se
         assert job.finish(node, existing=ExistingSegments.ASK) is node
         job.cleanup()
         assert not job.temp_dir.exists()
+        assert any("test-only" in e.line for e in events)  # the backend's warnings reach the log, as before
         progress = [e.progress for e in events if e.progress]
         assert progress[-1].stage == "done" and progress[-1].fraction == 1.0
         assert [p.fraction for p in progress] == sorted(p.fraction for p in progress)
@@ -185,6 +186,29 @@ def test_cancel_kills_the_worker_mid_job_leaves_no_files_and_the_next_request_wo
         assert _segment_ids(result) == ["bone", "nerve"]
         nxt.cleanup()
         assert list((tmp_path / "work").iterdir()) == [] and list(worker_tmp.iterdir()) == []
+    finally:
+        runner.stop()
+
+
+def test_a_failed_request_is_reported_like_the_cli_error_and_the_worker_keeps_serving(slicer, scene_ct, tmp_path):
+    from SpineCTSegmentationLib.mrml_io import new_segmentation_node
+
+    scene, ct, _ = scene_ct
+    node = new_segmentation_node(ct, name="annotations")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a model")
+    runner = _runner(tmp_path)
+    try:
+        job = runner.start_segmentation(ct, device=Device.CPU, model_path=bad)
+        events = []
+        assert job.wait(LONG, on_event=events.append) == 1 and not job.cancelled
+        with pytest.raises(BackendFailed, match="^spinect segment: error: .*corrupt.pt"):
+            job.finish(node)
+        assert any(e.line.startswith("spinect segment: error:") for e in events)
+        assert node.GetSegmentation().GetNumberOfSegments() == 0
+        job.cleanup()
+        assert list((tmp_path / "work").iterdir()) == []
+        assert runner.segmentation_worker.alive and runner.segmentation_worker.starts == 1
     finally:
         runner.stop()
 

@@ -275,6 +275,7 @@ class WorkerSegmentationJob(SegmentationJob):
         self.result: dict | None = None  # the worker's answer (timings, islands removed, settings, ...)
         self._cancelled = False
         self._reported = False
+        self._log_mark = 0
 
     def start(self) -> None:
         """Start the worker if needed, write the volume and send the request.
@@ -286,6 +287,7 @@ class WorkerSegmentationJob(SegmentationJob):
         try:
             self.client.start()  # returns at once when it already runs
             write_volume(self.volume_node, self.input_path)
+            _, self._log_mark = self.client.log_since(0)
             self.request = self.client.request("segment", self.args)
         except BaseException:
             self.cleanup()
@@ -315,7 +317,9 @@ class WorkerSegmentationJob(SegmentationJob):
         request = self.request
         if request is None:
             return []
-        events, request.events = request.events, []
+        lines, self._log_mark = self.client.log_since(self._log_mark)  # the backend's log (warnings, ...)
+        events = [ProcessEvent(line) for line in lines] + request.events
+        request.events = []
         for event in events:
             if event.progress is not None:
                 self.progress = event.progress

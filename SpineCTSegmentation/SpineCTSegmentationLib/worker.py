@@ -121,6 +121,7 @@ class WorkerClient:
         self._ids = itertools.count(1)
         self._requests: dict[int, WorkerRequest] = {}
         self._log: list[str] = []
+        self._log_lines = 0  # lines logged so far (the list keeps the last 200)
         self._log_lock = threading.Lock()
         self._ready = False
         ref = weakref.ref(self)
@@ -206,10 +207,18 @@ class WorkerClient:
         with self._log_lock:
             return list(self._log[-n:])
 
+    def log_since(self, mark: int) -> tuple[list[str], int]:
+        """The worker's log lines (stderr) after ``mark`` (a count from an earlier call; 0 at
+        first) and the new mark; lines older than the last 200 are gone."""
+        with self._log_lock:
+            new = self._log_lines - mark
+            return (list(self._log[-new:]) if new > 0 else []), self._log_lines
+
     def _read_log(self, stream) -> None:
         for raw in stream:
             with self._log_lock:
                 self._log.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+                self._log_lines += 1
                 del self._log[:-200]
 
     # ------------------------------------------------------------------ requests
