@@ -21,6 +21,7 @@ from spinect.phantom.parts import Part
 from spinect.phantom.primitives import Ellipsoid, tube_segments
 from spinect.phantom.skeleton import VertebraFrame, build_column
 from spinect.phantom.soft_tissue import abdomen, body_layers, fat_parts, muscles
+from spinect.phantom.soft_detail import SoftGeometry
 from spinect.phantom.surroundings import SurroundingsSettings, sample_surroundings, surrounding_parts
 from spinect.phantom.structures import DISC_NAMES, ROOT_NAMES, SIDES, VERTEBRA_NAMES
 from spinect.phantom.structures import STRUCTURE_CODES as C
@@ -47,6 +48,7 @@ class Anatomy:
     bones: list[Part]
     nerves: list[Part]
     surroundings: "SurroundingsSettings | None" = None
+    soft: "SoftGeometry | None" = None  # phantom v2: irregular soft-tissue boundaries (soft_detail)
 
     def anchor(self) -> np.ndarray:
         """Body point the field of view is centred on: between the L4 body and the S1 endplate,

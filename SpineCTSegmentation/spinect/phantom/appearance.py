@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from spinect.errors import SpinectError
 from spinect.phantom.render import BoneModel, TissueValues
+from spinect.phantom.soft_detail import SoftLook, sample_soft_look
 from spinect.phantom.structures import BONE_CODES, STRUCTURE_CODES, STRUCTURE_NAMES, STRUCTURE_TISSUE, structure_lookup
 
 __all__ = ["HU_RANGES", "APPEARANCE_MODES", "KERNELS", "OVERRIDE_KEYS", "ScannerSettings", "CTAppearance", "Look",
@@ -162,6 +163,7 @@ class CTAppearance:
         z_fwhm_mm: scanner blur along z; slice_thickness_mm, slice_increment_mm: slice profile.
         noise_sd_hu: noise SD in a uniform region; offset_hu: calibration offset.
         iv_contrast: contrast-enhanced vessels. tissue_hu: soft-tissue HU per tissue class.
+        soft_tissue: soft-tissue texture (muscle fat, septa, small vessels, bowel, kidneys).
     """
 
     age_years: float
@@ -191,12 +193,15 @@ class CTAppearance:
     offset_hu: float
     iv_contrast: bool
     tissue_hu: dict[str, float] = field(default_factory=dict)
+    soft_tissue: SoftLook | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
         out = {}
         for k, v in asdict(self).items():
-            if isinstance(v, dict):
+            if k == "soft_tissue":
+                out[k] = None if self.soft_tissue is None else self.soft_tissue.to_dict()
+            elif isinstance(v, dict):
                 out[k] = {kk: round(float(vv), 2) for kk, vv in v.items()}
             elif isinstance(v, float):
                 out[k] = round(v, 3)
@@ -328,6 +333,7 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         noise_sd_hu=_draw(rng, ov, "noise_sd_hu", 20.0, 60.0) if sharp else _draw(rng, ov, "noise_sd_hu", 8.0, 30.0),
         offset_hu=_draw(rng, ov, "offset_hu", -30.0, 30.0), iv_contrast=iv,
         tissue_hu=_sample_soft_tissue(rng, iv),
+        soft_tissue=sample_soft_look(rng, age, iv),  # drawn last: the values above are as before
     )
 
 
@@ -341,7 +347,7 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       texture_rel=app.texture_rel, texture_mm=app.texture_mm,
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
                       endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm)
-    return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model)
+    return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue)
 
 
 # -- scanner of the ct mode: kernel MTF, slice profile, noise power spectrum, offset ----------

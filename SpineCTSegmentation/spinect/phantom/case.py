@@ -22,7 +22,7 @@ from spinect.phantom.truth import build_truth
 __all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION"]
 
 #: Bumped whenever the same seed would give a different case.
-PHANTOM_VERSION = "2"
+PHANTOM_VERSION = "3"
 #: Default grid: 200 x 300 x 300 voxels at 1 mm hold L2-S3, both iliac crests and most of the body.
 DEFAULT_SHAPE_ZYX = (200, 300, 300)
 
@@ -141,9 +141,9 @@ def generate_case(
         supersampling_factors(spacing, supersample)
     except ValueError as exc:
         raise SpinectError(str(exc)) from exc
-    # spawn(4)'s first three streams equal spawn(3)'s: geometry, appearance and noise as in version 1
-    geo_ss, look_ss, noise_ss, sur_ss = np.random.SeedSequence(int(seed)).spawn(4)
-    geo_rng, look_rng, noise_rng, sur_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss))
+    # spawn(5)'s first three streams equal spawn(3)'s: geometry, appearance and noise as in version 1
+    geo_ss, look_ss, noise_ss, sur_ss, tex_ss = np.random.SeedSequence(int(seed)).spawn(5)
+    geo_rng, look_rng, noise_rng, sur_rng, tex_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss, tex_ss))
     if anatomy_kind == "mesh":
         params = sample_mesh_params(geo_rng, degeneration=degeneration)
         anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
@@ -159,7 +159,8 @@ def generate_case(
     if mode != "random" and sur is not None:
         apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
     report = (lambda f: progress(0.8 * f)) if progress else None
-    structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report)
+    structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report,
+                               texture_rng=tex_rng)
     if sur is not None and sur.metal_levels and noise:
         add_metal_artefacts(hu, structures, spacing, sur_rng)
     hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
@@ -185,6 +186,7 @@ def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool
         "appearance": look.record(noise=noise),
         "parameters": anatomy.params.to_dict(),
         "surroundings": None if anatomy.surroundings is None else anatomy.surroundings.to_dict(),
+        "soft_tissue_geometry": None if anatomy.soft is None else anatomy.soft.to_dict(),
     }
     truth.update(build_truth(anatomy, grid, labels=labels))
     return truth

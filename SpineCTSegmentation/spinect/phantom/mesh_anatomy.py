@@ -18,6 +18,7 @@ from spinect.phantom.nerves import relax_roots, root_centreline
 from spinect.phantom.params import PhantomParams
 from spinect.phantom.parts import Part
 from spinect.phantom.skeleton import build_column
+from spinect.phantom.soft_detail import sample_soft_geometry
 from spinect.phantom.soft_tissue import abdomen, body_layers, fat_parts, muscles
 from spinect.phantom.structures import DISC_NAMES, ROOT_NAMES, SIDES, VERTEBRA_NAMES
 from spinect.phantom.surroundings import SurroundingsSettings, sample_surroundings, surrounding_parts
@@ -105,7 +106,11 @@ def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surro
     sur_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
     settings = sample_surroundings(sur_rng, metal=metal) if surroundings else SurroundingsSettings.none()
     sur_background, sur_foreground = surrounding_parts(frames, params, sur_rng, settings)
-    background = layers + cavity + sur_background + muscles(frames, params, anchors)
+    # soft-tissue detail: the geometry stream's last draw, so nothing above changes
+    soft_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
+    front = [frames[n].point(0.0, -params.vertebrae[n].b, 0.0) for n in VERTEBRA_NAMES]
+    soft = sample_soft_geometry(soft_rng, front_zy=[(float(p[2]), float(p[1])) for p in front])
+    background = layers + cavity + sur_background + muscles(frames, params, anchors, style="v2")
     foreground = (fat_parts(frames, params, list(roots.values()), facets) + A._disc_parts(frames, params) + bones
                   + sur_foreground + nerves)
-    return A.Anatomy(params, frames, discs, facets, roots, background, foreground, bones, nerves, settings)
+    return A.Anatomy(params, frames, discs, facets, roots, background, foreground, bones, nerves, settings, soft)

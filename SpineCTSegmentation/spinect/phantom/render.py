@@ -29,6 +29,7 @@ from scipy import ndimage
 from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox
+from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
 
 __all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues", "BoneModel",
            "smooth_noise", "FAT_HU"]
@@ -164,12 +165,14 @@ class TissueValues:
         cancellous: value of cancellous bone per bone code (v1 bone model).
         cancellous_texture: relative amplitude of trabecular texture (0 = none; v1 bone model).
         bone: CT-realistic bone model; None keeps the v1 model (thick cortex, bright cancellous).
+        soft: soft-tissue texture (``ct`` mode, :mod:`spinect.phantom.soft_detail`); None: flat HU.
     """
 
     table: np.ndarray
     cancellous: dict[int, float]
     cancellous_texture: float = 0.08
     bone: BoneModel | None = None
+    soft: "SoftLook | None" = None
 
 
 def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
@@ -324,8 +327,13 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
 
 
 def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random.Generator, *, supersample: int = 1,
-              progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              progress: Callable[[float], None] | None = None,
+              texture_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Structure map (exact, at voxel centres) and partial-volume HU image on ``grid``.
+
+    Soft tissues are painted first (sign only), displaced by ``anatomy.soft`` when set (phantom
+    v2) and textured by ``values.soft`` from ``texture_rng`` when both are set (``ct`` mode);
+    fat parts, discs, bone and nerves are painted over them with partial volume.
 
     Returns:
         (structures (Z, Y, X) uint8, hu (Z, Y, X) float32) before scanner blur and noise.
@@ -334,8 +342,12 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     root = grid.body_box(factors)
     structures = np.zeros(root.shape, np.uint8)
     _paint_background(anatomy.background, root, structures)
+    if getattr(anatomy, "soft", None) is not None:
+        deform_background(structures, root, anatomy.soft)
     hu = values.table[structures]
     spacing = np.asarray(grid.spacing_zyx_mm) / np.asarray(factors)
+    if values.soft is not None and texture_rng is not None:
+        apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng)
     h = float(np.prod(spacing) ** (1.0 / 3.0))
     uses: dict[int, list] = {}
     for part in anatomy.foreground:

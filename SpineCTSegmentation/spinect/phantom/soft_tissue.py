@@ -19,7 +19,7 @@ from spinect.phantom.primitives import GridBox, EllipticColumn, Ellipsoid, Round
 from spinect.phantom.structures import STRUCTURE_CODES as C
 from spinect.phantom.structures import VERTEBRA_NAMES
 
-__all__ = ["BodyLayers", "body_layers", "muscles", "abdomen", "fat_parts", "spine_extent"]
+__all__ = ["BodyLayers", "body_layers", "muscles", "muscles_v2", "abdomen", "fat_parts", "spine_extent"]
 
 _LUMBAR = VERTEBRA_NAMES[:-1]
 
@@ -113,8 +113,13 @@ def _tube_through(frames, spec, lateral=(1.0, 0.0, 0.0)) -> list:
     return tube_segments(pts, [a for *_, a, _ in spec], [b for *_, b in spec], lateral=lateral)
 
 
-def muscles(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray]) -> list[Part]:
-    """Psoas, paraspinal (erector spinae + multifidus), quadratus lumborum, iliacus, gluteal."""
+def muscles(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray], style: str = "v1") -> list[Part]:
+    """Psoas, paraspinal (erector spinae + multifidus), quadratus lumborum, iliacus, gluteal.
+
+    ``style="v1"``: the first phantom's round tubes set off from the column. ``"v2"`` (real bone
+    shapes): placed against the vertebrae (:func:`muscles_v2`)."""
+    if style == "v2":
+        return muscles_v2(frames, params, ilium_anchor)
     parts = []
     v = params.vertebrae
     for side, s in SIDE_SIGN.items():
@@ -128,6 +133,46 @@ def muscles(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray]) 
         para.insert(0, ("L1", (s * 26.0, v["L1"].b + 40.0, 40.0), 23.0, 20.0))
         parts.append(Part(f"paraspinal_{side}", C[f"paraspinal_{side}"], _tube_through(frames, para), partial_volume=False))
         ql = [(n, (s * (v[n].a + 40.0), v[n].b + 12.0, 0.0), 15.0, 9.0) for n in ("L1", "L2", "L3", "L4")]
+        parts.append(Part("quadratus_lumborum", C["quadratus_lumborum"], _tube_through(frames, ql), partial_volume=False))
+        anchor = ilium_anchor[side]
+        parts.append(Part("iliacus", C["iliacus"], [Ellipsoid(anchor + np.array([-s * 8.0, -42.0, 5.0]), np.eye(3), radii=np.array([22.0, 16.0, 45.0]))], partial_volume=False))
+        parts.append(Part("gluteal_muscle", C["gluteal_muscle"], [Ellipsoid(anchor + np.array([s * 40.0, 25.0, -35.0]), np.eye(3), radii=np.array([35.0, 40.0, 55.0]))], partial_volume=False))
+    return parts
+
+
+def muscles_v2(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray]) -> list[Part]:
+    """Muscles placed against the vertebrae (phantom v2), in each vertebra's frame (lateral,
+    posterior, cranial; ``a``/``b``: the body's half width and depth):
+
+    * **psoas**: beside the body, its medial edge 3-4 mm inside the body's outline (the bone is
+      painted over it, so it hugs the body), growing from 6 mm (L1) to 20 mm radius (L5), moving
+      anteriorly caudally, then over the pelvic brim;
+    * **paraspinal**: multifidus in the groove between spinous process and lamina (centre 13 mm
+      lateral, b + 35 mm) united with the erector spinae lateral to it (centre 38 mm lateral,
+      b + 30 mm, 24 x 17 mm), whose front rests on the transverse processes;
+    * **quadratus lumborum**: lateral to the psoas and in front of the erector spinae, at the
+      transverse process tips (a + 40 mm), L1 to the iliac crest;
+    * iliacus and gluteal muscles as in v1.
+
+    Boundaries are made irregular later by :func:`spinect.phantom.soft_detail.deform_background`.
+    """
+    parts = []
+    v = params.vertebrae
+    for side, s in SIDE_SIGN.items():
+        psoas = [("L1", (s * (v["L1"].a + 3), 0.0, 10.0), 6.0, 6.0), ("L2", (s * (v["L2"].a + 7), -2.0, 0.0), 10.0, 10.0),
+                 ("L3", (s * (v["L3"].a + 10), -4.0, 0.0), 14.0, 14.0), ("L4", (s * (v["L4"].a + 13), -8.0, 0.0), 17.0, 18.0),
+                 ("L5", (s * (v["L5"].a + 16), -14.0, 0.0), 19.0, 20.0), ("S1", (s * 50.0, -32.0, -18.0), 18.0, 18.0),
+                 ("S1", (s * 62.0, -52.0, -62.0), 16.0, 16.0)]
+        parts.append(Part(f"psoas_{side}", C[f"psoas_{side}"], _tube_through(frames, psoas), partial_volume=False))
+        levels = [("L1", 40.0)] + [(n, 0.0) for n in _LUMBAR]
+        multifidus = [(n, (s * 13.0, v[n].b + 35.0, z), 11.0, 16.0) for n, z in levels]
+        multifidus += [("S1", (s * 14.0, v["S1"].b + 28.0, -10.0), 11.0, 12.0), ("S1", (s * 14.0, 40.0, -50.0), 9.0, 7.0)]
+        erector = [(n, (s * 38.0, v[n].b + 30.0, z), 24.0, 17.0) for n, z in levels]
+        erector += [("S1", (s * 30.0, v["S1"].b + 30.0, -10.0), 18.0, 12.0)]
+        parts.append(Part(f"paraspinal_{side}", C[f"paraspinal_{side}"],
+                          _tube_through(frames, multifidus) + _tube_through(frames, erector), partial_volume=False))
+        ql = [(n, (s * (v[n].a + 40.0), v[n].b + 4.0, 0.0), 16.0, 8.0) for n in ("L1", "L2", "L3", "L4")]
+        ql.append(("L5", (s * (v["L5"].a + 46.0), v["L5"].b + 4.0, 0.0), 12.0, 7.0))
         parts.append(Part("quadratus_lumborum", C["quadratus_lumborum"], _tube_through(frames, ql), partial_volume=False))
         anchor = ilium_anchor[side]
         parts.append(Part("iliacus", C["iliacus"], [Ellipsoid(anchor + np.array([-s * 8.0, -42.0, 5.0]), np.eye(3), radii=np.array([22.0, 16.0, 45.0]))], partial_volume=False))
