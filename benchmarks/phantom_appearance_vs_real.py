@@ -36,11 +36,13 @@ def bone_stats(values: np.ndarray) -> dict[str, object]:
             "100_200": float(((v >= 100) & (v <= 200)).mean()), "gt200": float((v > 200).mean()), "n": int(v.size)}
 
 
-def real_crop() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """(ct, bone mask) of the real crop in LPS-like (z, y, x) order, and spacing (z, y, x) mm."""
+def real_crop(*, with_l3: bool = False):
+    """(ct, bone mask) of the real crop in LPS-like (z, y, x) order, and spacing (z, y, x) mm
+    (``with_l3``: and the L3 mask, VerSe label 22, where the picture's axial slice is cut)."""
     ct = sitk.DICOMOrient(sitk.ReadImage(str(REAL / "sub-ct_label-22_ct.nii.gz")), "LPS")
-    seg = sitk.DICOMOrient(sitk.ReadImage(str(next(REAL.glob("*seg-vert*")))), "LPS")
-    return sitk.GetArrayFromImage(ct).astype(np.float32), sitk.GetArrayFromImage(seg) > 0, tuple(reversed(ct.GetSpacing()))
+    seg = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(next(REAL.glob("*seg-vert*")))), "LPS"))
+    out = (sitk.GetArrayFromImage(ct).astype(np.float32), seg > 0, tuple(reversed(ct.GetSpacing())))
+    return (*out, seg == 22) if with_l3 else out
 
 
 #: Chest CT label ids (structures.csv of the fetched case) of T12, L1, L2 and L3.
@@ -55,11 +57,11 @@ def chest_ct(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
     return sitk.GetArrayFromImage(ct).astype(np.float32), bone, tuple(reversed(ct.GetSpacing()))
 
 
-def phantom(seed: int, spacing, *, appearance: str = "ct", overrides=None, anatomy: str = "mesh"):
-    """A 1.5 mm phantom around L2-L4: (ct, L2-L4 bone mask, case)."""
+def phantom(seed: int, spacing, *, appearance: str = "ct", overrides=None, anatomy: str = "mesh", shape=(100, 110, 110)):
+    """A 1.5 mm phantom around L2-L4: (ct, L2-L4 bone mask, case); ``shape``: grid (z, y, x)."""
     from spinect.phantom import STRUCTURE_CODES, generate_case
 
-    case = generate_case(seed, shape_zyx=(100, 110, 110), spacing_zyx_mm=spacing, appearance=appearance,
+    case = generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing, appearance=appearance,
                          appearance_overrides=overrides, window_tables=False, anatomy=anatomy)
     ct = sitk.GetArrayFromImage(case.ct).astype(np.float32)
     st = sitk.GetArrayFromImage(case.structures)
@@ -75,7 +77,10 @@ def picture(rows, out: Path) -> None:
     """Mid-sagittal and axial slices through each row's bone centroid, bone and soft-tissue windows.
 
     Args:
-        rows: (ct (z, y, x) HU, bone mask (z, y, x), spacing (z, y, x) mm, title) per row.
+        rows: (ct (z, y, x) HU, bone mask (z, y, x), spacing (z, y, x) mm, title[, level mask]) per
+            row; with a level mask (e.g. L3) the axial slice is cut through that vertebra's
+            centroid (mid-body), not the bone centroid, which may fall on a disc and cut an
+            endplate obliquely.
         out: PNG path.
     """
     import matplotlib
@@ -85,8 +90,10 @@ def picture(rows, out: Path) -> None:
 
     windows = [(1500, 300), (400, 40)]
     fig, axes = plt.subplots(len(rows), 4, figsize=(16, 4.25 * len(rows)))
-    for r, (ct, bone, spacing, name) in enumerate(rows):
+    for r, (ct, bone, spacing, name, *level) in enumerate(rows):
         cz, cy, cx = (int(v) for v in np.round(np.argwhere(bone).mean(axis=0)))
+        if level and level[0] is not None and level[0].any():
+            cz = int(np.round(np.argwhere(level[0])[:, 0].mean()))
         # the same field of view (about 150 mm) around the bone centroid in every row
         hz, hy, hx = (int(round(75.0 / s)) for s in spacing)
         sag = ct[max(cz - hz, 0):cz + hz, max(cy - hy, 0):cy + hy, cx][::-1]
@@ -104,7 +111,7 @@ def picture(rows, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=6, help="phantom cases per histogram row (0: only the picture)")
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--png-seed", type=int, default=1)
     parser.add_argument("--anatomy", choices=("mesh", "primitive"), default="mesh",
@@ -112,13 +119,13 @@ def main() -> None:
     parser.add_argument("--chest", type=Path, default=None,
                         help="folder with the real chest CT (cxr_ct.nii.gz, cxr_labels.nii.gz), e.g. validate_real_ct.py's cache")
     args = parser.parse_args()
-    real_ct, real_bone, spacing = real_crop()
+    real_ct, real_bone, spacing, real_l3 = real_crop(with_l3=True)
     print(_row("real crop (label > 0)", bone_stats(real_ct[real_bone])))
     chest = chest_ct(args.chest) if args.chest else None
     if chest is not None:
         print(_row("real chest CT T12-L3 (model labels)", bone_stats(chest[0][chest[1]])))
     # the real crop's body interior has a median of 51 HU: also show the ct mode with that marrow
-    for mode, overrides in [("v1", None), ("ct", None), ("ct", {"age_years": 75}), ("ct", {"marrow_hu": (40, 70)})]:
+    for mode, overrides in [("v1", None), ("ct", None), ("ct", {"age_years": 75}), ("ct", {"marrow_hu": (40, 70)})] * (args.seeds > 0):
         vals, ages = [], []
         for seed in range(args.seeds):
             ct, bone, case = phantom(seed, spacing, appearance=mode, overrides=overrides, anatomy=args.anatomy)
@@ -128,11 +135,16 @@ def main() -> None:
         ages_note = f"  ages {np.round(ages).astype(int).tolist()}" if mode == "ct" and not overrides else ""
         print(_row(label, bone_stats(np.concatenate(vals))), ages_note)
     if args.png:
-        ct, bone, case = phantom(args.png_seed, spacing, appearance="ct", overrides={"age_years": 75}, anatomy=args.anatomy)
+        from spinect.phantom import STRUCTURE_CODES
+
+        # a wider grid than the histogram's (the picture shows 150 mm around the bone)
+        ct, bone, case = phantom(args.png_seed, spacing, appearance="ct", overrides={"age_years": 75}, anatomy=args.anatomy,
+                                 shape=(100, 140, 140))
+        l3 = sitk.GetArrayFromImage(case.structures) == STRUCTURE_CODES["L3"]
         a = case.truth["appearance"]["ct"]
         rows = [(ct, bone, spacing, f"phantom v2 ({args.anatomy} anatomy, ct mode)\nage {a['age_years']:.0f}, "
-                                    f"marrow {a['marrow_hu']:.0f} HU, {a['kernel']} kernel)"),
-                (real_ct, real_bone, spacing, "real lumbar crop (1.5 mm)")]
+                                    f"marrow {a['marrow_hu']:.0f} HU, {a['kernel']} kernel)", l3),
+                (real_ct, real_bone, spacing, "real lumbar crop (1.5 mm)", real_l3)]
         if chest is not None:
             rows.append((*chest, "real contrast chest CT, T12-L3\n(0.7 x 0.7 x 2.5 mm)"))
         picture(rows, args.png)
