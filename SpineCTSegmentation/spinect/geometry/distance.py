@@ -12,6 +12,10 @@ smoothing rounds corners sharper than about one voxel).
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import numpy as np
 from scipy import ndimage, spatial
 from skimage import measure
@@ -19,6 +23,23 @@ from skimage import measure
 __all__ = ["voxel_signed_distance_mm", "subvoxel_signed_distance_mm", "subvoxel_surface_mm", "mask_box", "surface_lps_mm", "FAR_MM"]
 
 FAR_MM = 1.0e3  #: distance given everywhere when a mask is empty
+
+_thread_settings = threading.local()  # per thread: ITK threads for the distance maps (0 = ITK's default)
+
+
+def run_in_background() -> None:
+    """Make the calling thread a background worker: lowest CPU priority, one ITK thread.
+
+    For a thread that builds fields nobody waits for yet (the reach crop a worker prefetches):
+    the distance maps then run in this thread only, and on Linux the scheduler gives the CPU to
+    the thread that answers the user first (``setpriority`` on a thread id applies to that thread).
+    """
+    _thread_settings.itk_threads = 1
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # not permitted: the work still runs, at normal priority
+            pass
 
 
 def voxel_signed_distance_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:
@@ -58,8 +79,14 @@ def _distance_to_mask_mm(mask: np.ndarray, spacing_zyx_mm) -> np.ndarray:
 
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(tuple(float(v) for v in spacing_zyx_mm[::-1]))
-    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
+    transform = sitk.SignedMaurerDistanceMapImageFilter()
+    transform.SetInsideIsPositive(False)
+    transform.SetSquaredDistance(False)
+    transform.SetUseImageSpacing(True)
+    threads = getattr(_thread_settings, "itk_threads", 0)
+    if threads:
+        transform.SetNumberOfThreads(threads)
+    return np.maximum(sitk.GetArrayFromImage(transform.Execute(image)), 0.0)
 
 
 def subvoxel_signed_distance_mm(

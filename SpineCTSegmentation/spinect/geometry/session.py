@@ -296,7 +296,8 @@ class TriangleSession:
         """With ``prefetch_reach``: build the reach crop around ``centre`` in a background thread.
 
         Most of the build runs in SimpleITK, SciPy and scikit-image code that releases the GIL,
-        so measurements go on meanwhile (sharing the CPU). It reports no progress (another
+        so measurements go on meanwhile; the thread runs at the lowest CPU priority with one ITK
+        thread (:func:`spinect.geometry.distance.run_in_background`), so they hardly slow down. It reports no progress (another
         request's stream may be open) and swallows errors: a search that needs the crop builds
         it again and reports them.
         """
@@ -308,6 +309,9 @@ class TriangleSession:
         centre = np.asarray(centre, float).copy()
 
         def build() -> None:
+            from spinect.geometry.distance import run_in_background
+
+            run_in_background()  # the user's next view or point move goes first
             try:
                 with self._reach_lock:
                     self._ensure_crop(centre, "reach", quiet=True)
