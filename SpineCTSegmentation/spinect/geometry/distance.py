@@ -12,8 +12,6 @@ smoothing rounds corners sharper than about one voxel).
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 import numpy as np
@@ -28,18 +26,14 @@ _thread_settings = threading.local()  # per thread: ITK threads for the distance
 
 
 def run_in_background() -> None:
-    """Make the calling thread a background worker: lowest CPU priority, one ITK thread.
+    """Make the calling thread a background worker: its distance maps use one ITK thread.
 
-    For a thread that builds fields nobody waits for yet (the reach crop a worker prefetches):
-    the distance maps then run in this thread only, and on Linux the scheduler gives the CPU to
-    the thread that answers the user first (``setpriority`` on a thread id applies to that thread).
+    For a thread that builds fields nobody waits for yet (the reach crop a worker prefetches): on
+    two cores it leaves one to the thread that answers the user. Its priority is not lowered: a
+    search that then waits for it would wait for a starved thread (an unprivileged process cannot
+    raise a thread's priority again).
     """
     _thread_settings.itk_threads = 1
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:  # not permitted: the work still runs, at normal priority
-            pass
 
 
 def voxel_signed_distance_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:

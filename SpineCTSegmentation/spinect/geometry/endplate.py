@@ -199,6 +199,7 @@ def endplate_frame_from_clicks(
     bone_label: int = 1,
     band_mm: float = 2.0,
     min_support: int = 20,
+    surfaces: dict | None = None,
 ) -> EndplateFrame:
     """The lower vertebra's superior endplate from three clicked vertices and a 0/1/2 label map.
 
@@ -225,15 +226,25 @@ def endplate_frame_from_clicks(
         bone_label: the bone label value.
         band_mm: distance to the plane that counts as support.
         min_support: fewer supporting surface voxels than this is an error.
+        surfaces: a dict kept with this label map (a session's crop): what does not depend on the
+            clicks (the cranially facing surface) is computed once and kept there, so a dragged
+            point only refits.
 
     Raises:
         InputError: no plausible endplate (too little support, or a normal more than
             ``STEEP_TILT_DEG`` from the superior axis), naming what to click or give instead.
     """
     pts = np.asarray(triangle_lps_mm, float).reshape(3, 3)
-    mask = np.asarray(labels_zyx) == bone_label
     affine = fields.index_to_lps
-    points, normals = cranial_surface_points(mask, affine, max_tilt_deg=STEEP_TILT_DEG, return_normals=True)
+    surfaces = {} if surfaces is None else surfaces
+    key = ("bone_mask", bone_label)
+    if key not in surfaces:
+        surfaces[key] = np.asarray(labels_zyx) == bone_label
+    mask = surfaces[key]
+    key = ("cranial_surface", bone_label, STEEP_TILT_DEG)
+    if key not in surfaces:
+        surfaces[key] = cranial_surface_points(mask, affine, max_tilt_deg=STEEP_TILT_DEG, return_normals=True)
+    points, normals = surfaces[key]
     if triangle == "kambin":  # B and C on the endplate, A above it
         start, seed = _plane_below(points, normals, pts, above=pts[:1], through=pts[1:], band_mm=band_mm,
                                    min_support=min_support, what="through the Kambin triangle's B and C")

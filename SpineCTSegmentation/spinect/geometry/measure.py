@@ -214,7 +214,8 @@ def _read_ct(source) -> sitk.Image:
     return read_ct(source)
 
 
-def _frame(frame, structures, endplate, points, fields, labels, level, *, triangle: str = "kambin") -> tuple[EndplateFrame, str]:
+def _frame(frame, structures, endplate, points, fields, labels, level, *, triangle: str = "kambin",
+           surfaces: dict | None = None) -> tuple[EndplateFrame, str]:
     if frame is not None:
         return frame, "given"
     if structures is not None:
@@ -235,7 +236,7 @@ def _frame(frame, structures, endplate, points, fields, labels, level, *, triang
         from spinect.geometry.endplate import endplate_frame_from_clicks
 
         pts = np.asarray(points, float).reshape(3, 3)
-        frame = endplate_frame_from_clicks(fields, label_array, pts, triangle=triangle)
+        frame = endplate_frame_from_clicks(fields, label_array, pts, triangle=triangle, surfaces=surfaces)
         where = "through B and C" if triangle == "kambin" else "below the clicked points"
         return frame, f"bone surface: the endplate {where}, fitted over the whole endplate"
     raise InputError("the endplate is unknown: give --endplate (a point on the lower vertebra's endplate) or --structures")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -69,6 +69,7 @@ class _Crop:
     radius_mm: float
     labels: sitk.Image
     fields: ObstacleFields
+    surfaces: dict = field(default_factory=dict)  # the crop's bone surfaces for frame fits (see _frame)
 
     def holds(self, centre_lps_mm: np.ndarray, radius_mm: float) -> bool:
         """This crop serves a target at ``centre_lps_mm`` that needs ``radius_mm``."""
@@ -296,8 +297,8 @@ class TriangleSession:
         """With ``prefetch_reach``: build the reach crop around ``centre`` in a background thread.
 
         Most of the build runs in SimpleITK, SciPy and scikit-image code that releases the GIL,
-        so measurements go on meanwhile; the thread runs at the lowest CPU priority with one ITK
-        thread (:func:`spinect.geometry.distance.run_in_background`), so they hardly slow down. It reports no progress (another
+        so measurements go on meanwhile; its distance maps use one ITK thread
+        (:func:`spinect.geometry.distance.run_in_background`), leaving a core to them. It reports no progress (another
         request's stream may be open) and swallows errors: a search that needs the crop builds
         it again and reports them.
         """
@@ -311,7 +312,7 @@ class TriangleSession:
         def build() -> None:
             from spinect.geometry.distance import run_in_background
 
-            run_in_background()  # the user's next view or point move goes first
+            run_in_background()  # one core for this, one for the user's next view or point move
             try:
                 with self._reach_lock:
                     self._ensure_crop(centre, "reach", quiet=True)
@@ -353,7 +354,8 @@ class TriangleSession:
                 self._frames.pop(next(iter(self._frames)))
             label_points = points if uses_points else None
             self._frames[key] = _frame(self.given_frame, self.structures, self.endplate_lps_mm, label_points,
-                                       crop.fields, crop.labels, self.level, triangle=self.triangle)
+                                       crop.fields, crop.labels, self.level, triangle=self.triangle,
+                                       surfaces=crop.surfaces)
         return self._frames[key]
 
 
