@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -59,6 +60,9 @@ logger = logging.getLogger(__name__)
 MODES = ("points", "seed", "auto")
 #: The crop is rebuilt when the target moves more than this fraction of its half-size from its centre.
 RECROP_FRACTION = 0.25
+#: With ``prefetch_reach``, the background build of the reach crop starts after this many seconds
+#: without a request (a dragged point sends one every 0.3 s), so it does not slow a drag down.
+PREFETCH_IDLE_S = 1.0
 #: progress(stage, overall fraction 0..1, message)
 ProgressCallback = Callable[[str, float, str], None]
 
@@ -111,6 +115,7 @@ class TriangleSession:
         self.prefetch_reach = False  # build the reach crop in the background once the target is known
         self._reach_lock = threading.Lock()  # one builder of the reach crop at a time
         self._prefetch: threading.Thread | None = None
+        self._last_request = time.monotonic()  # the prefetch waits for a pause in the requests
 
     # ------------------------------------------------------------------------------ open
 
@@ -224,6 +229,7 @@ class TriangleSession:
         Returns:
             A :class:`TrianglesResult` without trajectory or files.
         """
+        self._last_request = time.monotonic()
         _check_range("theta (--theta, obliquity)", theta_deg, 0.0, 90.0, "degrees")
         _check_range("phi (--phi, cranio-caudal tilt)", phi_deg, -60.0, 60.0, "degrees")
         mode = check_choice("mode", mode, MODES)
@@ -297,8 +303,9 @@ class TriangleSession:
         """With ``prefetch_reach``: build the reach crop around ``centre`` in a background thread.
 
         Most of the build runs in SimpleITK, SciPy and scikit-image code that releases the GIL,
-        so measurements go on meanwhile; its distance maps use one ITK thread
-        (:func:`spinect.geometry.distance.run_in_background`), leaving a core to them. It reports no progress (another
+        so measurements go on meanwhile; it starts after a pause of ``PREFETCH_IDLE_S`` in the
+        requests (not while the user drags a point), and its distance maps use one ITK thread
+        (:func:`spinect.geometry.distance.run_in_background`), leaving a core to the user. It reports no progress (another
         request's stream may be open) and swallows errors: a search that needs the crop builds
         it again and reports them.
         """
@@ -313,6 +320,8 @@ class TriangleSession:
             from spinect.geometry.distance import run_in_background
 
             run_in_background()  # one core for this, one for the user's next view or point move
+            while time.monotonic() - self._last_request < PREFETCH_IDLE_S:  # not while the user drags
+                time.sleep(0.1)
             try:
                 with self._reach_lock:
                     self._ensure_crop(centre, "reach", quiet=True)
