@@ -556,7 +556,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 thetaDeg=params.thetaDeg, phiDeg=params.phiDeg, optimize=optimize,
             )
             self._liveScheduler.started(positions)
-            self.setStatus(_("Searching the best view (about a minute)...") if optimize else _("Measuring..."))
+            self.setStatus(_("Searching the best view (about 10 s)...") if optimize else _("Measuring..."))
             self._triangleTimer.start()
         self.updateButtons()
 

@@ -161,6 +161,7 @@ def bench_worker(mode: str, req: dict, files: dict, folder: Path, views, moves, 
                 move_s.append(time.perf_counter() - t)
         optimize_s = None
         if not args.no_optimize and mode == "points":
+            time.sleep(args.pause_before_optimize)  # the user reads the readout before clicking Optimize
             t = time.perf_counter()
             client.call("optimize", worker_args(mode, req["session"], 0.0, 0.0), session="bench", timeout_s=600)
             optimize_s = time.perf_counter() - t
@@ -237,8 +238,9 @@ def bench_mode(mode: str, case, files: dict, folder: Path, args) -> list[tuple[s
         rows.append((mode, f"point move (median of {len(move_s)})", med(move_s) + speedup(move_s),
                      med(worker["move_s"]) + speedup(worker["move_s"]), f"{old_med:.2f}" if old_view_s else "-"))
     if optimize_s is not None:
-        rows.append((mode, "Optimize, first (builds the 110 mm crop)", f"{optimize_s[0]:.2f}",
-                     f"{worker['optimize_s']:.2f}", f"{old_opt:.2f}"))
+        rows.append((mode, "Optimize, first (session: builds the 110 mm crop; worker: clicked "
+                     f"{args.pause_before_optimize:g} s after the last move, crop built in the background)",
+                     f"{optimize_s[0]:.2f}", f"{worker['optimize_s']:.2f}", f"{old_opt:.2f}"))
         rows.append((mode, "Optimize, again (crop held)", f"{optimize_s[1]:.2f}", "-", "-"))
     print(f"# {mode}: session fields built {session.fields_built}x; session == CLI numbers in {checked}/{len(old_view_s)} "
           f"requests", file=sys.stderr)
@@ -252,6 +254,10 @@ def main() -> int:
     parser.add_argument("--moves", type=int, default=8, help="point moves per mode on the session (max 8)")
     parser.add_argument("--old-runs", type=int, default=3, help="subprocess runs per mode (the first views)")
     parser.add_argument("--no-optimize", action="store_true")
+    parser.add_argument("--pause-before-optimize", type=float, default=5.0,
+                        help="seconds between the last point move and Optimize on the worker path (the user "
+                             "reading the readout; the worker builds the 110 mm crop in the background after "
+                             "a 1 s pause); 0 clicks at once")
     parser.add_argument("--case", type=int, default=0, help="phantom case seed")
     args = parser.parse_args()
 

@@ -3,7 +3,7 @@
 What does not depend on the view is done once per session: reading the label map (and the CT and
 level map), cropping it around the level, the obstacle distance fields
 (:meth:`ObstacleFields.from_image`, the slow step: about 1 s for the 50 mm crop of an
-anatomical window, 10 s for the 110 mm crop that reaches the skin) and the endplate frame. A
+anatomical window, 4-6 s on 2 cores for the 110 mm crop that reaches the skin) and the endplate frame. A
 view change (θ, φ), a moved point or the best-view search then only projects the fields
 (:meth:`TriangleSession.measure`, :meth:`TriangleSession.optimize`).
 
