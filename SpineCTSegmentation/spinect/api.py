@@ -192,7 +192,7 @@ def segment(
     from spinect.io import check_output_path, read_ct
     from spinect.io.provenance import write_sidecars
     from spinect.model_file import load_model
-    from spinect.pipeline import InferenceSettings, segment_image
+    from spinect.pipeline import InferenceSettings, network_input, segment_network_input
     from spinect.profiling import StageTimer, peak_rss_mb
 
     if output is not None:
@@ -233,7 +233,9 @@ def segment(
         _check_memory(header, plan, force=r.force)
     report("read", 0.0, f"reading {input if not isinstance(input, sitk.Image) else 'image'}")
     with timer.stage("read"):
-        ct = _in_memory_ct(input) if isinstance(input, sitk.Image) else read_ct(input, allow_gaps=r.allow_gaps)
+        # 16-bit CTs stay 16-bit (half the memory of float32; the same labels, bit for bit).
+        ct = (_in_memory_ct(input) if isinstance(input, sitk.Image)
+              else read_ct(input, allow_gaps=r.allow_gaps, keep_integer_type=True))
     resampled = _refuse_resampled_dicom_seg(ct, dicom_seg_output)
     if header is None or tuple(ct.GetSize()) != header.size:  # DICOM (a file names its series), in-memory image
         _check_window_count(ct, plan, r.stride_zyx, force=r.force)
@@ -243,7 +245,12 @@ def segment(
     def on_window(done: int, total: int) -> None:
         report("infer", done / max(total, 1), f"window {done}/{total}")
 
-    out = segment_image(ct, networks, plan, settings, device=torch_device, window_progress=on_window, timer=timer)
+    prepared = network_input(ct, plan, timer=timer)
+    if level_network is None:
+        del ct  # only its grid is needed from here on (kept in `prepared`): the CT's voxels are freed now
+    out = segment_network_input(prepared, networks, plan, settings, device=torch_device, window_progress=on_window,
+                                timer=timer)
+    del prepared
     level_settings = None
     if level_network is not None:
         report("infer", 1.0, "vertebral levels (level model)")
@@ -253,6 +260,8 @@ def segment(
             level_settings = InferenceSettings.from_plan(level_plan, batch_size=r.batch_size, precision=r.precision,
                                                          levels=True, smoothing_mm=0.0,
                                                          bone_margin_mm=settings.bone_margin_mm)
+            from spinect.pipeline import segment_image
+
             coarse = segment_image(ct, level_network, level_plan, level_settings, device=torch_device)
             out = dataclasses.replace(out, levels=transfer_levels(out.labels, coarse.levels))
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
@@ -376,11 +385,13 @@ def _load_level_model(level_model, device, allow_untrained: bool):
 
 
 def _in_memory_ct(image: sitk.Image) -> sitk.Image:
-    """Validate an in-memory CT and cast it to float32 HU, exactly as :func:`read_ct` does for files."""
+    """Validate an in-memory CT and cast it to float32 HU unless float32 holds it exactly, as
+    :func:`read_ct` does for files (``keep_integer_type``)."""
     from spinect.io import validate_ct
+    from spinect.io.reading import as_float32
 
     validate_ct(image, source="the input image")
-    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    return as_float32(image, keep_integer_type=True)
 
 
 def _island_dict(island, centroid_lps_mm, plan: ModelPlan) -> dict:

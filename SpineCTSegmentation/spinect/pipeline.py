@@ -36,13 +36,16 @@ import SimpleITK as sitk
 import torch
 
 from spinect.errors import SpinectError
-from spinect.inference import argmax_labels, predict_probabilities
+from spinect.inference import argmax_labels, predict_labels
 from spinect.plan import LEVEL_MAP_NAMES, ModelPlan
 from spinect.postprocess import RemovedIsland, median_smooth_labels, suppress_islands
-from spinect.preprocess import normalise_hu, resample_to_reference, resample_to_spacing
+from spinect.preprocess import ImageGrid, normalise_hu, resample_to_reference, resample_to_spacing
 
 __all__ = [
     "prepare_network_input",
+    "NetworkInput",
+    "network_input",
+    "segment_network_input",
     "labels_to_input_grid",
     "segment_image",
     "InferenceSettings",
@@ -218,7 +221,7 @@ def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tup
     """Resample ``ct`` (HU) to the plan's spacing and normalise it.
 
     Args:
-        ct: CT image in HU.
+        ct: CT image in HU (float32, or an integer type whose values float32 holds exactly).
         plan: gives the spacing (mm), interpolation, HU window and z-score statistics.
         timer: optional :class:`spinect.profiling.StageTimer` (stages ``resample``, ``normalise``).
 
@@ -230,7 +233,9 @@ def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tup
     timer = timer or StageTimer()
     spacing_xyz = tuple(reversed(plan.spacing_zyx_mm))
     with timer.stage("resample"):
-        resampled = resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0)
+        # Straight to float32: an integer CT needs no float32 copy first (the same voxels, bit for bit).
+        resampled = resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0,
+                                        pixel_type=sitk.sitkFloat32)
     with timer.stage("normalise"):
         array_hu = sitk.GetArrayViewFromImage(resampled)
         normalised = normalise_hu(array_hu, hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
@@ -260,11 +265,39 @@ def warn_if_smaller_than_window(shape_zyx: Sequence[int], plan: ModelPlan) -> li
     return warnings
 
 
-def _geometry_only(image: sitk.Image) -> sitk.Image:
-    """A UInt8 image with ``image``'s size, spacing, origin and direction (its voxels dropped)."""
-    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    grid.CopyInformation(image)
-    return grid
+@dataclass
+class NetworkInput:
+    """A CT made ready for the network: what :func:`segment_network_input` needs of it.
+
+    Attributes:
+        volume: normalised float32 (z, y, x) array on the network's grid; :func:`segment_network_input`
+            takes it (sets this to None) and frees it once the network has run.
+        network_grid: the network's grid (the plan's spacing over the CT's extent).
+        input_grid: the CT's grid, where the labels go; the CT's voxels are not kept.
+    """
+
+    volume: np.ndarray | None
+    network_grid: ImageGrid
+    input_grid: ImageGrid
+
+    def take_volume(self) -> np.ndarray:
+        volume, self.volume = self.volume, None
+        if volume is None:
+            raise SpinectError("this network input was already used (its volume is freed after one run)")
+        return volume
+
+
+def network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> NetworkInput:
+    """Resample and normalise ``ct`` for the network (:func:`prepare_network_input`), keeping of
+    the CT and of its resampled HU copy only their grids, and warn when the CT is smaller than
+    one window (:func:`warn_if_smaller_than_window`).
+
+    A caller that drops its own reference to ``ct`` afterwards frees the CT's voxels before the
+    network runs (:func:`spinect.api.segment` does; issue 17: 600 MiB at 512×512×600 in float32).
+    """
+    resampled, volume = prepare_network_input(ct, plan, timer=timer)
+    warn_if_smaller_than_window(volume.shape, plan)
+    return NetworkInput(volume, ImageGrid(resampled), ImageGrid(ct))
 
 
 def air_threshold(plan: ModelPlan, air_hu: float = AIR_HU) -> float:
@@ -278,10 +311,11 @@ def normalised_hu(plan: ModelPlan, hu: float) -> float:
     return (clipped - plan.intensity_mean) / plan.intensity_std
 
 
-def labels_to_input_grid(labels_zyx: np.ndarray, network_grid: sitk.Image, ct: sitk.Image) -> sitk.Image:
-    """Put a (z, y, x) array living on ``network_grid`` onto ``ct``'s grid (nearest)."""
-    image = sitk.GetImageFromArray(labels_zyx)
-    image.CopyInformation(network_grid)
+def labels_to_input_grid(labels_zyx: np.ndarray, network_grid: sitk.Image | ImageGrid,
+                         ct: sitk.Image | ImageGrid) -> sitk.Image:
+    """Put a (z, y, x) array living on ``network_grid`` onto ``ct``'s grid (nearest); either may
+    be an image or its :class:`spinect.preprocess.ImageGrid`."""
+    image = ImageGrid.of(network_grid).stamp(sitk.GetImageFromArray(labels_zyx))
     return resample_to_reference(image, ct, interpolation="nearest", default_value=0)
 
 
@@ -319,17 +353,45 @@ def segment_image(
         settings = InferenceSettings.from_plan(plan, **overrides)
     elif overrides:
         raise TypeError(f"segment_image takes settings or keyword overrides, not both (got {sorted(overrides)})")
-    levels, tta = settings.levels, settings.tta
-    if levels and not plan.has_levels:
-        raise SpinectError("this model does not label vertebral levels (its classes: "
-                           f"{', '.join(plan.class_names)}); run without levels or use a level model")
+    _check_levels(settings, plan)
     from spinect.profiling import StageTimer
 
+    timer = timer or StageTimer()
+    return segment_network_input(network_input(ct, plan, timer=timer), networks, plan, settings, device=device,
+                                 window_progress=window_progress, timer=timer)
+
+
+def _check_levels(settings: InferenceSettings, plan: ModelPlan) -> None:
+    if settings.levels and not plan.has_levels:
+        raise SpinectError("this model does not label vertebral levels (its classes: "
+                           f"{', '.join(plan.class_names)}); run without levels or use a level model")
+
+
+def segment_network_input(
+    prepared: NetworkInput,
+    networks: torch.nn.Module | Sequence[torch.nn.Module],
+    plan: ModelPlan,
+    settings: InferenceSettings,
+    *,
+    device: str | torch.device = "cpu",
+    window_progress: WindowProgress | None = None,
+    timer=None,
+) -> PipelineOutput:
+    """:func:`segment_image` from a CT already made ready by :func:`network_input`.
+
+    Takes ``prepared``'s volume (it can run once) and frees it once the network has run. With one
+    network and no TTA the windows' scores are blended slab by slab into labels
+    (:func:`spinect.inference.predict_labels`): only uint8 labels on the network's grid, the same
+    labels as the argmax of the whole score volume.
+    """
+    _check_levels(settings, plan)
+    from spinect.profiling import StageTimer
+
+    levels, tta = settings.levels, settings.tta
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     timer = timer or StageTimer()
-    network_grid, volume = prepare_network_input(ct, plan, timer=timer)
-    warn_if_smaller_than_window(volume.shape, plan)
-    network_grid = _geometry_only(network_grid)  # its HU voxels are no longer needed: ~150 MB less at the peak
+    network_grid, ct = prepared.network_grid, prepared.input_grid
+    volume = prepared.take_volume()
     margin_zyx = tuple(int(np.ceil(AIR_MARGIN_MM / s)) for s in plan.spacing_zyx_mm)
     bone_margin_mm = settings.bone_margin_mm
     options = dict(patch_size_zyx=settings.patch_size_zyx, stride_zyx=settings.stride_zyx, blend=settings.blend,
@@ -347,7 +409,9 @@ def segment_image(
                        roi_margin_zyx=tuple(int(np.ceil(bone_margin_mm / s)) for s in plan.spacing_zyx_mm))
     ensemble = None
     if len(nets) == 1 and not tta:
-        scores = predict_probabilities(volume, nets[0], progress=window_progress, **options)
+        # Labels straight from the blended windows (timer stage "argmax" inside): no (C, Z, Y, X) scores.
+        classes_grid = predict_labels(volume, nets[0], progress=window_progress, **options)
+        del volume
     else:
         from spinect.uncertainty import predict_ensemble
 
@@ -355,11 +419,14 @@ def segment_image(
         ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
         scores = torch.from_numpy(ensemble.probabilities)
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
-    del volume
+        del volume
+        with timer.stage("argmax"):
+            classes_grid = argmax_labels(scores)
+            del scores
     with timer.stage("argmax"):
-        classes_grid = argmax_labels(scores)
-        del scores
         labels_grid = _lookup(classes_grid, plan.spinect_lookup()) if plan.class_groups else classes_grid
+    if not levels:
+        classes_grid = None  # only the level map needs the network's own classes
     removed: list[RemovedIsland] = []
     if settings.island_rules is not None:
         with timer.stage("islands"):
@@ -371,13 +438,13 @@ def segment_image(
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         smoothed = median_smooth_labels(sitk.GetArrayViewFromImage(labels), spacing_zyx, kernel_mm=kernel_mm,
                                         num_classes=len(plan.label_names))
-        result = sitk.GetImageFromArray(smoothed)
-        result.CopyInformation(ct)
+        del labels
+        result = ct.stamp(sitk.GetImageFromArray(smoothed))
     level_map = None
     if levels:
         with timer.stage("levels"):
             level_map = _level_map(classes_grid, labels_grid, smoothed, network_grid, ct, plan, spacing_zyx, kernel_mm)
-    del classes_grid
+    del classes_grid, labels_grid, smoothed
     islands_lps = [network_grid.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in r.centroid_zyx[::-1]))
                    for r in removed]
     if ensemble is None:
@@ -392,8 +459,8 @@ def _lookup(values_zyx: np.ndarray, table: Sequence[int]) -> np.ndarray:
     return np.asarray(table, dtype=np.uint8)[values_zyx]
 
 
-def _level_map(classes_grid: np.ndarray, labels_grid: np.ndarray, smoothed_zyx: np.ndarray, network_grid: sitk.Image,
-               ct: sitk.Image, plan: ModelPlan, spacing_zyx, kernel_mm: float) -> sitk.Image:
+def _level_map(classes_grid: np.ndarray, labels_grid: np.ndarray, smoothed_zyx: np.ndarray, network_grid: ImageGrid,
+               ct: ImageGrid, plan: ModelPlan, spacing_zyx, kernel_mm: float) -> sitk.Image:
     """Level of each bone voxel of the final labels, on the input grid (see :class:`PipelineOutput`).
 
     The network's level classes, restricted to the bone that survived island removal, are
@@ -411,9 +478,7 @@ def _level_map(classes_grid: np.ndarray, labels_grid: np.ndarray, smoothed_zyx: 
     lost = (smooth_levels == 0) & (on_input > 0)
     smooth_levels[lost] = on_input[lost]
     smooth_levels[smoothed_zyx != 1] = 0
-    image = sitk.GetImageFromArray(smooth_levels.astype(np.uint8))
-    image.CopyInformation(ct)
-    return image
+    return ct.stamp(sitk.GetImageFromArray(smooth_levels.astype(np.uint8)))
 
 
 #: A bone voxel takes the level of the nearest level-model voxel within this distance (mm).

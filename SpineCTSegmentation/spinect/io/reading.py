@@ -89,7 +89,11 @@ class _DicomSeries:
     files: tuple[str, ...]
 
 
-def read_ct(path: str | os.PathLike, *, allow_gaps: bool = False) -> sitk.Image:
+#: Pixel types every value of which float32 holds exactly: a CT of these types may be kept as read.
+EXACT_IN_FLOAT32 = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkFloat32)
+
+
+def read_ct(path: str | os.PathLike, *, allow_gaps: bool = False, keep_integer_type: bool = False) -> sitk.Image:
     """Read a 3D CT volume in Hounsfield units.
 
     Args:
@@ -99,9 +103,14 @@ def read_ct(path: str | os.PathLike, *, allow_gaps: bool = False) -> sitk.Image:
         allow_gaps: a DICOM series with missing slices is resampled onto an even grid (linear
             interpolation across the gaps, a warning) instead of refused; the image then carries
             what was done (:func:`gap_resampling`).
+        keep_integer_type: an image stored as 8- or 16-bit integers (most CTs: int16) is returned
+            as stored instead of as float32 (half the memory; every value is exact in float32,
+            and :func:`spinect.pipeline.prepare_network_input` resamples it straight to float32,
+            bit for bit as from the float32 image). Other types are cast to float32 either way.
 
     Returns:
-        3D ``sitkFloat32`` image, HU, with the file's origin, spacing and direction (LPS mm).
+        3D ``sitkFloat32`` image (or, with ``keep_integer_type``, of a type in
+        :data:`EXACT_IN_FLOAT32`), HU, with the file's origin, spacing and direction (LPS mm).
 
     Raises:
         InputError: the path does not exist, is not a readable image, or is not a 3D CT
@@ -111,7 +120,15 @@ def read_ct(path: str | os.PathLike, *, allow_gaps: bool = False) -> sitk.Image:
     with _locale_kept():
         image = _read_image(path, allow_gaps=allow_gaps)
     validate_ct(image, source=str(path))
-    return sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
+    return as_float32(image, keep_integer_type=keep_integer_type)
+
+
+def as_float32(image: sitk.Image, *, keep_integer_type: bool = False) -> sitk.Image:
+    """``image`` cast to float32, or as it is when float32 already or (``keep_integer_type``) a
+    type of :data:`EXACT_IN_FLOAT32`."""
+    if image.GetPixelID() == sitk.sitkFloat32 or (keep_integer_type and image.GetPixelID() in EXACT_IN_FLOAT32):
+        return image
+    return sitk.Cast(image, sitk.sitkFloat32)
 
 
 def validate_ct(image: sitk.Image, *, source: str | None = None) -> None:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import SimpleITK as sitk
 
-__all__ = ["resample_to_spacing", "resample_to_reference", "INTERPOLATORS"]
+__all__ = ["resample_to_spacing", "resample_to_reference", "ImageGrid", "INTERPOLATORS"]
 
 INTERPOLATORS = {
     "linear": sitk.sitkLinear,
@@ -25,6 +25,7 @@ def resample_to_spacing(
     *,
     interpolation: str = "linear",
     default_value: float = -1024.0,
+    pixel_type: int | None = None,
 ) -> sitk.Image:
     """Resample ``image`` onto a grid of ``spacing_xyz_mm`` covering the same physical extent.
 
@@ -38,9 +39,13 @@ def resample_to_spacing(
         interpolation: ``linear`` (CT intensities) or ``nearest`` (labels; SPINECT used nearest
             for both).
         default_value: value outside the input (HU of air for CT; 0 for labels).
+        pixel_type: SimpleITK pixel type of the result (default: ``image``'s). ITK interpolates
+            in double and casts the result, so an integer CT resampled to ``sitkFloat32`` equals,
+            bit for bit, the same CT cast to float32 first and resampled (tested), without the
+            float32 copy of the CT.
 
     Returns:
-        The resampled image, same pixel type as ``image``.
+        The resampled image, of ``pixel_type``.
     """
     if interpolation not in INTERPOLATORS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATORS)}, got {interpolation!r}")
@@ -57,19 +62,68 @@ def resample_to_spacing(
         new_spacing,
         image.GetDirection(),
         default_value,
-        image.GetPixelID(),
+        image.GetPixelID() if pixel_type is None else pixel_type,
     )
 
 
-def resample_to_reference(image: sitk.Image, reference: sitk.Image, *, interpolation: str = "nearest", default_value: float = 0.0) -> sitk.Image:
+def resample_to_reference(image: sitk.Image, reference: "sitk.Image | ImageGrid", *, interpolation: str = "nearest", default_value: float = 0.0) -> sitk.Image:
     """Resample ``image`` onto ``reference``'s grid (size, spacing, origin, direction).
 
     Used to bring the 1 mm label map back to the input CT's grid (nearest neighbour, so labels
-    stay labels).
+    stay labels). ``reference`` may be an :class:`ImageGrid` (the same result).
     """
     if interpolation not in INTERPOLATORS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATORS)}, got {interpolation!r}")
+    if isinstance(reference, ImageGrid):
+        return sitk.Resample(image, reference.size, sitk.Transform(), INTERPOLATORS[interpolation],
+                             reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection(), default_value,
+                             image.GetPixelID())
     return sitk.Resample(image, reference, sitk.Transform(), INTERPOLATORS[interpolation], default_value, image.GetPixelID())
+
+
+class ImageGrid:
+    """An image's grid (size, spacing, origin, direction) without its voxels.
+
+    What the pipeline keeps of the input CT once it is resampled (issue 17: on a 512×512×600 CT
+    its float32 voxels were 600 MiB held to the end only for their geometry). Resampling onto it
+    gives the same voxels as resampling onto the image itself.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.size = tuple(int(n) for n in image.GetSize())
+        # A one-voxel image with the same geometry: ITK's own index -> physical point arithmetic.
+        self._point_image = sitk.Image([1] * image.GetDimension(), sitk.sitkUInt8)
+        self._point_image.SetSpacing(image.GetSpacing())
+        self._point_image.SetOrigin(image.GetOrigin())
+        self._point_image.SetDirection(image.GetDirection())
+
+    @classmethod
+    def of(cls, image: "sitk.Image | ImageGrid") -> "ImageGrid":
+        return image if isinstance(image, ImageGrid) else cls(image)
+
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - SimpleITK's names, so a grid stands in for an image
+        return self.size
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self._point_image.GetSpacing()
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return self._point_image.GetOrigin()
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self._point_image.GetDirection()
+
+    def TransformContinuousIndexToPhysicalPoint(self, index) -> tuple[float, ...]:  # noqa: N802
+        return self._point_image.TransformContinuousIndexToPhysicalPoint(index)
+
+    def stamp(self, image: sitk.Image) -> sitk.Image:
+        """Give ``image`` (of this grid's size) this grid's spacing, origin and direction, like ``CopyInformation``."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image of size {image.GetSize()} does not fit a grid of size {self.size}")
+        image.SetSpacing(self.GetSpacing())
+        image.SetOrigin(self.GetOrigin())
+        image.SetDirection(self.GetDirection())
+        return image
 
 
 def physical_extent_mm(image: sitk.Image) -> tuple[float, ...]:
