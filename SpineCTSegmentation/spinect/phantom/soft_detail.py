@@ -430,7 +430,12 @@ def _bowel(hu, st, look: SoftLook, fields: _Fields, gas_hu, spacing) -> None:
     faeces = np.clip(0.5 + kind, 0.0, 1.0)
     content = np.float32(look.bowel_fluid_hu) + faeces * (np.float32(look.bowel_faeces_hu) - np.float32(look.bowel_fluid_hu))
     content += faeces * mott * np.float32(35.0)
-    gas_q = float(np.quantile(mott[::3, ::3, ::3][b[::3, ::3, ::3]], 1.0 - look.bowel_gas_fraction)) if b.any() else 9.0
+    # the quantile on every third voxel (fast); a few bowel voxels (a small field of view) may all
+    # fall between those, then on all of them
+    sample = mott[::3, ::3, ::3][b[::3, ::3, ::3]]
+    if sample.size == 0:
+        sample = mott[b]
+    gas_q = float(np.quantile(sample, 1.0 - look.bowel_gas_fraction)) if sample.size else 9.0
     bubbles = np.clip((mott - np.float32(gas_q)) * np.float32(3.0), 0.0, 1.0) * faeces
     content += bubbles * (gas_hu - content)
     np.copyto(view, content, where=b)
