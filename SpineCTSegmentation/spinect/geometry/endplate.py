@@ -59,6 +59,12 @@ def cranial_surface_points(
     mask = np.asarray(mask_zyx, bool)
     if not mask.any():
         return (np.zeros((0, 3)), np.zeros((0, 3))) if return_normals else np.zeros((0, 3))
+    # work on the mask's box with a margin wider than the blur's reach (4 sigma) plus the gradient's
+    # step, so every value used is the whole array's (one vertebra of a level map is a small part)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box = tuple(slice(max(b.start - 6, 0), min(b.stop + 6, n)) for b, n in zip(box, mask.shape))
+    offset = np.array([b.start for b in box])
+    mask = mask[box]
     smooth = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)
     grad_zyx = np.stack(np.gradient(smooth), axis=-1)
     border = mask & ~ndimage.binary_erosion(mask)
@@ -69,7 +75,7 @@ def cranial_surface_points(
     g_world = g[:, ::-1] @ np.linalg.inv(linear)
     outward = -g_world / np.maximum(np.linalg.norm(g_world, axis=1, keepdims=True), 1e-12)
     keep = outward @ _SUPERIOR >= np.cos(np.radians(max_tilt_deg))
-    points = idx[keep][:, ::-1] @ linear.T + index_to_lps[:3, 3]
+    points = (idx[keep] + offset)[:, ::-1] @ linear.T + index_to_lps[:3, 3]
     return (points, outward[keep]) if return_normals else points
 
 
