@@ -309,6 +309,7 @@ class TriangleSession:
         request's stream may be open) and swallows errors: a search that needs the crop builds
         it again and reports them.
         """
+        self._last_request = time.monotonic()  # called as a request ends: the pause starts now
         if not self.prefetch_reach or (self._prefetch is not None and self._prefetch.is_alive()):
             return
         crop = self._crops.get("reach")
