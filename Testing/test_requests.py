@@ -21,8 +21,11 @@ from spinect.requests import (
     REQUESTS,
     EvaluateRequest,
     PhantomRequest,
+    SEGMENT_BATCH_OPTIONS,
     RequestError,
+    SegmentBatchRequest,
     SegmentRequest,
+    TrainRequest,
     TrianglesRequest,
     add_arguments,
     from_args,
@@ -35,6 +38,8 @@ MINIMAL = {
     "evaluate": dict(out_dir="report", pred="pred", labels="labels"),
     "phantom": dict(out_dir="phantoms"),
     "report": dict(output="case.html"),
+    "train": dict(data="data", out="run"),
+    "segment-batch": dict(out_dir="out"),
 }
 
 
@@ -55,7 +60,7 @@ def test_cli_defaults_and_help_are_the_request_class(verb):
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
-        flag = f.name if f.metadata.get("positional") else (f.metadata.get("negative_flag") if f.default is True
+        flag = (f.metadata.get("metavar") or f.name) if f.metadata.get("positional") else (f.metadata.get("negative_flag") if f.default is True
                                                             else f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
         assert flag in help_text, (verb, flag)
         first_words = " ".join(f.metadata["help"].split()[:3])
@@ -84,6 +89,18 @@ def test_every_option_round_trips_through_argv_and_json():
                         resample_prediction=True, overwrite=True),
         PhantomRequest(out_dir="p", n=3, seed=7, shape_zyx=(40, 50, 60), spacing_zyx_mm=(3, 0.8, 0.8),
                        appearance="random", degeneration=False, anatomy="primitive", preview=True),
+        TrainRequest(data="data dir", out="run", fold=2, folds=4, iterations=7, iterations_per_epoch=3, val_every=5,
+                     max_val_cases=2, base_width=8, norm="instance", device="cpu", resume=True, init="default",
+                     classes="levels", spacing_zyx_mm=(3, 3, 3.5), patch_size_zyx=(16, 32, 48), stride_zyx=(8, 16, 24),
+                     early_nerve_weight=2.5, stop_at=4, seed=9, batch_size=2, lr=1e-3, num_threads=2, precision="bf16",
+                     show_progress=False),
+        TrainRequest(data="d", out="r", epochs=3),
+        SegmentBatchRequest(inputs=("a.nii.gz", "b dir"), list_file="cases.csv", out_dir="out", suffix=".seg.nrrd",
+                            csv_path="c.csv", ray="auto", ray_cpus_per_actor=2, model="m.pt", device="cpu",
+                            smoothing_mm=0.0, blend="gaussian", stride_zyx=(10, 20, 30), batch_size=2, precision="fp32",
+                            tta=True, ensemble=("a.pt",), keep_islands=True, whole_volume=True, levels=True,
+                            level_model="l.pt", allow_gaps=True, force=True),
+        SegmentBatchRequest(out_dir="out", list_file="cases.csv", ray="local"),
     ]
     for request in examples:
         cls = type(request)
@@ -129,6 +146,22 @@ def test_ras_flips_x_and_y_of_every_coordinate():
     (EvaluateRequest, {"data": "d"}, ("not both",), InputError),
     (EvaluateRequest, {"class_names": "background"}, ("--classes", "at least one class"), InputError),
     (PhantomRequest, {"n": 0}, ("--n", ">= 1"), RequestError),
+    (TrainRequest, {"folds": 0}, ("--folds", ">= 1"), InputError),
+    (TrainRequest, {"fold": 5}, ("--fold must be in 0..4",), InputError),
+    (TrainRequest, {"epochs": 0}, ("--epochs", ">= 1"), InputError),
+    (TrainRequest, {"epochs": 2, "iterations": 3}, ("--epochs or --iterations, not both",), InputError),
+    (TrainRequest, {"batch_size": 0}, ("--batch-size", ">= 1"), InputError),
+    (TrainRequest, {"spacing_zyx_mm": (0.1, 1, 1)}, ("--spacing must be 3 voxel sizes within 0.3-10 mm",), InputError),
+    (TrainRequest, {"patch_size_zyx": (40, 64, 64)}, ("--patch must be 3 multiples of 16",), InputError),
+    (TrainRequest, {"stride_zyx": (20, 80, 40)}, ("--stride", "no larger than the window"), InputError),
+    (TrainRequest, {"early_nerve_weight": 0.0}, ("--early-nerve-weight must be a finite number > 0",), InputError),
+    (TrainRequest, {"early_nerve_weight": float("nan")}, ("--early-nerve-weight",), InputError),
+    (TrainRequest, {"precision": "half"}, ("--precision", "fp32, auto, bf16"), InputError),
+    (SegmentBatchRequest, {"ray_cpus_per_actor": 2}, ("--ray-cpus-per-actor is for --ray runs",), RequestError),
+    (SegmentBatchRequest, {"ray": "local", "ray_cpus_per_actor": 0}, ("--ray-cpus-per-actor", ">= 1"), RequestError),
+    (SegmentBatchRequest, {"smoothing_mm": 11}, ("--smoothing-mm", "0-10"), RequestError),
+    (SegmentBatchRequest, {"suffix": ".png"}, ("--suffix", ".nii.gz"), RequestError),
+    (SegmentBatchRequest, {"level_model": "l.pt"}, ("--level-model is used only with --levels",), RequestError),
 ])
 def test_invalid_values_are_refused_with_a_message_naming_the_option(cls, changes, words, error):
     with pytest.raises(error) as caught:
@@ -162,6 +195,11 @@ def test_unknown_options_and_bad_json_are_refused_by_name():
      ("--auto needs a level map",), 3),
     (["evaluate", "--out", "r", "--data", "d", "--pred", "p"], ("not both",), 3),
     (["phantom", "p", "--n", "0"], ("--n must be",), 2),
+    (["train", "data", "--out", "run", "--patch", "40", "64", "64"], ("--patch must be 3 multiples of 16",), 3),
+    (["train", "data", "--out", "run", "--fold", "5"], ("--fold must be in 0..4",), 3),
+    (["train", "data", "--out", "run"], ("dataset folder data not found",), 3),
+    (["segment-batch", "ct.nii.gz", "--out", "o", "--batch-size", "0"], ("--batch-size", "1-1024"), 2),
+    (["segment-batch", "ct.nii.gz", "--out", "o", "--level-model", "l.pt"], ("--level-model is used only",), 2),
 ])
 def test_invalid_cli_values_exit_non_zero_with_the_request_message(argv, words, code, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -292,3 +330,35 @@ def test_requests_import_only_the_standard_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_train_request_makes_the_trainers_default_config(tmp_path):
+    from spinect.requests import TRAIN_PRECISIONS
+    from spinect.train import PRECISIONS, TrainingConfig
+
+    assert TRAIN_PRECISIONS == PRECISIONS
+    request = TrainRequest(data=tmp_path, out=tmp_path / "run")
+    assert request.to_config() == TrainingConfig(data=tmp_path, out=tmp_path / "run")  # same defaults
+    chosen = request.replace(iterations=7, patch_size_zyx=(16, 32, 32), stride_zyx=(8, 16, 16), precision="auto",
+                             show_progress=False, num_threads=2).to_config(command="spinect train x")
+    assert (chosen.iterations, chosen.total_iterations, chosen.patch_size_zyx, chosen.stride_zyx) == \
+        (7, 7, (16, 32, 32), (8, 16, 16))
+    assert chosen.amp is None and not chosen.show_progress and chosen.num_threads == 2 and not chosen.grid_from_init
+    assert chosen.command == "spinect train x"
+    with pytest.raises(InputError, match=r"--init model .*nope.pt not found"):
+        request.replace(init=tmp_path / "nope.pt").to_config()
+
+
+def test_segment_batch_per_case_options_are_the_segment_requests():
+    from spinect.batch import SEGMENT_OPTIONS
+
+    assert SEGMENT_OPTIONS == SEGMENT_BATCH_OPTIONS
+    batch_fields = {f.name: f for f in dataclasses.fields(SegmentBatchRequest)}
+    for f in dataclasses.fields(SegmentRequest):
+        if f.name in SEGMENT_BATCH_OPTIONS:
+            assert batch_fields[f.name].default == f.default and batch_fields[f.name].metadata == f.metadata
+    assert {"input", "output", "overwrite", "uncertainty_output", "review_output"}.isdisjoint(SEGMENT_BATCH_OPTIONS)
+    request = SegmentBatchRequest(out_dir="out", smoothing_mm=0.5, precision="fp32", levels=True)
+    case = request.segment_request("ct.nii.gz", "out/ct.nii.gz")
+    assert case == SegmentRequest(input="ct.nii.gz", output="out/ct.nii.gz", smoothing_mm=0.5, precision="fp32",
+                                  levels=True, overwrite=True)

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from spinect.errors import InputError, SpinectError
+from spinect.requests import SEGMENT_BATCH_OPTIONS
 
 __all__ = ["BatchCase", "BatchResult", "collect_cases", "run_batch", "segment_case", "CSV_NAME", "SEGMENT_OPTIONS"]
 
@@ -44,9 +45,9 @@ log = logging.getLogger("spinect")
 #: The per-case CSV's default name in the output folder.
 CSV_NAME = "segment-batch.csv"
 
-#: :func:`spinect.api.segment` options a batch passes on to every case (outputs are the batch's own).
-SEGMENT_OPTIONS = ("model", "device", "smoothing_mm", "blend", "stride_zyx", "batch_size", "tta", "ensemble",
-                   "keep_islands", "whole_volume", "allow_untrained", "force", "allow_gaps", "levels", "level_model")
+#: :func:`spinect.api.segment` options a batch passes on to every case (outputs are the batch's own):
+#: those of :class:`spinect.requests.SegmentBatchRequest`, which takes them from :class:`SegmentRequest`.
+SEGMENT_OPTIONS = SEGMENT_BATCH_OPTIONS
 
 #: Stage timings copied into the CSV (seconds), when the run has them.
 _TIMED_STAGES = ("read", "network", "islands", "write")

@@ -12,6 +12,11 @@ derived from it:
   ``spinect serve`` takes for its ``segment`` and ``triangles`` verbs;
 * a command line (:meth:`Request.to_argv`), e.g. for the Slicer module's child process.
 
+``spinect train`` (:class:`TrainRequest`, whose :meth:`TrainRequest.to_config` makes the
+trainer's config) and ``spinect segment-batch`` (:class:`SegmentBatchRequest`: the batch's own
+options plus :class:`SegmentRequest`'s per-case fields, copied with their defaults, help and
+checks) are derived the same way.
+
 >>> from spinect.requests import SegmentRequest
 >>> request = SegmentRequest(input="ct.nii.gz", output="ct.seg.nrrd", smoothing_mm=0.0)
 >>> SegmentRequest.from_json(request.to_json()) == request
@@ -51,7 +56,11 @@ __all__ = [
     "EvaluateRequest",
     "PhantomRequest",
     "ReportRequest",
+    "TrainRequest",
+    "SegmentBatchRequest",
     "REQUESTS",
+    "SEGMENT_BATCH_OPTIONS",
+    "TRAIN_PRECISIONS",
     "option",
     "add_arguments",
     "from_args",
@@ -86,7 +95,8 @@ def option(default: Any = MISSING, *, help: str, kind: str = "str", flag: str | 
            bounds: tuple[float, float] | None = None, unit: str = "", describe: str | None = None,
            cli: bool = True, cli_required: bool = False, group: str | None = None, negative_flag: str | None = None,
            separator: str | None = None, image: bool = False, default_text: str | None = None,
-           coordinates: bool = False, negative_help: str | None = None, what: str | None = None) -> Any:
+           coordinates: bool = False, negative_help: str | None = None, what: str | None = None,
+           const: str | None = None) -> Any:
     """A request field with everything the CLI, the API and JSON need to know about it.
 
     Args:
@@ -113,12 +123,17 @@ def option(default: Any = MISSING, *, help: str, kind: str = "str", flag: str | 
         image: a ``path`` that may also be an in-memory SimpleITK image (API only).
         default_text: how ``--help`` states a default of None ("the model's").
         coordinates: a point option (LPS mm) that ``--ras`` flips.
+        const: for a ``str`` option whose value may be left out on the CLI: the value then
+            (``--ray`` alone means ``--ray local``).
+
+    A positional ``paths`` option takes zero or more paths on the CLI.
     """
     metadata = {key: value for key, value in dict(
         help=help, kind=kind, flag=flag, aliases=tuple(aliases), positional=positional, count=count, metavar=metavar,
         choices=None if choices is None else tuple(choices), bounds=bounds, unit=unit, describe=describe, cli=cli,
         cli_required=cli_required, group=group, negative_flag=negative_flag, separator=separator, image=image,
-        default_text=default_text, coordinates=coordinates, negative_help=negative_help, what=what).items()}
+        default_text=default_text, coordinates=coordinates, negative_help=negative_help, what=what,
+        const=const).items()}
     if default is MISSING:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -402,7 +417,7 @@ class Request:
             if _is_image(value):
                 raise self.error(f"{option_name(f)} is an in-memory image; a command line needs a file path")
             if m.get("positional"):
-                argv.append(os.fspath(value))
+                argv += [os.fspath(v) for v in value] if m.get("kind") == "paths" else [os.fspath(value)]
                 continue
             if value == f.default and not (m.get("cli_required") and value is not None):
                 continue
@@ -724,9 +739,216 @@ class ReportRequest(Request):
                              negative_help="refuse to replace existing files")
 
 
+#: ``spinect train --precision`` values -> :attr:`spinect.train.TrainingConfig.amp` (the same as
+#: :data:`spinect.train.PRECISIONS`, which ``test_requests`` checks): fp32 = float32 (reproducible),
+#: auto = bfloat16 where the device computes it natively, bf16 = always.
+TRAIN_PRECISIONS: dict[str, bool | None] = {"fp32": False, "auto": None, "bf16": True}
+
+#: Training window and stride of SPINECT (a stride is checked against the window when no ``--patch`` is given).
+_SPINECT_PATCH_ZYX = (32, 64, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest(Request):
+    """``spinect train DATA --out RUN_DIR``: the options of one training run.
+
+    :meth:`to_config` turns it into the :class:`spinect.train.TrainingConfig` that
+    :func:`spinect.api.train` runs (``epochs`` None = 100; ``spacing_zyx_mm``, ``patch_size_zyx``
+    and ``stride_zyx`` None = SPINECT's grid, or the ``--init`` model's). Option errors are input
+    errors (exit code 3), as the dataset checks are.
+    """
+
+    verb: ClassVar[str] = "train"
+    error: ClassVar[type[SpinectError]] = RequestInputError
+
+    data: Path = option(kind="path", positional=True,
+                        help="dataset folder: manifest.json, or <id>_ct.nii.gz + <id>_labels.nii.gz (or <id>.seg.nrrd) "
+                             "pairs")
+    out: Path = option(kind="path", help="run folder for checkpoints and logs")
+    fold: int = option(0, kind="int", bounds=(0, math.inf), help="test fold held out (0..folds-1)")
+    folds: int = option(5, kind="int", bounds=(1, math.inf), help="number of folds (5: 32:8:10 of 50 cases)")
+    epochs: int | None = option(None, kind="int", bounds=(1, math.inf), group="length",
+                                help="epochs of --iterations-per-epoch iterations", default_text="100")
+    iterations: int | None = option(None, kind="int", bounds=(1, math.inf), group="length",
+                                    help="training iterations (instead of --epochs)")
+    iterations_per_epoch: int = option(100, kind="int", bounds=(1, math.inf), help="iterations per epoch")
+    val_every: int = option(100, kind="int", bounds=(1, math.inf),
+                            help="validate every N iterations (100 as SPINECT)")
+    max_val_cases: int | None = option(None, kind="int", bounds=(1, math.inf),
+                                       help="validate on at most N validation cases", default_text="all")
+    base_width: int = option(32, kind="int", bounds=(1, math.inf),
+                             help="channels of the first U-Net level (32: the paper's 22.6 M parameters)")
+    norm: str = option("batch", choices=("batch", "instance", "none"), help="normalisation layers")
+    device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    resume: bool = option(False, kind="bool", help="continue the run in --out from its last_state.pt")
+    init: Path | None = option(None, kind="path", metavar="MODEL.pt",
+                               help="fine-tune: start from this model's weights ('default': the shipped model; its "
+                                    "architecture, grid and HU normalisation are kept; e.g. the default model, then "
+                                    "your own corrected cases)")
+    classes: str = option("spinect", choices=("spinect", "levels"),
+                          help="spinect: background, bone, nerve; levels: L1-L5, sacrum, ilium, other bone, dural sac, "
+                               "roots (phantom cases take them from their structure maps); a level model still gives "
+                               "bone and nerve, and `segment --levels` the vertebral levels. --init with a 3-class model "
+                               "starts each class as its bone or nerve")
+    spacing_zyx_mm: tuple[float, float, float] | None = option(
+        None, kind="floats", count=3, flag="--spacing", bounds=(0.3, 10.0), unit="mm", metavar=("Z", "Y", "X"),
+        describe="3 voxel sizes within 0.3-10 mm",
+        help="grid the network works on, mm (e.g. 3 3 3 for a level model that sees 96x192x192 mm per window)",
+        default_text="1 1 1, SPINECT's, or the --init model's")
+    patch_size_zyx: tuple[int, int, int] | None = option(
+        None, kind="ints", count=3, flag="--patch", bounds=(16, 256), metavar=("Z", "Y", "X"),
+        describe="3 multiples of 16 within 16-256 voxels (the U-Net halves it 4 times)",
+        help="training and inference window in voxels", default_text="32 64 64, SPINECT's")
+    stride_zyx: tuple[int, int, int] | None = option(
+        None, kind="ints", count=3, flag="--stride", bounds=(1, 100_000), metavar=("Z", "Y", "X"),
+        describe="3 positive integers no larger than the window",
+        help="sliding-window stride of the model's inference, voxels", default_text="20 40 40")
+    early_nerve_weight: float = option(20.0, kind="float", bounds=(0.0, math.inf), describe="a finite number > 0",
+                                       help="nerve class weight for the first 40 % of iterations (SPINECT's; then 2)")
+    stop_at: int | None = option(None, kind="int", bounds=(1, math.inf),
+                                 help="pause after N iterations (checkpointed; continue later with --resume)")
+    seed: int = option(0, kind="int", help="seed of the split, the network and the sampling")
+    batch_size: int = option(4, kind="int", bounds=(1, math.inf), help="patches per iteration and process")
+    lr: float = option(5e-4, kind="float", bounds=(0.0, math.inf), help="Adam learning rate")
+    num_threads: int | None = option(None, kind="int", flag="--threads", bounds=(1, math.inf),
+                                     help="CPU threads for torch", default_text="torch's choice")
+    precision: str = option("fp32", choices=tuple(TRAIN_PRECISIONS),
+                            help="fp32: reproducible; auto: bfloat16 mixed precision where the GPU/CPU computes it "
+                                 "natively (about 1.6x faster per step on such CPUs, not bit-reproducible); bf16: always")
+    show_progress: bool = option(True, kind="bool", negative_flag="--no-progress", help="progress bar",
+                                 negative_help="no progress bar")
+
+    def _check(self) -> None:
+        if self.fold >= self.folds:
+            raise self.error(f"--fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.epochs is not None and self.iterations is not None:
+            raise self.error("give --epochs or --iterations, not both")
+        if self.early_nerve_weight <= 0:
+            raise self.error(f"--early-nerve-weight must be a finite number > 0, got {self.early_nerve_weight!r}")
+        if self.patch_size_zyx is not None and any(v % 16 for v in self.patch_size_zyx):
+            raise self.error("--patch must be 3 multiples of 16 within 16-256 voxels (the U-Net halves it 4 times), "
+                             f"got {list(self.patch_size_zyx)}")
+        window = self.patch_size_zyx or _SPINECT_PATCH_ZYX
+        if self.stride_zyx is not None and any(st > pa for st, pa in zip(self.stride_zyx, window)):
+            raise self.error(f"--stride must be 3 positive integers no larger than the window {list(window)}, "
+                             f"got {list(self.stride_zyx)}")
+
+    @property
+    def amp(self) -> bool | None:
+        """The trainer's mixed-precision switch for :attr:`precision` (see :data:`TRAIN_PRECISIONS`)."""
+        return TRAIN_PRECISIONS[self.precision]
+
+    def to_config(self, *, command: str = ""):
+        """The :class:`spinect.train.TrainingConfig` of this request (imports PyTorch).
+
+        ``command`` is recorded in the model's provenance. Checks the files: the dataset folder,
+        and the ``init`` model (``default`` names the shipped model).
+
+        Raises:
+            RequestInputError: no dataset folder, or no ``init`` model file.
+        """
+        from spinect.train import TrainingConfig
+
+        if not self.data.is_dir():
+            raise self.error(f"dataset folder {self.data} not found; pass a folder with manifest.json or "
+                             "<id>_ct/<id>_labels pairs")
+        init = None
+        if self.init is not None:
+            from spinect.model_file import default_model_path
+
+            init = default_model_path() if os.fspath(self.init) == "default" else self.init
+            if not init.is_file():
+                raise self.error(f"--init model {os.fspath(self.init)} not found; pass a .pt model file (or 'default' "
+                                 "for the shipped model)")
+        grid = {name: getattr(self, name) for name in ("spacing_zyx_mm", "patch_size_zyx", "stride_zyx")
+                if getattr(self, name) is not None}
+        return TrainingConfig(
+            data=self.data, out=self.out, fold=self.fold, folds=self.folds,
+            epochs=self.epochs if self.epochs is not None else 100, iterations_per_epoch=self.iterations_per_epoch,
+            iterations=self.iterations, val_every=self.val_every, max_val_cases=self.max_val_cases,
+            base_width=self.base_width, norm=self.norm, device=self.device, resume=self.resume, stop_at=self.stop_at,
+            seed=self.seed, batch_size=self.batch_size, lr=self.lr, num_threads=self.num_threads,
+            show_progress=self.show_progress, amp=self.amp, init=init, classes=self.classes,
+            early_nerve_weight=self.early_nerve_weight, **grid, grid_from_init=not grid, command=command)
+
+
+def _per_case(name: str) -> Any:
+    """A :class:`SegmentBatchRequest` field that is :class:`SegmentRequest`'s ``name`` (default, help, checks)."""
+    f = SegmentRequest.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentBatchRequest(Request):
+    """``spinect segment-batch INPUTS... | --list cases.csv --out DIR``: a cohort with one loaded model.
+
+    The batch's own options (inputs, case list, output folder and format, CSV, Ray), and the
+    :class:`SegmentRequest` options that apply to every case (:data:`SEGMENT_BATCH_OPTIONS`:
+    same defaults, help and checks, taken from :class:`SegmentRequest`'s fields). Each case is
+    ``SegmentRequest(input=case, output=OUT/<case><suffix>, overwrite=True, **segment_options())``.
+    """
+
+    verb: ClassVar[str] = "segment-batch"
+
+    inputs: tuple[Path, ...] = option((), kind="paths", positional=True, metavar="INPUT",
+                                      help="CT files (NIfTI, NRRD, MHA) or DICOM series folders")
+    list_file: Path | None = option(None, kind="path", flag="--list", metavar="CASES.csv",
+                                    help="CSV with an 'input' column (and optionally 'case', the output name); relative "
+                                         "paths are relative to the CSV's folder")
+    out_dir: Path = option(kind="path", flag="--out", metavar="DIR", help="output folder (created if missing)")
+    suffix: str = option(".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"),
+                         help="output format (.nii.gz: label maps)")
+    csv_path: Path | None = option(None, kind="path", flag="--csv", metavar="PATH", help="per-case CSV",
+                                   default_text="DIR/segment-batch.csv")
+    ray: str | None = option(None, const="local", metavar="ADDRESS",
+                             help="run the cases on Ray actors (one per GPU or per group of CPUs, each loading the "
+                                  "model once): without ADDRESS a local Ray instance on this machine's CPUs/GPUs, with "
+                                  "one (auto, HOST:6379, ray://HOST:10001) an existing cluster whose nodes all see the "
+                                  "inputs and --out. Needs `pip install 'spinect[ray]'`")
+    ray_cpus_per_actor: int | None = option(None, kind="int", bounds=(1, math.inf), metavar="N",
+                                            help="with --ray on CPUs: CPUs per actor (at most the cluster's CPUs)",
+                                            default_text="4")
+    # -- the per-case options: SegmentRequest's
+    model: Path | None = _per_case("model")
+    device: str = _per_case("device")
+    smoothing_mm: float | None = _per_case("smoothing_mm")
+    blend: str | None = _per_case("blend")
+    stride_zyx: tuple[int, int, int] | None = _per_case("stride_zyx")
+    batch_size: int = _per_case("batch_size")
+    precision: str = _per_case("precision")
+    tta: bool = _per_case("tta")
+    ensemble: tuple[Path, ...] = _per_case("ensemble")
+    keep_islands: bool = _per_case("keep_islands")
+    whole_volume: bool = _per_case("whole_volume")
+    levels: bool = _per_case("levels")
+    level_model: Path | None = _per_case("level_model")
+    allow_gaps: bool = _per_case("allow_gaps")
+    force: bool = _per_case("force")
+    allow_untrained: bool = _per_case("allow_untrained")
+
+    def _check(self) -> None:
+        if self.ray_cpus_per_actor is not None and self.ray is None:
+            raise self.error("--ray-cpus-per-actor is for --ray runs; add --ray or leave it out")
+        self.segment_request(input="case")  # SegmentRequest's checks of several options (--level-model, ...)
+
+    def segment_options(self) -> dict[str, Any]:
+        """The :class:`SegmentRequest` options of every case (keywords of :func:`spinect.api.segment_batch`)."""
+        return {name: getattr(self, name) for name in SEGMENT_BATCH_OPTIONS}
+
+    def segment_request(self, input: Any, output: Any = None) -> SegmentRequest:
+        """The request of one case (its outputs replaced atomically, as a batch resumes by them)."""
+        return SegmentRequest(input=input, output=output, overwrite=True, **self.segment_options())
+
+
+#: The :class:`SegmentRequest` options a batch passes on to every case (its outputs are the batch's own).
+SEGMENT_BATCH_OPTIONS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(SegmentBatchRequest) if f.name in SegmentRequest.__dataclass_fields__)
+
+
 #: Request class per verb.
 REQUESTS: dict[str, type[Request]] = {cls.verb: cls for cls in
-                                      (SegmentRequest, TrianglesRequest, EvaluateRequest, PhantomRequest, ReportRequest)}
+                                      (SegmentRequest, TrianglesRequest, EvaluateRequest, PhantomRequest, ReportRequest,
+                                       TrainRequest, SegmentBatchRequest)}
 
 
 # ----------------------------------------------------------------------------------- argparse
@@ -783,6 +1005,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Request]) -> argpar
             kwargs["choices"] = m["choices"]
             kwargs.setdefault("metavar", "{" + ",".join(m["choices"]) + "}")
         if m.get("positional"):
+            if kind == "paths":
+                kwargs.update(nargs="*", default=[] if f.default is MISSING else list(f.default))
             target.add_argument(f.name, **kwargs)
             continue
         names = [option_name(f), *m.get("aliases", ())]
@@ -811,6 +1035,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Request]) -> argpar
             kwargs["nargs"] = "+" if m["count"] == "+" else 3 * m["count"]
         elif kind in ("paths",) or (kind == "strs" and not m.get("separator")):
             kwargs["nargs"] = "+"
+        elif m.get("const") is not None:
+            kwargs.update(nargs="?", const=m["const"])
         target.add_argument(*names, **kwargs)
     return parser
 
