@@ -133,3 +133,57 @@ def test_segment_image_on_int16_ct_equals_float32_ct():
     assert ints.labels.GetSpacing() == floats.labels.GetSpacing() == (0.7, 0.8, 1.3)
     assert ints.labels.GetDirection() == floats.labels.GetDirection()
     assert [r.voxels for r in ints.removed_islands] == [r.voxels for r in floats.removed_islands]
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 4096])
+def test_island_surfaces_marked_in_chunks_give_the_same_labels_and_removal_lists(monkeypatch, chunk):
+    """:meth:`_Components.surface` marks its positions a bounded number at a time; any chunk gives the same result."""
+    import sys
+    from pathlib import Path
+
+    import spinect.postprocess.islands as islands
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_islands import many_island_map
+
+    labels = many_island_map(120, shape=(50, 90, 100), seed=7)
+    expected, expected_removed = islands.suppress_islands(labels, (1.0, 0.7, 0.7))
+    monkeypatch.setattr(islands, "_SURFACE_CHUNK", chunk)
+    cleaned, removed = islands.suppress_islands(labels, (1.0, 0.7, 0.7))
+    np.testing.assert_array_equal(cleaned, expected)
+    assert removed == expected_removed and len(removed) > 20
+
+
+@pytest.mark.parametrize("block", [8, 50, 1 << 24])
+def test_runs_found_a_block_of_rows_at_a_time_are_the_same(monkeypatch, block):
+    """:func:`spinect.postprocess.runs.label_runs` finds runs a block of whole rows at a time; any block size gives
+    the same runs and components."""
+    import spinect.postprocess.runs as runs_module
+
+    rng = np.random.default_rng(11)
+    labels = (rng.random((23, 19, 37)) < 0.3).astype(np.uint8) * rng.integers(1, 3, size=(23, 19, 37)).astype(np.uint8)
+    expected = runs_module.label_runs(labels)
+    monkeypatch.setattr(runs_module, "_RUN_BLOCK_VOXELS", block)
+    found = runs_module.label_runs(labels)
+    for name in ("start", "length", "value", "component", "count"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(expected, name))
+        assert getattr(found, name).dtype == getattr(expected, name).dtype
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (0.5, 0.7, 0.3), (0.25, 1.0, 0.5)])
+@pytest.mark.parametrize("block", [1, 700, 5000])
+def test_median_smoothing_a_block_of_slices_at_a_time_gives_the_same_labels(monkeypatch, spacing, block):
+    """:func:`spinect.postprocess.median_smooth_labels` smooths blocks of z-slices with the kernel's reach around
+    them; any block size gives the labels of one pass (kernels reaching 0, 1 and 3 slices in z)."""
+    import spinect.postprocess.smoothing as smoothing
+
+    rng = np.random.default_rng(13)
+    labels = np.zeros((31, 24, 29), np.uint8)
+    labels[3:27, 4:20, 5:25] = rng.integers(0, 3, size=(24, 16, 20))
+    labels[0:6, 0:5, 0:7] = 1  # at the volume's edges: replicated there only
+    labels[-4:, -6:, -3:] = 2
+    expected = smoothing.median_smooth_labels(labels, spacing, kernel_mm=1.5)
+    monkeypatch.setattr(smoothing, "_SMOOTH_BLOCK_VOXELS", block)
+    smoothed = smoothing.median_smooth_labels(labels, spacing, kernel_mm=1.5)
+    np.testing.assert_array_equal(smoothed, expected)
+    assert (expected != labels).any() and len(np.unique(expected)) == 3

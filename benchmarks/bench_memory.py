@@ -121,15 +121,7 @@ def run_segment(ct: Path, out: Path, args) -> dict:
     report = json.loads(report_path.read_text())
     report_path.unlink()
     report["process_s"] = process_s
-    report["precision"] = _precision(done.stderr)
     return report
-
-
-def _precision(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if "precision" in line.lower() or "bfloat16" in line or "float32" in line:
-            return line.strip()
-    return "?"
 
 
 def labels_hash(path: Path) -> str:
@@ -181,6 +173,8 @@ def render(rows: list[dict], info: dict, args) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         peak_stage = next((s["stage"] for s in r["stages"] if s["VmHWM"] >= r["VmHWM"] - 1), "after the stages")
+        if peak_stage.endswith(" (start)"):  # set between the end of one stage and the start of this one
+            peak_stage = "before " + peak_stage[: -len(" (start)")]
         lines.append(f"| {r['size_xyz']} | {r['voxels'] / 1e6:.1f} M | {r['VmHWM']:.0f} MiB ({r['VmHWM'] * 2**20 / 1e9:.2f} GB) "
                      f"| {peak_stage} | {'yes' if r['VmHWM'] * 2**20 <= 2e9 else '**no**'} | {r['process_s']:.1f} | "
                      f"{r.get('labels_sha256', '–')} |")

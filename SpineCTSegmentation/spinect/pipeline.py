@@ -231,15 +231,22 @@ def prepare_network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> tup
     from spinect.profiling import StageTimer
 
     timer = timer or StageTimer()
+    resampled = _resample_for_network(ct, plan, timer)
+    return resampled, _normalise_for_network(resampled, plan, timer)
+
+
+def _resample_for_network(ct: sitk.Image, plan: ModelPlan, timer) -> sitk.Image:
     spacing_xyz = tuple(reversed(plan.spacing_zyx_mm))
     with timer.stage("resample"):
         # Straight to float32: an integer CT needs no float32 copy first (the same voxels, bit for bit).
-        resampled = resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0,
-                                        pixel_type=sitk.sitkFloat32)
+        return resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0,
+                                   pixel_type=sitk.sitkFloat32)
+
+
+def _normalise_for_network(resampled: sitk.Image, plan: ModelPlan, timer) -> np.ndarray:
     with timer.stage("normalise"):
         array_hu = sitk.GetArrayViewFromImage(resampled)
-        normalised = normalise_hu(array_hu, hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
-    return resampled, normalised
+        return normalise_hu(array_hu, hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
 
 
 def warn_if_smaller_than_window(shape_zyx: Sequence[int], plan: ModelPlan) -> list[str]:
@@ -267,37 +274,49 @@ def warn_if_smaller_than_window(shape_zyx: Sequence[int], plan: ModelPlan) -> li
 
 @dataclass
 class NetworkInput:
-    """A CT made ready for the network: what :func:`segment_network_input` needs of it.
+    """A CT resampled for the network: what :func:`segment_network_input` needs of it.
 
     Attributes:
-        volume: normalised float32 (z, y, x) array on the network's grid; :func:`segment_network_input`
-            takes it (sets this to None) and frees it once the network has run.
+        resampled: the CT in HU (float32) on the network's grid; :meth:`take_volume` normalises it
+            and drops it.
         network_grid: the network's grid (the plan's spacing over the CT's extent).
         input_grid: the CT's grid, where the labels go; the CT's voxels are not kept.
+        plan: gives the HU window and z-score statistics.
+        timer: optional :class:`spinect.profiling.StageTimer` (stage ``normalise``).
     """
 
-    volume: np.ndarray | None
+    resampled: sitk.Image | None
     network_grid: ImageGrid
     input_grid: ImageGrid
+    plan: ModelPlan
+    timer: Any = None
 
     def take_volume(self) -> np.ndarray:
-        volume, self.volume = self.volume, None
-        if volume is None:
+        """The normalised float32 (z, y, x) volume (:func:`prepare_network_input`'s); once only:
+        the resampled HU image is dropped as it is normalised."""
+        from spinect.profiling import StageTimer
+
+        resampled, self.resampled = self.resampled, None
+        if resampled is None:
             raise SpinectError("this network input was already used (its volume is freed after one run)")
-        return volume
+        return _normalise_for_network(resampled, self.plan, self.timer or StageTimer())
 
 
 def network_input(ct: sitk.Image, plan: ModelPlan, *, timer=None) -> NetworkInput:
-    """Resample and normalise ``ct`` for the network (:func:`prepare_network_input`), keeping of
-    the CT and of its resampled HU copy only their grids, and warn when the CT is smaller than
-    one window (:func:`warn_if_smaller_than_window`).
+    """Resample ``ct`` for the network, keeping of the CT only its grid, and warn when it is
+    smaller than one window (:func:`warn_if_smaller_than_window`). The normalisation waits for
+    :meth:`NetworkInput.take_volume`.
 
     A caller that drops its own reference to ``ct`` afterwards frees the CT's voxels before the
-    network runs (:func:`spinect.api.segment` does; issue 17: 600 MiB at 512×512×600 in float32).
+    normalised copy is made and the network runs (:func:`spinect.api.segment` does; issue 17:
+    600 MiB at 512×512×600 in float32, 300 MiB as int16).
     """
-    resampled, volume = prepare_network_input(ct, plan, timer=timer)
-    warn_if_smaller_than_window(volume.shape, plan)
-    return NetworkInput(volume, ImageGrid(resampled), ImageGrid(ct))
+    from spinect.profiling import StageTimer
+
+    timer = timer or StageTimer()
+    resampled = _resample_for_network(ct, plan, timer)
+    warn_if_smaller_than_window(tuple(reversed(resampled.GetSize())), plan)
+    return NetworkInput(resampled, ImageGrid(resampled), ImageGrid(ct), plan, timer)
 
 
 def air_threshold(plan: ModelPlan, air_hu: float = AIR_HU) -> float:

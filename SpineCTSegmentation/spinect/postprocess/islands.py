@@ -132,6 +132,10 @@ def suppress_islands(
     return labels, removed
 
 
+#: Surface positions marked at a time in :meth:`_Components.surface` (bounds its temporaries to ~64 MiB).
+_SURFACE_CHUNK = 1 << 22
+
+
 class _Components:
     """One class's 26-connected components inside the class's box (its voxels' box grown by one voxel).
 
@@ -162,8 +166,11 @@ class _Components:
         self.ids, self.length = runs.component[chosen], runs.length[chosen]
         self.run_first = np.cumsum(self.length) - self.length  # index of each run's first voxel in ``voxels``
         self.row_start = (self.z * self.shape[1] + self.y) * self.shape[2]
-        offsets = np.arange(int(self.length.sum()), dtype=np.int64) - np.repeat(self.run_first, self.length)
-        self.voxels = (np.repeat(self.row_start + self.x0, self.length) + offsets, np.repeat(self.ids, self.length))
+        # Flat index of voxel i (of run r): row_start + x0 + (i - run_first), summed in place (two voxel-sized
+        # int64 arrays at once rather than four).
+        flat = np.repeat(self.row_start + self.x0 - self.run_first, self.length)
+        flat += np.arange(len(flat), dtype=np.int64)
+        self.voxels = (flat, np.repeat(self.ids, self.length))
         self.sizes = np.bincount(self.voxels[1], minlength=self.count + 1)
         self.sizes[0] = int(np.prod(self.shape)) - int(self.sizes[1:].sum())
         self.box_start = np.full((self.count + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
@@ -198,7 +205,25 @@ class _Components:
         nzb, nyb, nxb = self.shape
         index = np.arange(len(self.ids))
         start, end = self.row_start + self.x0, self.row_start + self.x1  # flat, increasing
-        pieces_run, pieces_a, pieces_b = [index, index], [self.x0, self.x1 - 1], [self.x0 + 1, self.x1]
+        on_surface = np.zeros(len(self.voxels[0]), dtype=bool)
+
+        def mark(run: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+            """Mark voxels x in [a, b) of runs ``run``. Pieces are marked as they are found, a bounded
+            number of positions at a time (issue 17: collected first, they took 370 MiB at once on a
+            512×512×600 CT's bone)."""
+            ok = b > a
+            run, a, n = run[ok], a[ok], (b - a)[ok]
+            first = self.run_first[run] + a - self.x0[run]  # each piece's first position in ``voxels``
+            ends = np.cumsum(n)
+            cuts = np.searchsorted(ends, np.arange(_SURFACE_CHUNK, int(ends[-1]) if len(ends) else 0, _SURFACE_CHUNK))
+            for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(n)]])):
+                m = n[lo:hi]
+                position = np.repeat(first[lo:hi] - (np.cumsum(m) - m), m)
+                position += np.arange(len(position))
+                on_surface[position] = True
+
+        mark(index, self.x0, self.x0 + 1)
+        mark(index, self.x1 - 1, self.x1)
         for dz, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
             valid = (self.z + dz >= 0) & (self.z + dz < nzb) & (self.y + dy >= 0) & (self.y + dy < nyb)
             target = self.row_start + (dz * nyb + dy) * nxb  # the neighbouring row's first flat index
@@ -207,26 +232,15 @@ class _Components:
             hi = np.searchsorted(start, target + self.x1, "left")
             n = np.where(valid, np.maximum(hi - lo, 0), 0)
             alone = n == 0
-            pieces_run.append(index[alone])
-            pieces_a.append(self.x0[alone])
-            pieces_b.append(self.x1[alone])
+            mark(index[alone], self.x0[alone], self.x1[alone])
             some = np.flatnonzero(~alone)
             first, last = lo[some], hi[some] - 1
-            pieces_run += [some, some]  # before the first covering run, after the last one
-            pieces_a += [self.x0[some], np.maximum(self.x0[some], self.x1[last])]
-            pieces_b += [np.minimum(self.x1[some], self.x0[first]), self.x1[some]]
+            # before the first covering run, after the last one
+            mark(some, self.x0[some], np.minimum(self.x1[some], self.x0[first]))
+            mark(some, np.maximum(self.x0[some], self.x1[last]), self.x1[some])
             gaps = n[some] - 1  # between consecutive covering runs
             k = np.repeat(first, gaps) + (np.arange(int(gaps.sum())) - np.repeat(np.cumsum(gaps) - gaps, gaps))
-            pieces_run.append(np.repeat(some, gaps))
-            pieces_a.append(self.x1[k])
-            pieces_b.append(self.x0[k + 1])
-        run, a, b = (np.concatenate(v) for v in (pieces_run, pieces_a, pieces_b))
-        ok = b > a
-        run, a, n = run[ok], a[ok], (b - a)[ok]
-        position = np.repeat(self.run_first[run] + a - self.x0[run], n) + (np.arange(int(n.sum())) -
-                                                                           np.repeat(np.cumsum(n) - n, n))
-        on_surface = np.zeros(len(self.voxels[0]), dtype=bool)
-        on_surface[position] = True
+            mark(np.repeat(some, gaps), self.x1[k], self.x0[k + 1])
         self._surface = (self.voxels[0][on_surface], self.voxels[1][on_surface])
         return self._surface
 

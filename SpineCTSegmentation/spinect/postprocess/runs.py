@@ -73,6 +73,23 @@ def _labelled_flat_indices(flat: np.ndarray) -> np.ndarray:
     return found
 
 
+#: Voxels of the label map whose runs :func:`label_runs` finds at a time.
+_RUN_BLOCK_VOXELS = 1 << 24
+
+
+def _runs_of(flat: np.ndarray, offset: int, nx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, length, value) of the runs of ``flat``, whole rows of ``nx`` voxels from flat index ``offset``."""
+    voxels = _labelled_flat_indices(flat)
+    values = flat[voxels]
+    voxels += offset
+    # A run starts where the flat index jumps, the label changes or a new row begins.
+    is_start = np.ones(len(voxels), dtype=bool)
+    if len(voxels) > 1:
+        is_start[1:] = (np.diff(voxels) != 1) | (values[1:] != values[:-1]) | (voxels[1:] % nx == 0)
+    first = np.flatnonzero(is_start)
+    return voxels[first], np.diff(np.append(first, len(voxels))).astype(np.int64), values[first]
+
+
 def label_runs(labels_zyx: np.ndarray) -> Runs:
     """Runs of a (z, y, x) uint8 label map and the 26-connected components of each label.
 
@@ -87,16 +104,12 @@ def label_runs(labels_zyx: np.ndarray) -> Runs:
         raise ValueError(f"expected a (z, y, x) label map, got {labels.ndim} dimensions")
     nz, ny, nx = labels.shape
     flat = labels.reshape(-1)
-    voxels = _labelled_flat_indices(flat)
-    values = flat[voxels]
-    # A run starts where the flat index jumps, the label changes or a new row begins.
-    is_start = np.ones(len(voxels), dtype=bool)
-    if len(voxels) > 1:
-        is_start[1:] = (np.diff(voxels) != 1) | (values[1:] != values[:-1]) | (voxels[1:] % nx == 0)
-    first = np.flatnonzero(is_start)
-    start = voxels[first]
-    length = np.diff(np.append(first, len(voxels))).astype(np.int64)
-    value = values[first]
+    # Runs never cross a row: find them a block of whole rows at a time (issue 17: the labelled voxels'
+    # indices at once took ~300 MiB on a 512×512×600 CT's 1 mm grid).
+    rows = max(8, _RUN_BLOCK_VOXELS // max(nx, 1) // 8 * 8)  # blocks start on 8-byte words
+    parts = [_runs_of(flat[r * nx:(r + rows) * nx], r * nx, nx) for r in range(0, max(nz * ny, 1), rows)]
+    start, length, value = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    del parts
     end = start + length  # flat index one past the run's last voxel (increasing too)
     row, x0 = start // nx, start % nx
     x1 = x0 + length  # exclusive
