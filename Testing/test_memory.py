@@ -71,14 +71,14 @@ def test_predict_labels_equals_argmax_of_probabilities(blend, case):
     assert len(np.unique(expected)) >= 2  # the test sees more than background
 
 
-def test_predict_labels_equals_argmax_with_the_unet_in_bfloat16():
-    """The compact U-Net, autocast/bfloat16 where the CPU has it: both paths run the same windows."""
+def test_predict_labels_equals_argmax_with_the_unet_in_the_cpus_precision():
+    """The compact U-Net in the precision the CPU picks (bfloat16 where native, else float32): same windows."""
     network = build_network(base_width=4, levels=3, num_classes=3)
     torch.manual_seed(1)
     for parameter in network.parameters():
         parameter.data.normal_(0.0, 0.3)
     volume = _two_bodies(shape=(70, 40, 70))
-    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu", amp=True, skip_below=-2.0)
+    options = dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu", amp=None, skip_below=-2.0)
     expected = argmax_labels(predict_probabilities(volume, network, **options))
     np.testing.assert_array_equal(predict_labels(volume, network, **options), expected)
 

@@ -58,9 +58,16 @@ def stage(self, name):
         yield
     stages.append(dict(stage=name, **status()))
 profiling.StageTimer.stage = stage
+timers = []
+_init = profiling.StageTimer.__init__
+def init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    timers.append(self)
+profiling.StageTimer.__init__ = init
 from spinect.cli import main
 code = main(sys.argv[2:])
-report = dict(code=code, wall_s=time.perf_counter() - started, stages=stages, **status())
+report = dict(code=code, wall_s=time.perf_counter() - started, stages=stages,
+              timings_s=dict(timers[0].seconds) if timers else {}, **status())
 with open(sys.argv[1], 'w') as f:
     json.dump(report, f)
 sys.exit(code)
