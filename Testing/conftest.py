@@ -58,6 +58,36 @@ def make_synthetic_ct(*, size_xyz=(48, 40, 20), spacing_xyz=(0.8, 0.8, 2.0), see
     return image
 
 
+def write_synthetic_cts(folder: Path, count: int) -> list[Path]:
+    """``count`` small synthetic CTs (seeds 0..count-1) as ``folder/case{i}.nii.gz``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"case{i}.nii.gz"
+        sitk.WriteImage(make_synthetic_ct(seed=i, size_xyz=(40, 36, 16)), str(path))
+        paths.append(path)
+    return paths
+
+
+def csv_rows(path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def process_group_gone(pid: int) -> bool:
+    """True when no process of the group ``pid`` is left."""
+    import os
+
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @pytest.fixture
 def synthetic_ct_path(tmp_path) -> Path:
     path = tmp_path / "ct.nii.gz"

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_synthetic_ct
+from conftest import csv_rows as _rows
+from conftest import write_synthetic_cts
 from spinect.api import segment, segment_batch
 from spinect.cli import main
 from spinect.errors import InputError, SpinectError
 
 
-def _rows(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 @pytest.fixture
 def cts(tmp_path):
-    folder = tmp_path / "cts"
-    folder.mkdir()
-    paths = []
-    for i in range(3):
-        path = folder / f"case{i}.nii.gz"
-        sitk.WriteImage(make_synthetic_ct(seed=i, size_xyz=(40, 36, 16)), str(path))
-        paths.append(path)
-    return paths
+    return write_synthetic_cts(tmp_path / "cts", 3)
 
 
 def test_batch_equals_single_segment_and_loads_the_model_once(cts, tmp_path, tiny_model, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 
@@ -10,25 +9,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_synthetic_ct
+from conftest import csv_rows as _rows
+from conftest import write_synthetic_cts
 from spinect.api import segment_batch
 from spinect.cli import main
-
-
-def _rows(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture
 def cases(tmp_path):
     folder = tmp_path / "cts"
-    folder.mkdir()
-    paths = []
-    for i in range(2):
-        path = folder / f"case{i}.nii.gz"
-        sitk.WriteImage(make_synthetic_ct(seed=i, size_xyz=(40, 36, 16)), str(path))
-        paths.append(path)
+    paths = write_synthetic_cts(folder, 2)
     broken = folder / "broken.nii.gz"
     broken.write_bytes(b"this is not a NIfTI file")
     return [paths[0], broken, paths[1]]

@@ -24,6 +24,7 @@ MODULE_DIR = Path(__file__).resolve().parents[1] / "SpineCTSegmentation"
 sys.path.insert(0, str(MODULE_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import process_group_gone as _gone  # noqa: E402
 from SpineCTSegmentationLib.worker import WorkerClient, WorkerTrianglesJob, WorkerUnavailable  # noqa: E402
 
 phantom = pytest.importorskip("spinect.phantom")
@@ -34,14 +35,6 @@ LONG = 300.0  # generous limits so a loaded machine never fails a test (nothing 
 def _client(tmp_path, **kwargs) -> WorkerClient:
     return WorkerClient(python_executable=sys.executable, base_env=dict(os.environ), backend_dir=MODULE_DIR, cwd=tmp_path,
                         **kwargs)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_lazy_start_matching_answers_and_stop(tmp_path):

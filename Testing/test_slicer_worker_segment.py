@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,20 +32,13 @@ MODULE_DIR = Path(__file__).resolve().parents[1] / "SpineCTSegmentation"
 sys.path.insert(0, str(MODULE_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import process_group_gone as _gone  # noqa: E402
 from SpineCTSegmentationLib.backend import BackendRunner  # noqa: E402
 from SpineCTSegmentationLib.options import Device, ExistingSegments  # noqa: E402
 from SpineCTSegmentationLib.pipeline import BackendFailed, SegmentationJob, WorkerSegmentationJob  # noqa: E402
 from test_slicer_logic import slicer  # noqa: E402,F401 - slicer-core with the surface converter registered
 
 LONG = 300.0  # generous: a loaded machine must not fail a test (nothing here is timed)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture(scope="module")

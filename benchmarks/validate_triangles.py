@@ -264,8 +264,8 @@ def nolevel_rows(index, level, side, name, entry, labels, truth: EndplateFrame, 
                  mode: str) -> list[Row]:
     """Points mode as a physician uses it on a patient: three clicks, no level map, no endplate.
 
-    The endplate frame is fitted from the label map's bone through B and C
-    (:func:`spinect.geometry.measure.measure_triangle` without ``structures``). Rows: the fitted
+    The endplate frame is found from the clicks and the label map's bone
+    (:func:`spinect.geometry.endplate.endplate_frame_from_clicks`; a session without ``structures``). Rows: the fitted
     normal's angle to the truth's, the projected triangle area against the truth's table in the
     (0°, 0°), (30°, 0°) and best projected views (what a wrong frame spoils: 78-80° off at L5/S1
     gave half the area before the fit through B-C), and the free area against the continuous
@@ -273,15 +273,18 @@ def nolevel_rows(index, level, side, name, entry, labels, truth: EndplateFrame, 
     A refusal is a row too (``refused`` = 1), never a silent skip.
     """
     from spinect.errors import InputError
-    from spinect.geometry.measure import measure_triangle
+    from spinect.geometry.session import TriangleSession
 
     views = views_for(entry)
     rows: list[Row] = []
+    session = None
     for k, (theta, phi) in enumerate(views):
         common = (index, level, side, name, mode, theta, phi)
-        try:
-            result = measure_triangle(labels, level=level, side=side, triangle=name, points_lps_mm=pts,
-                                      theta_deg=theta, phi_deg=phi, allow_missing_nerve=True)
+        try:  # one session for the views: the one-shot measure_triangle's numbers, opened once
+            if session is None:
+                session = TriangleSession.open(labels, level=level, side=side, triangle=name, around_lps_mm=pts,
+                                               allow_missing_nerve=True)
+            result = session.measure("points", points_lps_mm=pts, theta_deg=theta, phi_deg=phi)
         except InputError as exc:
             print(f"case {index} {level} {side} {name} {mode}: refused: {exc}", file=sys.stderr)
             rows.append(Row(*common, "refused", 1.0, 0.0))

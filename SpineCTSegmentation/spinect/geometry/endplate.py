@@ -18,7 +18,7 @@ from spinect.geometry.frame import EndplateFrame, fit_plane, frame_from_endplate
 from spinect.geometry.projection import ObstacleFields
 
 __all__ = [
-    "cranial_surface_points", "endplate_frame_near", "endplate_frame_through_triangle", "endplate_frame_from_clicks",
+    "cranial_surface_points", "endplate_frame_near", "endplate_frame_from_clicks",
     "endplate_frame_from_structures", "MAX_TILT_DEG",
 ]
 
@@ -113,83 +113,6 @@ def endplate_frame_near(
     return EndplateFrame(centre, frame.normal, frame.left, frame.anterior)
 
 
-def endplate_frame_through_triangle(
-    fields: ObstacleFields,
-    labels_zyx: np.ndarray,
-    triangle_lps_mm: np.ndarray,
-    *,
-    radius_mm: float = 15.0,
-    band_mm: float = 2.0,
-    bone_label: int = 1,
-    min_support: int = 20,
-) -> EndplateFrame:
-    """Endplate frame of a clicked triangle: the plane through B and C best supported by bone.
-
-    B and C lie on the lower vertebra's superior endplate and A lies above it (both triangles), so
-    the endplate is one of the planes that hold the line B-C, turned about it by an angle. Each
-    angle (1 deg steps, normal towards A's side) is scored by the cranially facing bone surface
-    within ``radius_mm`` of the segment B-C that lies within ``band_mm`` of the plane and faces
-    along its normal (within 30 deg). A free fit near B alone fails where the S1 endplate is
-    steep: the superior articular process and the ala outnumber it (normals 75-80 deg off).
-
-    Args:
-        fields: the obstacle fields (their grid geometry is used).
-        labels_zyx: (Z, Y, X) labels on the fields' grid.
-        triangle_lps_mm: (3, 3) vertices A, B, C, LPS mm.
-        radius_mm: surface within this distance of the segment B-C is used.
-        band_mm: distance to the plane that counts as support.
-        bone_label: the bone label value.
-        min_support: fewer supporting surface voxels than this is an error.
-
-    Raises:
-        InputError: B and C coincide, A lies on the line B-C, or too little bone supports any plane.
-    """
-    a, b, c = np.asarray(triangle_lps_mm, float).reshape(3, 3)
-    axis = c - b
-    if np.linalg.norm(axis) < 1e-6:
-        raise InputError("B and C are the same point; place B and C apart on the endplate")
-    axis /= np.linalg.norm(axis)
-    up = (a - b) - ((a - b) @ axis) * axis  # A's side of the line, perpendicular to it
-    if np.linalg.norm(up) < 1e-6:
-        raise InputError("A lies on the line B-C; place A on the exiting root above the endplate")
-    e1 = up / np.linalg.norm(up)
-    e2 = np.cross(axis, e1)
-    points, normals = cranial_surface_points(np.asarray(labels_zyx) == bone_label, fields.index_to_lps,
-                                             max_tilt_deg=90.0, return_normals=True)
-    t = np.clip((points - b) @ axis, 0.0, float(np.linalg.norm(c - b)))
-    near = np.linalg.norm(points - (b + t[:, None] * axis), axis=1) <= radius_mm
-    points, normals = points[near], normals[near]
-    # normals with A on their positive side: angles within +-89 deg of e1
-    angles = np.radians(np.arange(-89.0, 90.0, 1.0))
-    candidates = np.cos(angles)[:, None] * e1 + np.sin(angles)[:, None] * e2  # (K, 3) unit
-    dist = np.abs((points - b) @ candidates.T)  # (N, K)
-    facing = normals @ candidates.T >= np.cos(np.radians(30.0))
-    support = ((dist <= band_mm) & facing).sum(axis=0)
-    best = int(np.argmax(support))
-    if support[best] < min_support:
-        raise InputError(
-            f"only {int(support[best])} cranially facing bone surface voxels support a plane through B and C; "
-            "place B and C on the lower vertebra's superior endplate, or give --endplate / --structures"
-        )
-    normal, origin = candidates[best], b
-    # refit freely on the connected supporting patch: clicks sit up to a few mm off the surface,
-    # so the plane through B-C only finds the endplate; the bone surface gives its tilt
-    link = 2.5 * _voxel_size(fields.index_to_lps)
-    for _ in range(3):
-        keep = (np.abs((points - origin) @ normal) <= band_mm) & (normals @ normal >= np.cos(np.radians(30.0)))
-        patch = _largest_cluster(points[keep], link_mm=link)
-        if len(patch) < min_support:
-            break
-        centroid, fitted, _ = fit_plane(patch)
-        fitted = fitted if fitted @ normal >= 0 else -fitted
-        if fitted @ candidates[best] < np.cos(np.radians(25.0)):
-            break  # the patch turned away from the plane the clicks give: keep the last fit
-        normal, origin = fitted, centroid
-    frame = frame_from_plane(origin, normal)
-    centre = 0.5 * (b + c)
-    return EndplateFrame(centre - ((centre - origin) @ frame.normal) * frame.normal, frame.normal, frame.left, frame.anterior)
-
-
 #: The endplate is looked for within this distance (mm) of the clicks.
 ENDPLATE_REACH_MM = 35.0
 #: It is then grown over the whole endplate in passes reaching this far (mm) from the start.
@@ -213,8 +136,8 @@ def endplate_frame_from_clicks(
     levels. The plane is first found where the clicks say it is, then fitted over the whole
     endplate, as the level-map fit (:func:`endplate_frame_from_structures`) does:
 
-    * Kambin: B and C lie on the endplate; the plane through B-C that the bone supports
-      (:func:`endplate_frame_through_triangle`).
+    * Kambin: B and C lie on the endplate and A above it; the best-supported plane within a few
+      mm of B and C that leaves A above it.
     * Safe triangle: its vertices lie on the upper vertebra (pedicle, body border, exiting root),
       so the endplate is the best-supported cranially facing plane *below* all three.
 
@@ -400,15 +323,9 @@ def _cluster_nearest(points: np.ndarray, seed: np.ndarray, *, link_mm: float) ->
 
     When that group is a speck (under 20 points: a click beside the endplate's rim), the largest group.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     if len(points) == 0:
         return points
-    pairs = cKDTree(points).query_pairs(link_mm, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
-    _, labels = connected_components(graph, directed=False)
+    labels = _point_clusters(points, link_mm=link_mm)
     nearest = labels == labels[np.argmin(np.linalg.norm(points - seed, axis=1))]
     return points[nearest] if nearest.sum() >= 20 else points[labels == np.bincount(labels).argmax()]
 
@@ -558,13 +475,16 @@ def _voxel_size(index_to_lps: np.ndarray) -> float:
 
 def _largest_cluster(points: np.ndarray, *, link_mm: float) -> np.ndarray:
     """The largest group of points linked within ``link_mm`` (single linkage)."""
+    labels = _point_clusters(points, link_mm=link_mm)
+    return points[labels == np.bincount(labels).argmax()]
+
+
+def _point_clusters(points: np.ndarray, *, link_mm: float) -> np.ndarray:
+    """(N,) single-linkage group of each point: pairs within ``link_mm`` joined (scipy graph components)."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
     pairs = cKDTree(points).query_pairs(link_mm, output_type="ndarray")
-    from scipy.sparse import coo_matrix
-
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
-    _, labels = connected_components(graph, directed=False)
-    biggest = np.bincount(labels).argmax()
-    return points[labels == biggest]
+    return connected_components(graph, directed=False)[1]

@@ -113,27 +113,11 @@ def count_windows(
     return total
 
 
-def predict_probabilities(
-    volume_zyx: np.ndarray | torch.Tensor,
-    network: torch.nn.Module,
-    *,
-    patch_size_zyx: Sequence[int] = (32, 64, 64),
-    stride_zyx: Sequence[int] = (20, 40, 40),
-    blend: str = "sum",
-    batch_size: int = 4,
-    device: str | torch.device = "auto",
-    amp: bool | None = None,
-    padding_value: float | None = None,
-    progress: WindowProgress | None = None,
-    skip_below: float | None = None,
-    skip_margin_zyx: Sequence[int] = (0, 0, 0),
-    roi_above: float | None = None,
-    roi_margin_zyx: Sequence[int] = (0, 0, 0),
-    channels_last: bool = True,
-    cpu_workers: int | None = None,
-    timer=None,
-) -> torch.Tensor:
+def predict_probabilities(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Module, **options) -> torch.Tensor:
     """Per-class scores of a whole volume by sliding-window inference.
+
+    The keyword options and their defaults are :func:`_predict`'s (one signature for this and
+    :func:`predict_labels`): those below.
 
     For ``blend="sum"`` the result is SPINECT's sum of window probabilities divided by the number
     of windows covering each voxel, i.e. the **mean** softmax probability; dividing by a positive
@@ -190,10 +174,7 @@ def predict_probabilities(
         SpinectError: bad patch, stride, blend, batch size, margin or device; out of memory on
             the CPU even with one window per batch.
     """
-    return _predict(volume_zyx, network, labels_only=False, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx,
-                    blend=blend, batch_size=batch_size, device=device, amp=amp, padding_value=padding_value,
-                    progress=progress, skip_below=skip_below, skip_margin_zyx=skip_margin_zyx, roi_above=roi_above,
-                    roi_margin_zyx=roi_margin_zyx, channels_last=channels_last, cpu_workers=cpu_workers, timer=timer)
+    return _predict(volume_zyx, network, labels_only=False, **options)
 
 
 def _predict(

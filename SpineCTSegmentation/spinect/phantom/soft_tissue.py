@@ -134,10 +134,16 @@ def muscles(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray], 
         parts.append(Part(f"paraspinal_{side}", C[f"paraspinal_{side}"], _tube_through(frames, para), partial_volume=False))
         ql = [(n, (s * (v[n].a + 40.0), v[n].b + 12.0, 0.0), 15.0, 9.0) for n in ("L1", "L2", "L3", "L4")]
         parts.append(Part("quadratus_lumborum", C["quadratus_lumborum"], _tube_through(frames, ql), partial_volume=False))
-        anchor = ilium_anchor[side]
-        parts.append(Part("iliacus", C["iliacus"], [Ellipsoid(anchor + np.array([-s * 8.0, -42.0, 5.0]), np.eye(3), radii=np.array([22.0, 16.0, 45.0]))], partial_volume=False))
-        parts.append(Part("gluteal_muscle", C["gluteal_muscle"], [Ellipsoid(anchor + np.array([s * 40.0, 25.0, -35.0]), np.eye(3), radii=np.array([35.0, 40.0, 55.0]))], partial_volume=False))
+        parts += _pelvic_muscles(ilium_anchor[side], s)
     return parts
+
+
+def _pelvic_muscles(anchor: np.ndarray, s: float) -> list[Part]:
+    """Iliacus and gluteal muscles of one side (``s`` = +1 left, -1 right) around its ilium anchor."""
+    return [Part("iliacus", C["iliacus"], [Ellipsoid(anchor + np.array([-s * 8.0, -42.0, 5.0]), np.eye(3),
+                                                     radii=np.array([22.0, 16.0, 45.0]))], partial_volume=False),
+            Part("gluteal_muscle", C["gluteal_muscle"], [Ellipsoid(anchor + np.array([s * 40.0, 25.0, -35.0]), np.eye(3),
+                                                                   radii=np.array([35.0, 40.0, 55.0]))], partial_volume=False)]
 
 
 def muscles_v2(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray]) -> list[Part]:
@@ -174,9 +180,7 @@ def muscles_v2(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray
         ql = [(n, (s * (v[n].a + 40.0), v[n].b + 4.0, 0.0), 16.0, 8.0) for n in ("L1", "L2", "L3", "L4")]
         ql.append(("L5", (s * (v["L5"].a + 46.0), v["L5"].b + 4.0, 0.0), 12.0, 7.0))
         parts.append(Part("quadratus_lumborum", C["quadratus_lumborum"], _tube_through(frames, ql), partial_volume=False))
-        anchor = ilium_anchor[side]
-        parts.append(Part("iliacus", C["iliacus"], [Ellipsoid(anchor + np.array([-s * 8.0, -42.0, 5.0]), np.eye(3), radii=np.array([22.0, 16.0, 45.0]))], partial_volume=False))
-        parts.append(Part("gluteal_muscle", C["gluteal_muscle"], [Ellipsoid(anchor + np.array([s * 40.0, 25.0, -35.0]), np.eye(3), radii=np.array([35.0, 40.0, 55.0]))], partial_volume=False))
+        parts += _pelvic_muscles(ilium_anchor[side], s)
     return parts
 
 
