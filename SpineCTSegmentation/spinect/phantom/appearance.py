@@ -144,6 +144,11 @@ OVERRIDE_KEYS: dict[str, str] = {
     "iv_contrast": "True: contrast-enhanced blood vessels (200-400 HU)",
 }
 
+#: Partial volume of the painted soft-tissue boundaries (Gaussian sigma, output voxels z, y, x):
+#: enough to hide the one-voxel stair-steps of the displaced soft-tissue map and the 3-slice
+#: blocks of its displacement along z (:func:`spinect.phantom.render.soften_edges`).
+EDGE_SIGMA_VOX = (1.0, 0.65, 0.65)
+
 #: Marrow HU limits of the age model (fatty marrow can be slightly negative).
 MARROW_LIMITS_HU = (-50.0, 350.0)
 
@@ -164,6 +169,8 @@ class CTAppearance:
         noise_sd_hu: noise SD in a uniform region; offset_hu: calibration offset.
         iv_contrast: contrast-enhanced vessels. tissue_hu: soft-tissue HU per tissue class.
         soft_tissue: soft-tissue texture (muscle fat, septa, small vessels, bowel, kidneys).
+        noise_streak: extra noise power along the lateral (x) direction, relative: the
+            photon-starved left-right rays of a wide abdomen streak the noise horizontally.
     """
 
     age_years: float
@@ -194,6 +201,7 @@ class CTAppearance:
     iv_contrast: bool
     tissue_hu: dict[str, float] = field(default_factory=dict)
     soft_tissue: SoftLook | None = None
+    noise_streak: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -321,19 +329,22 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         cortex_mm=_draw(rng, ov, "cortex_mm", 0.3, 0.8), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
         posterior_hu=_draw(rng, ov, "posterior_hu", 120.0, 400.0), arch_cortex_mm=float(rng.uniform(0.5, 1.2)),
-        texture_rel=float(rng.uniform(0.10, 0.30)), texture_mm=float(rng.uniform(0.8, 2.0)),
+        texture_rel=float(rng.uniform(0.15, 0.35)), texture_mm=float(rng.uniform(0.5, 1.0)),
         island_fraction=float(rng.uniform(0.0, 0.15)),
         island_hu=float(rng.uniform(60.0, 200.0) if rng.random() < 0.3 else -rng.uniform(60.0, 160.0)),
-        island_mm=float(rng.uniform(2.5, 6.0)), endplate_hu=float(rng.uniform(30.0, 200.0)),
+        island_mm=float(rng.uniform(2.0, 4.0)), endplate_hu=float(rng.uniform(30.0, 200.0)),
         endplate_mm=float(rng.uniform(1.0, 3.0)), kernel=kernel,
         kernel_fwhm_mm=float(rng.uniform(0.45, 0.75) if sharp else rng.uniform(1.1, 1.6)),
         kernel_enhance=float(rng.uniform(0.3, 0.7)) if sharp else 0.0, kernel_enhance_mm=float(rng.uniform(0.8, 1.5)),
         z_fwhm_mm=float(rng.uniform(0.6, 1.2)), slice_thickness_mm=float(np.clip(max(thick, sz), 0.6, max(5.0, sz))),
         slice_increment_mm=sz,
-        noise_sd_hu=_draw(rng, ov, "noise_sd_hu", 20.0, 60.0) if sharp else _draw(rng, ov, "noise_sd_hu", 8.0, 30.0),
+        # measured in muscle and fat (benchmarks/phantom_appearance_vs_real.py): real contrast chest CT
+        # 14-16 HU (0.7 mm, soft kernel), real lumbar crop about 60 HU (1.5 mm)
+        noise_sd_hu=_draw(rng, ov, "noise_sd_hu", 25.0, 70.0) if sharp else _draw(rng, ov, "noise_sd_hu", 10.0, 35.0),
         offset_hu=_draw(rng, ov, "offset_hu", -30.0, 30.0), iv_contrast=iv,
         tissue_hu=_sample_soft_tissue(rng, iv),
-        soft_tissue=sample_soft_look(rng, age, iv),  # drawn last: the values above are as before
+        soft_tissue=sample_soft_look(rng, age, iv),  # drawn after the values above: they are as before
+        noise_streak=float(rng.uniform(0.0, 1.5)),
     )
 
 
@@ -346,8 +357,10 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       depth_mm=app.depth_mm, posterior_hu=app.posterior_hu, arch_cortex_mm=app.arch_cortex_mm,
                       texture_rel=app.texture_rel, texture_mm=app.texture_mm,
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
-                      endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm)
-    return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue)
+                      endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=2.0,
+                      cortex_variation=0.4)
+    return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue,
+                        edge_sigma_vox=EDGE_SIGMA_VOX)
 
 
 # -- scanner of the ct mode: kernel MTF, slice profile, noise power spectrum, offset ----------
@@ -387,7 +400,12 @@ def nps_noise(shape_zyx, spacing_zyx_mm, app: CTAppearance, rng: np.random.Gener
     noise -= np.float32(0.5)
     fy = np.fft.fftfreq(shape_zyx[1], d=sy)[:, None]
     fx = np.fft.rfftfreq(shape_zyx[2], d=sx)[None, :]
-    amp = np.sqrt(noise_power_spectrum(app, np.hypot(fy, fx))).astype(np.float32)
+    f = np.hypot(fy, fx)
+    power = noise_power_spectrum(app, f)
+    if app.noise_streak > 0:  # noise elongated left-right: power near the fy axis (fx ~ 0)
+        cos2 = np.divide(fy**2, f**2, out=np.zeros_like(f), where=f > 0)
+        power = power * (1.0 + 3.0 * app.noise_streak * cos2**4)
+    amp = np.sqrt(power).astype(np.float32)
     spec = scipy.fft.rfft2(noise, axes=(1, 2), workers=1)
     spec *= amp
     noise = scipy.fft.irfft2(spec, s=shape_zyx[1:], axes=(1, 2), workers=1)

@@ -32,7 +32,7 @@ from spinect.phantom.primitives import GridBox
 from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
 
 __all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues", "BoneModel",
-           "smooth_noise", "FAT_HU"]
+           "smooth_noise", "FAT_HU", "soften_edges"]
 
 #: Marrow fat HU used as the zero of the relative texture amplitude.
 FAT_HU = -100.0
@@ -138,6 +138,10 @@ class BoneModel:
         posterior_hu: cancellous HU of the vertebral arch (pedicles, laminae, processes: mostly
             dense bone), reached over 4 mm behind the posterior wall of the body.
         arch_cortex_mm: cortex thickness (mm) of the arch (None: ``cortex_mm`` everywhere).
+        texture_z_ratio: the texture's correlation length along z over in-plane (vertical
+            trabeculae of vertebral bodies: > 1).
+        cortex_variation: relative SD of the cortex thickness along the surface (smooth over
+            about 4 mm; thin spots fade the rim, real cortex is porous and uneven).
     """
 
     cortex_mm: float
@@ -154,6 +158,8 @@ class BoneModel:
     endplate_mm: float = 2.0
     posterior_hu: float | None = None
     arch_cortex_mm: float | None = None
+    texture_z_ratio: float = 1.0
+    cortex_variation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,9 @@ class TissueValues:
         cancellous_texture: relative amplitude of trabecular texture (0 = none; v1 bone model).
         bone: CT-realistic bone model; None keeps the v1 model (thick cortex, bright cancellous).
         soft: soft-tissue texture (``ct`` mode, :mod:`spinect.phantom.soft_detail`); None: flat HU.
+        edge_sigma_vox: (z, y, x) Gaussian sigma, in output voxels, of the partial volume given to
+            the painted (sign-only) soft-tissue boundaries; None keeps them as painted (``v1``,
+            ``random``: old cases bit for bit).
     """
 
     table: np.ndarray
@@ -173,6 +182,7 @@ class TissueValues:
     cancellous_texture: float = 0.08
     bone: BoneModel | None = None
     soft: "SoftLook | None" = None
+    edge_sigma_vox: tuple[float, float, float] | None = None
 
 
 def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
@@ -248,7 +258,8 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
     marrow = np.float32(model.marrow_hu.get(part.code, np.mean(list(model.marrow_hu.values()))))
     field = np.full(box.shape, marrow, np.float32)
     if model.texture_rel > 0:
-        tex = smooth_noise(box.shape, model.texture_mm / spacing, rng)
+        sigma_mm = np.array([model.texture_mm * model.texture_z_ratio, model.texture_mm, model.texture_mm])
+        tex = smooth_noise(box.shape, sigma_mm / spacing, rng)
         tex *= np.float32(model.texture_rel * max(float(marrow) - FAT_HU, 20.0))
         field += tex
     if model.island_fraction > 0:
@@ -267,6 +278,21 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
     if band is not None:
         field += band
     return field
+
+
+def soften_edges(hu: np.ndarray, flat: np.ndarray, sigma_vox) -> np.ndarray:
+    """Partial volume of the painted soft-tissue boundaries (in place on (Z, Y, X) float32 HU).
+
+    The background is painted by sign at voxel centres and displaced by whole voxels, so its
+    boundaries are stair-stepped; a CT image is band-limited. ``hu += G * flat - flat``: the
+    piecewise-constant tissue table image ``flat`` (same grid) is replaced by its Gaussian blur
+    (sigma ``sigma_vox`` (z, y, x) voxels: tissue fractions of smoothed masks) while the textures
+    added on top of it stay as sharp as drawn. ``flat`` is overwritten (no extra copy).
+    """
+    hu -= flat
+    ndimage.gaussian_filter(flat, sigma_vox, output=flat, truncate=2.5)
+    hu += flat
+    return hu
 
 
 def _paint_background(parts: list[Part], root: GridBox, structures: np.ndarray) -> None:
@@ -289,6 +315,12 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
     arch = _arch_weight(sub, frame, params)
     if arch is not None and model.arch_cortex_mm is not None:  # laminae and processes: thicker cortex
         cortex_mm = cortex_mm + arch * np.float32(model.arch_cortex_mm - model.cortex_mm)
+    if model.cortex_variation > 0:
+        vary = smooth_noise(sub.shape, 4.0 / np.linalg.norm(sub.step, axis=1), rng)
+        vary *= np.float32(model.cortex_variation)
+        vary += np.float32(1.0)
+        np.clip(vary, 0.2, None, out=vary)
+        cortex_mm = vary * cortex_mm
     canc = _cancellous_ct(sub, d, part, model, cortex_mm, rng, frame, params, arch)
     c_out = np.clip(0.5 - d / h, 0.0, 1.0)
     c_in = np.clip(0.5 - (d + cortex_mm) / h, 0.0, 1.0)
@@ -346,8 +378,12 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
         deform_background(structures, root, anatomy.soft)
     hu = values.table[structures]
     spacing = np.asarray(grid.spacing_zyx_mm) / np.asarray(factors)
+    flat = hu.copy() if values.edge_sigma_vox is not None else None
     if values.soft is not None and texture_rng is not None:
-        apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng)
+        apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng, root)
+    if flat is not None:
+        soften_edges(hu, flat, np.asarray(values.edge_sigma_vox, float) * np.asarray(factors))
+        del flat
     h = float(np.prod(spacing) ** (1.0 / 3.0))
     uses: dict[int, list] = {}
     for part in anatomy.foreground:

@@ -242,6 +242,13 @@ class SoftLook:
         bowel_gas_fraction: share of gas bubbles in faeces.
         kidney_cortex_mm: cortex thickness; kidney_medulla_rel: medulla HU / cortex HU.
         iv_contrast: contrast-enhanced vessels, bowel wall, kidney cortex.
+        fat_variation_hu: SD of the low-frequency HU variation of fat (8-20 mm scale).
+        fat_strand_width: half-width of the fine fibrous strands in fat (SDs of their field).
+        phase: contrast phase, ``none``, ``arterial`` or ``portal``; vein_rel: great-vein HU
+            (IVC, iliac veins: right of the midline) as a share of the arterial HU, above blood.
+        vessel_wobble_mm: SD of the irregularity of the great vessels' outline (HU only).
+        bowel_round_mm: scale (mm) over which the bowel loops' polygonal corners are rounded
+            (HU only: the cut corners read as mesenteric fat).
     """
 
     muscle_fat_fraction: float
@@ -259,6 +266,12 @@ class SoftLook:
     kidney_cortex_mm: float
     kidney_medulla_rel: float
     iv_contrast: bool
+    fat_variation_hu: float = 0.0
+    fat_strand_width: float = 0.0
+    phase: str = "none"
+    vein_rel: float = 1.0
+    vessel_wobble_mm: float = 0.0
+    bowel_round_mm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -272,7 +285,11 @@ def muscle_fat_fraction(age_years: float) -> float:
 
 def sample_soft_look(rng: np.random.Generator, age_years: float, iv_contrast: bool) -> SoftLook:
     """Draw one case's soft-tissue texture (``age_years`` sets the fatty infiltration)."""
-    u = rng.random(14)
+    u = rng.random(20)  # the first 14 draws as before
+    # contrast phase: arterial (aorta bright, infrarenal IVC still unenhanced) or portal venous
+    # (both enhanced, the IVC mixing less); without contrast both are blood (35-50 HU)
+    phase = ("arterial" if u[16] < 0.4 else "portal") if iv_contrast else "none"
+    vein_rel = {"arterial": 0.15 + 0.2 * float(u[17]), "portal": 0.55 + 0.35 * float(u[17])}.get(phase, 1.0)
     return SoftLook(
         muscle_fat_fraction=float(np.clip(muscle_fat_fraction(age_years) * (0.6 + 0.8 * u[0]), 0.0, 0.4)),
         muscle_texture_hu=3.0 + 5.0 * float(u[1]), septa_width=0.02 + 0.025 * float(u[2]), septa_mm=10.0 + 6.0 * float(u[3]),
@@ -284,6 +301,8 @@ def sample_soft_look(rng: np.random.Generator, age_years: float, iv_contrast: bo
         bowel_gas_fraction=0.02 + 0.08 * float(u[11]), kidney_cortex_mm=4.0 + 3.0 * float(u[12]),
         kidney_medulla_rel=float(0.35 + 0.6 * u[13]) if iv_contrast else float(0.8 + 0.15 * u[13]),
         iv_contrast=bool(iv_contrast),
+        fat_variation_hu=4.0 + 6.0 * float(u[14]), fat_strand_width=0.015 + 0.02 * float(u[15]), phase=phase,
+        vein_rel=vein_rel, vessel_wobble_mm=0.4 + 0.6 * float(u[18]), bowel_round_mm=2.0 + 2.0 * float(u[19]),
     )
 
 
@@ -327,7 +346,7 @@ def _mix(view: np.ndarray, where: np.ndarray, weight: np.ndarray, target) -> Non
 
 
 def apply_soft_texture(hu: np.ndarray, structures: np.ndarray, spacing_zyx, look: SoftLook, table: np.ndarray,
-                       rng: np.random.Generator) -> np.ndarray:
+                       rng: np.random.Generator, root: GridBox | None = None) -> np.ndarray:
     """Soft-tissue texture on the rasterised background (in place on (Z, Y, X) float32 HU).
 
     Args:
@@ -335,7 +354,8 @@ def apply_soft_texture(hu: np.ndarray, structures: np.ndarray, spacing_zyx, look
         structures: the background structure map (uint8, same grid).
         spacing_zyx: grid spacing (mm). look: the case's :class:`SoftLook`.
         table: the case's (256,) code -> HU table (fat, muscle, blood, gas, kidney HU).
-        rng: texture stream.
+        rng: texture stream. root: the grid in body coordinates (the great veins lie right of
+            the body midline); None: every vessel is rendered alike.
     """
     fields = _Fields(rng, spacing_zyx)
     fat_hu = np.float32(table[C["visceral_fat"]])
@@ -345,6 +365,7 @@ def apply_soft_texture(hu: np.ndarray, structures: np.ndarray, spacing_zyx, look
     _bowel(hu, structures, look, fields, gas_hu, spacing_zyx)
     _kidney(hu, structures, look, fields, fat_hu, table[C["kidney"]], spacing_zyx)
     _liver(hu, structures, look, fields)
+    _great_vessels(hu, structures, look, fields, table[C["blood_vessel"]], spacing_zyx, root)
     return hu
 
 
@@ -402,6 +423,18 @@ def _fat(hu, st, look: SoftLook, fields: _Fields) -> None:
         return
     s = st[box]
     view = hu[box]
+    isfat = lut[s]
+    if look.fat_variation_hu > 0:  # real fat is not flat: slow HU variation (beam hardening, septa below resolution)
+        low = fields.sample((20.0, 12.0, 12.0), box)
+        low *= np.float32(look.fat_variation_hu)
+        view += np.where(isfat, low, np.float32(0.0))
+        del low
+    if look.fat_strand_width > 0:  # fine fibrous strands (Cooper's ligaments, superficial fascia, mesentery)
+        f = np.abs(fields.sample((3.0, 1.5, 1.5), box))
+        sel = (f < np.float32(look.fat_strand_width)) & isfat
+        w = (np.float32(1.0) - f[sel] / np.float32(look.fat_strand_width)) * np.float32(0.6)
+        view[sel] += w * (np.float32(20.0) - view[sel])
+        del f
     a = np.abs(fields.sample(4.0, box))
     # faint fibrous septa (sheets), sparse: only voxels near the zero set are touched
     sel = (a < np.float32(0.05)) & lut[s]
@@ -438,11 +471,30 @@ def _bowel(hu, st, look: SoftLook, fields: _Fields, gas_hu, spacing) -> None:
     gas_q = float(np.quantile(sample, 1.0 - look.bowel_gas_fraction)) if sample.size else 9.0
     bubbles = np.clip((mott - np.float32(gas_q)) * np.float32(3.0), 0.0, 1.0) * faeces
     content += bubbles * (gas_hu - content)
-    np.copyto(view, content, where=b)
-    it = max(1, int(round(look.bowel_wall_mm / float(np.mean(spacing[1:])))))
-    inner = ndimage.binary_erosion(b, structure=np.ones((1, 3, 3), bool), iterations=it)
-    wall = b & ~inner
-    view[wall] = np.float32(look.bowel_wall_hu)
+    if look.bowel_round_mm <= 0:
+        np.copyto(view, content, where=b)
+        it = max(1, int(round(look.bowel_wall_mm / float(np.mean(spacing[1:])))))
+        inner = ndimage.binary_erosion(b, structure=np.ones((1, 3, 3), bool), iterations=it)
+        view[b & ~inner] = np.float32(look.bowel_wall_hu)
+        return
+    # Loops are Voronoi cells (polygons). The HU follow a rounded loop instead: the mask blurred
+    # over ``bowel_round_mm`` cut at 1/2 (corners cut, like a curvature flow), with an
+    # approximate signed depth d = sigma * Phi^-1(m) that gives a smooth wall and soft edges.
+    from scipy.special import ndtri
+
+    sigma = np.asarray(spacing, float)
+    sigma = np.array([look.bowel_round_mm * 1.5, look.bowel_round_mm, look.bowel_round_mm]) / sigma
+    m = ndimage.gaussian_filter(b.astype(np.float32), sigma, truncate=2.5)
+    np.clip(m, 1e-4, 1.0 - 1e-4, out=m)
+    depth = ndtri(m).astype(np.float32)
+    depth *= np.float32(look.bowel_round_mm)  # mm inside the rounded loop (< 0 outside)
+    h = np.float32(float(np.mean(spacing[1:])))
+    wall = np.clip(np.float32(0.5) - (depth - np.float32(look.bowel_wall_mm)) / h, 0.0, 1.0)  # 1 in the wall band
+    content += wall * (np.float32(look.bowel_wall_hu) - content)
+    inside = np.clip(np.float32(0.5) + depth / h, 0.0, 1.0)  # coverage of the rounded loop
+    fat = np.float32(np.median(view[(s == C["visceral_fat"])][::7])) if np.any(s == C["visceral_fat"]) else np.float32(-100.0)
+    out = fat + inside * (content - fat)
+    np.copyto(view, out, where=b)
 
 
 def _kidney(hu, st, look: SoftLook, fields: _Fields, fat_hu, kidney_hu, spacing) -> None:
@@ -461,6 +513,47 @@ def _kidney(hu, st, look: SoftLook, fields: _Fields, fat_hu, kidney_hu, spacing)
     view[sinus] = fat_hu
     vessels = np.abs(fields.sample(2.0, box)) < 0.15
     view[sinus & vessels] = np.float32(look.vessel_hu)
+
+
+def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, root: GridBox | None) -> None:
+    """Aorta, IVC and iliac vessels: contrast phase (veins right of the midline dimmer than the
+    arteries in the arterial phase), slight mixing inhomogeneity, an irregular and (veins)
+    flattened outline: voxels of the vessel code outside the wobbled section read as the
+    surrounding fat (HU only; the structure code keeps the round tube)."""
+    code = C["blood_vessel"]
+    box = _bbox(st == code, pad=1)
+    if box is None:
+        return
+    v = st[box] == code
+    view = hu[box]
+    blood = np.float32(blood_hu)
+    value = np.full(v.shape, blood, np.float32)
+    if root is not None and look.phase != "none":
+        # body x (mm) of each voxel: the IVC and iliac veins lie right (x < 0) of the aorta
+        idx = [np.arange(sl.start, sl.stop, dtype=np.float32) for sl in box]
+        x = np.float32(root.origin[0]) + sum((np.float32(root.step[a][0]) * idx[a]).reshape([-1 if k == a else 1 for k in range(3)])
+                                              for a in range(3))
+        vein = np.clip((np.float32(-4.0) - x) / np.float32(4.0), 0.0, 1.0)  # 0 aorta side, 1 IVC side
+        vein_hu = np.float32(45.0 + look.vein_rel * (float(blood) - 45.0))
+        value += vein * (vein_hu - value)
+    # contrast mixing / laminar flow: a few % inhomogeneity
+    value += fields.sample(3.0, box) * np.float32(0.03 * max(float(blood), 40.0) + 2.0)
+    # irregular outline: erode the tube's edge voxels by a random field (about vessel_wobble_mm)
+    from scipy.special import ndtri
+
+    # depth below the tube's surface (mm) from the mask blurred over 1 mm: d = sigma Phi^-1(m)
+    # (a distance transform of the whole vessel box costs several times more)
+    m = ndimage.gaussian_filter(v.astype(np.float32), 1.0 / np.asarray(spacing, float), truncate=2.5)
+    np.clip(m, 1e-4, 1.0 - 1e-4, out=m)
+    depth = ndtri(m).astype(np.float32)
+    edge = fields.sample((8.0, 4.0, 4.0), box)
+    edge *= np.float32(look.vessel_wobble_mm)
+    edge += np.float32(0.5 * look.vessel_wobble_mm)
+    cov = np.clip(np.float32(0.5) + (depth - edge) / np.float32(float(np.mean(spacing[1:]))), 0.0, 1.0)
+    fat = (st[box] == C["visceral_fat"]) & ~v
+    around = np.float32(np.median(view[fat][::5])) if fat.any() else np.float32(view[v].min())
+    out = around + cov * (value - around)
+    np.copyto(view, out, where=v)
 
 
 def _liver(hu, st, look: SoftLook, fields: _Fields) -> None:
