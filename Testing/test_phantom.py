@@ -106,7 +106,8 @@ def test_cortical_bone_air_and_noise(clean_case):
     # (no surroundings: a CT table thinner than these 7 mm voxels would blend into the air around it)
     wide = generate_case(5, shape_zyx=(16, 64, 64), spacing_zyx_mm=(6.0, 7.0, 7.0), noise=False, window_tables=False,
                          degeneration=False, surroundings=False)
-    air = _arr(wide.structures) == STRUCTURE_CODES["air"]
+    # (phantom v4: soft-tissue edges are partial-volumed over up to 3 voxels, so air right at the skin is not pure)
+    air = ndimage.binary_erosion(_arr(wide.structures) == STRUCTURE_CODES["air"], np.ones((3, 3, 3), bool), iterations=3)
     # air is -1000 HU; outside a circular reconstruction field of view (v2 surroundings) the scanner's -1024
     outside = -1000 if wide.truth["surroundings"]["fov_fraction"] is None else -1024
     assert air.sum() > 100 and np.all(np.isin(_arr(wide.ct)[air], (-1000, outside)))

@@ -36,6 +36,64 @@ def bone_stats(values: np.ndarray) -> dict[str, object]:
             "100_200": float(((v >= 100) & (v <= 200)).mean()), "gt200": float((v > 200).mean()), "n": int(v.size)}
 
 
+#: Homogeneous-region HU bands of the noise measurement (after a 5 x 5 in-plane mean).
+NOISE_BANDS = {"muscle": (20.0, 80.0), "fat": (-150.0, -60.0), "liver": (60.0, 140.0)}
+
+
+def noise_figures(ct: np.ndarray, spacing, lo: float, hi: float, roi_mm: float = 20.0) -> dict[str, float] | None:
+    """Noise of a CT in its homogeneous regions: square axial ROIs (``roi_mm``) lying wholly where
+    the 5 x 5 in-plane mean is within [lo, hi] HU, each less its best-fitting plane.
+
+    Args:
+        ct: (z, y, x) HU. spacing: (z, y, x) mm.
+
+    Returns:
+        ``n_roi``; ``sd`` (HU, median over ROIs); ``nps_mean`` (cycles/mm, the power-weighted mean
+        radial frequency of the in-plane noise power spectrum); ``acf_half_mm`` (in-plane lag where
+        the autocorrelation falls to 1/2: the grain size). None without a fitting ROI.
+    """
+    from scipy import ndimage
+
+    sy, sx = float(spacing[1]), float(spacing[2])
+    n = max(8, int(round(roi_mm / sy)))
+    sm = ndimage.uniform_filter(ct.astype(np.float32), (1, 5, 5))
+    mask = (sm >= lo) & (sm <= hi)
+    yy, xx = np.mgrid[:n, :n]
+    design = np.stack([np.ones(n * n), yy.ravel(), xx.ravel()], 1)
+    sds, power = [], np.zeros((n, n))
+    for z in range(ct.shape[0]):
+        if mask[z].sum() < n * n:
+            continue
+        for y in range(0, ct.shape[1] - n, n // 2):
+            for x in range(0, ct.shape[2] - n, n // 2):
+                if not mask[z, y:y + n, x:x + n].all():
+                    continue
+                roi = ct[z, y:y + n, x:x + n].astype(float).ravel()
+                r = (roi - design @ np.linalg.lstsq(design, roi, rcond=None)[0]).reshape(n, n)
+                sds.append(r.std())
+                power += np.abs(np.fft.fft2(r)) ** 2
+    if not sds:
+        return None
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(n, sy), np.fft.fftfreq(n, sx), indexing="ij"))
+    acf = np.real(np.fft.ifft2(power))
+    acf /= acf[0, 0]
+    r = 0.5 * (acf[0, : n // 2] + acf[: n // 2, 0])
+    k = int(np.argmax(r < 0.5)) if np.any(r < 0.5) else n // 2 - 1
+    half = (k - 1 + (r[k - 1] - 0.5) / (r[k - 1] - r[k])) * sy if k > 0 else 0.0
+    return {"n_roi": len(sds), "sd": float(np.median(sds)), "nps_mean": float((f * power).sum() / power.sum()),
+            "acf_half_mm": float(half)}
+
+
+def _noise_row(name: str, ct: np.ndarray, spacing) -> str:
+    parts = []
+    for tissue, (lo, hi) in NOISE_BANDS.items():
+        r = noise_figures(ct, spacing, lo, hi)
+        if r is not None and r["n_roi"] >= 3:
+            parts.append(f"{tissue}: SD {r['sd']:.0f} HU, NPS mean {r['nps_mean']:.2f} /mm, ACF 1/2 at {r['acf_half_mm']:.2f} mm "
+                         f"({r['n_roi']} ROIs)")
+    return f"noise {name:<38s} " + ("; ".join(parts) or "no homogeneous ROI")
+
+
 def real_crop(*, with_l3: bool = False):
     """(ct, bone mask) of the real crop in LPS-like (z, y, x) order, and spacing (z, y, x) mm
     (``with_l3``: and the L3 mask, VerSe label 22, where the picture's axial slice is cut)."""
@@ -124,12 +182,18 @@ def main() -> None:
     chest = chest_ct(args.chest) if args.chest else None
     if chest is not None:
         print(_row("real chest CT T12-L3 (model labels)", bone_stats(chest[0][chest[1]])))
+    print(_noise_row("real crop (1.5 mm)", real_ct, spacing))
+    if chest is not None:
+        print(_noise_row("real chest CT (0.7 mm, 2.5 mm slices)", chest[0], chest[2]))
     # the real crop's body interior has a median of 51 HU: also show the ct mode with that marrow
     for mode, overrides in [("v1", None), ("ct", None), ("ct", {"age_years": 75}), ("ct", {"marrow_hu": (40, 70)})] * (args.seeds > 0):
         vals, ages = [], []
         for seed in range(args.seeds):
             ct, bone, case = phantom(seed, spacing, appearance=mode, overrides=overrides, anatomy=args.anatomy)
             vals.append(ct[bone])
+            if mode == "ct" and not overrides:  # the phantom's noise, measured as on the real cases
+                a = case.truth["appearance"]["ct"]
+                print(_noise_row(f"phantom seed {seed} ({a['kernel']}, drawn SD {a['noise_sd_hu']:.0f})", ct, spacing))
             ages.append(case.truth["appearance"].get("ct", {}).get("age_years", float("nan")))
         label = f"phantom {args.anatomy} {mode}" + (f" {overrides}" if overrides else "") + f" ({args.seeds} cases)"
         ages_note = f"  ages {np.round(ages).astype(int).tolist()}" if mode == "ct" and not overrides else ""
