@@ -302,7 +302,7 @@ def sample_soft_look(rng: np.random.Generator, age_years: float, iv_contrast: bo
         kidney_medulla_rel=float(0.35 + 0.6 * u[13]) if iv_contrast else float(0.8 + 0.15 * u[13]),
         iv_contrast=bool(iv_contrast),
         fat_variation_hu=4.0 + 6.0 * float(u[14]), fat_strand_width=0.015 + 0.02 * float(u[15]), phase=phase,
-        vein_rel=vein_rel, vessel_wobble_mm=0.4 + 0.6 * float(u[18]), bowel_round_mm=2.0 + 2.0 * float(u[19]),
+        vein_rel=vein_rel, vessel_wobble_mm=0.3 + 0.4 * float(u[18]), bowel_round_mm=2.0 + 2.0 * float(u[19]),
     )
 
 
@@ -484,7 +484,7 @@ def _bowel(hu, st, look: SoftLook, fields: _Fields, gas_hu, spacing) -> None:
 
     sigma = np.asarray(spacing, float)
     sigma = np.array([look.bowel_round_mm * 1.5, look.bowel_round_mm, look.bowel_round_mm]) / sigma
-    m = ndimage.gaussian_filter(b.astype(np.float32), sigma, truncate=2.5)
+    m = ndimage.gaussian_filter(b.astype(np.float32), sigma, truncate=2.5, mode="nearest")
     np.clip(m, 1e-4, 1.0 - 1e-4, out=m)
     depth = ndtri(m).astype(np.float32)
     depth *= np.float32(look.bowel_round_mm)  # mm inside the rounded loop (< 0 outside)
@@ -543,13 +543,15 @@ def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, r
 
     # depth below the tube's surface (mm) from the mask blurred over 1 mm: d = sigma Phi^-1(m)
     # (a distance transform of the whole vessel box costs several times more)
-    m = ndimage.gaussian_filter(v.astype(np.float32), 1.0 / np.asarray(spacing, float), truncate=2.5)
+    # mode "nearest": where a tube leaves the field of view the grid edge is not its surface
+    m = ndimage.gaussian_filter(v.astype(np.float32), 1.0 / np.asarray(spacing, float), truncate=2.5, mode="nearest")
     np.clip(m, 1e-4, 1.0 - 1e-4, out=m)
     depth = ndtri(m).astype(np.float32)
     edge = fields.sample((8.0, 4.0, 4.0), box)
     edge *= np.float32(look.vessel_wobble_mm)
     edge += np.float32(0.5 * look.vessel_wobble_mm)
     cov = np.clip(np.float32(0.5) + (depth - edge) / np.float32(float(np.mean(spacing[1:]))), 0.0, 1.0)
+    np.maximum(cov, np.float32(0.6), out=cov)  # the rim only dims: thin or FOV-cut tubes keep their value
     fat = (st[box] == C["visceral_fat"]) & ~v
     around = np.float32(np.median(view[fat][::5])) if fat.any() else np.float32(view[v].min())
     out = around + cov * (value - around)
