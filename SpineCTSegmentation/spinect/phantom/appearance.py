@@ -171,6 +171,14 @@ class CTAppearance:
         soft_tissue: soft-tissue texture (muscle fat, septa, small vessels, bowel, kidneys).
         noise_streak: extra noise power along the lateral (x) direction, relative: the
             photon-starved left-right rays of a wide abdomen streak the noise horizontally.
+        noise_centre: strength of the attenuation dependence of the noise (0: stationary): the
+            noise variance is the mean over projection angles of ``exp(k P)`` (P the attenuation
+            path through the voxel), so it grows towards the body centre and along the widest
+            axis; normalised per slice (tube-current modulation) so ``noise_sd_hu`` stays the
+            body mean. See :func:`noise_sd_map`.
+        bone_streak: amplitude (in noise SDs) of the faint left-right streaks from dense bone
+            (photon starvation along rays through much bone), :func:`bone_streaks`.
+        cortex_hu_variation, arch_cortex_gain: see :class:`spinect.phantom.render.BoneModel`.
     """
 
     age_years: float
@@ -202,6 +210,10 @@ class CTAppearance:
     tissue_hu: dict[str, float] = field(default_factory=dict)
     soft_tissue: SoftLook | None = None
     noise_streak: float = 0.0
+    noise_centre: float = 0.0
+    bone_streak: float = 0.0
+    cortex_hu_variation: float = 0.0
+    arch_cortex_gain: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -326,7 +338,7 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
     iv = bool(ov.get("iv_contrast", False))
     return CTAppearance(
         age_years=age, marrow_hu=marrow, marrow_by_bone_hu=per_bone,
-        cortex_mm=_draw(rng, ov, "cortex_mm", 0.3, 0.8), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
+        cortex_mm=_draw(rng, ov, "cortex_mm", 0.25, 0.6), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
         posterior_hu=_draw(rng, ov, "posterior_hu", 120.0, 400.0), arch_cortex_mm=float(rng.uniform(0.5, 1.2)),
         texture_rel=float(rng.uniform(0.15, 0.35)), texture_mm=float(rng.uniform(0.5, 1.0)),
@@ -345,6 +357,8 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         tissue_hu=_sample_soft_tissue(rng, iv),
         soft_tissue=sample_soft_look(rng, age, iv),  # drawn after the values above: they are as before
         noise_streak=float(rng.uniform(0.0, 1.5)),
+        noise_centre=float(rng.uniform(0.8, 1.8)), bone_streak=float(rng.uniform(0.2, 0.8)),
+        cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)),
     )
 
 
@@ -358,7 +372,8 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       texture_rel=app.texture_rel, texture_mm=app.texture_mm,
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
                       endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=2.0,
-                      cortex_variation=0.4)
+                      cortex_variation=0.4, cortex_hu_variation=app.cortex_hu_variation,
+                      arch_cortex_gain=app.arch_cortex_gain)
     return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue,
                         edge_sigma_vox=EDGE_SIGMA_VOX)
 
@@ -417,6 +432,83 @@ def nps_noise(shape_zyx, spacing_zyx_mm, app: CTAppearance, rng: np.random.Gener
     return noise
 
 
+def _attenuation(hu: np.ndarray) -> np.ndarray:
+    """Linear attenuation relative to water (float32): 0 for air, 1 for water."""
+    mu = hu + np.float32(1000.0)
+    mu *= np.float32(1e-3)
+    return np.clip(mu, 0.0, None, out=mu)
+
+
+def noise_sd_map(hu: np.ndarray, spacing_zyx_mm, strength: float, *, step: int = 4, n_angles: int = 8) -> np.ndarray:
+    """Relative noise SD (float32, same shape as ``hu``): filtered back-projection noise variance
+    at a point is the back-projection of the projections' variance, ``exp(mu L)`` of the rays
+    through it. On a coarse grid (``step`` voxels in-plane, every ``step``-th slice) the
+    attenuation line integral is taken along ``n_angles`` directions (the image rotated), its
+    exponential smeared back along the rays and averaged; ``strength`` sets ``k`` as a multiple
+    of 1 / (the case's longest path), a stand-in for the bowtie filter and dose modulation that
+    keep real centre-to-edge noise ratios at 1.2-1.6. Each slice is normalised to a mean
+    variance of 1 inside the body (tube-current modulation along z); air outside keeps the
+    edge value."""
+    nz, ny, nx = hu.shape
+    zs = np.arange(0, nz, step)
+    cy, cx = -(-ny // step), -(-nx // step)
+    pad = np.zeros((len(zs), cy * step, cx * step), np.float32)
+    pad[:, :ny, :nx] = _attenuation(hu[zs])
+    mu = pad.reshape(len(zs), cy, step, cx, step).mean(axis=(2, 4))
+    del pad
+    sy, sx = float(spacing_zyx_mm[1]) * step, float(spacing_zyx_mm[2]) * step
+    h = 0.5 * (sy + sx)
+    angles = np.arange(n_angles) * 180.0 / n_angles
+    paths = []
+    for ang in angles:
+        rot = ndimage.rotate(mu, ang, axes=(1, 2), reshape=False, order=1, mode="constant") if ang else mu
+        paths.append(rot.sum(axis=2) * np.float32(h))  # (Z', rows): line integrals along the rotated x
+    longest = max(float(max(p.max() for p in paths)), 1e-6)
+    k = np.float32(strength * 4.0 / longest)
+    var = np.zeros_like(mu)
+    for ang, path in zip(angles, paths):
+        smear = np.broadcast_to(np.exp(k * path)[:, :, None], mu.shape).astype(np.float32)
+        var += ndimage.rotate(smear, -ang, axes=(1, 2), reshape=False, order=1, mode="nearest") if ang else smear
+    body = mu > np.float32(0.5)
+    for i in range(len(zs)):
+        ref = float(var[i][body[i]].mean()) if body[i].any() else float(var[i].mean())
+        var[i] /= np.float32(max(ref, 1e-9))
+    sd = np.sqrt(var, out=var)
+    idx = np.clip(np.arange(nz) / step, 0, len(zs) - 1)  # linear along z on the coarse plane
+    lo = np.floor(idx).astype(int)
+    hi = np.minimum(lo + 1, len(zs) - 1)
+    frac = (idx - lo).astype(np.float32)[:, None, None]
+    sd = sd[lo] * (np.float32(1.0) - frac) + sd[hi] * frac
+    sd = np.repeat(np.repeat(sd, step, axis=1), step, axis=2)[:, :ny, :nx]
+    return ndimage.uniform_filter(sd, (1, step, step))
+
+
+def bone_streaks(hu: np.ndarray, spacing_zyx_mm, amplitude_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """Faint left-right streaks from dense bone (float32, same shape): photon starvation along
+    the rays (grid rows, x) that cross much bone. Per row, the bone path ``B`` (mm of bone above
+    200 HU, weighted by density) sets the SD of a random value that is constant along the row
+    (a straight line through the bone and beyond it) and thin across rows; rows crossing the
+    most bone of the case get ``amplitude_hu``, rows with half of it a quarter."""
+    sx = float(spacing_zyx_mm[2])
+    dense = hu - np.float32(200.0)
+    np.clip(dense, 0.0, None, out=dense)
+    path = dense.sum(axis=2) * np.float32(sx / 1000.0)  # (Z, Y)
+    del dense
+    ref = float(np.quantile(path, 0.995)) if path.size else 0.0
+    if ref <= 0:
+        return np.zeros(hu.shape, np.float32)
+    weight = np.clip(path / np.float32(ref), 0.0, 1.5) ** 2
+    line = rng.standard_normal(path.shape).astype(np.float32)
+    line = ndimage.gaussian_filter1d(line, 0.6, axis=1)
+    line /= np.float32(max(float(line.std()), 1e-6))
+    line *= weight * np.float32(amplitude_hu)
+    # the streak fades slowly away from the body's centre line (x)
+    nx = hu.shape[2]
+    x = (np.arange(nx, dtype=np.float32) - np.float32(0.5 * (nx - 1))) * np.float32(sx)
+    fade = np.float32(0.6) + np.float32(0.4) * np.exp(-(x / np.float32(120.0)) ** 2)
+    return line[:, :, None] * fade[None, None, :]
+
+
 def apply_ct_scanner(hu: np.ndarray, app: CTAppearance, spacing_zyx_mm, rng: np.random.Generator) -> np.ndarray:
     """Kernel MTF and slice profile on the image, NPS-shaped noise, calibration offset (in
     place; returns ``hu``). hu: (Z, Y, X) float32 HU; spacing_zyx_mm: voxel size (mm)."""
@@ -431,7 +523,13 @@ def apply_ct_scanner(hu: np.ndarray, app: CTAppearance, spacing_zyx_mm, rng: np.
         hu += low
         del low
     if app.noise_sd_hu > 0:
-        hu += nps_noise(hu.shape, spacing_zyx_mm, app, rng)
+        noise = nps_noise(hu.shape, spacing_zyx_mm, app, rng)
+        if app.noise_centre > 0:  # attenuation-dependent (non-stationary) noise
+            noise *= noise_sd_map(hu, spacing_zyx_mm, app.noise_centre)
+        if app.bone_streak > 0:
+            noise += bone_streaks(hu, spacing_zyx_mm, app.bone_streak * app.noise_sd_hu, rng)
+        hu += noise
+        del noise
     hu += np.float32(app.offset_hu)
     return hu
 

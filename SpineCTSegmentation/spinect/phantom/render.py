@@ -142,6 +142,10 @@ class BoneModel:
             trabeculae of vertebral bodies: > 1).
         cortex_variation: relative SD of the cortex thickness along the surface (smooth over
             about 4 mm; thin spots fade the rim, real cortex is porous and uneven).
+        cortex_hu_variation: relative SD of the cortex HU along the surface (smooth over about
+            6 mm, clipped to 0.3-1.6): parts of the body outline read faint, others bright.
+        arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes are
+            denser than the vertebral body's rim).
     """
 
     cortex_mm: float
@@ -160,6 +164,8 @@ class BoneModel:
     arch_cortex_mm: float | None = None
     texture_z_ratio: float = 1.0
     cortex_variation: float = 0.0
+    cortex_hu_variation: float = 0.0
+    arch_cortex_gain: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -325,10 +331,45 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
     c_out = np.clip(0.5 - d / h, 0.0, 1.0)
     c_in = np.clip(0.5 - (d + cortex_mm) / h, 0.0, 1.0)
     cortex = np.float32(model.cortex_hu)
+    if model.cortex_hu_variation > 0 or (model.arch_cortex_gain > 0 and arch is not None):
+        gain = np.ones(sub.shape, np.float32)
+        if model.cortex_hu_variation > 0:
+            gain = smooth_noise(sub.shape, 6.0 / np.linalg.norm(sub.step, axis=1), rng)
+            gain *= np.float32(model.cortex_hu_variation)
+            gain += np.float32(1.0)
+            np.clip(gain, 0.3, 1.6, out=gain)
+        if model.arch_cortex_gain > 0 and arch is not None:
+            gain *= np.float32(1.0) + np.float32(model.arch_cortex_gain) * arch
+        cortex = gain * cortex
     view += c_out * (cortex - view)
     canc -= cortex
     canc *= c_in
     view += canc
+
+
+def _soft_part_value(part: Part, sub: GridBox, d: np.ndarray, values: TissueValues, rng: np.random.Generator):
+    """HU of a non-bone foreground part: the table value; in the ``ct`` mode (``values.soft``)
+    discs get an annulus brighter than the nucleus (by ``disc_nucleus_hu``, reached 3-7 mm
+    inside the disc) and a faint texture, the epidural and foraminal fat a faint texture."""
+    base = values.table[part.code]
+    soft = values.soft
+    if soft is None or part.cortex_mm > 0:
+        return base
+    spacing = np.linalg.norm(sub.step, axis=1)
+    if part.name.startswith("disc_") and soft.disc_nucleus_hu > 0:
+        value = smooth_noise(sub.shape, 1.5 / spacing, rng)
+        value *= np.float32(3.0)
+        nucleus = np.clip((-d - np.float32(3.0)) / np.float32(4.0), 0.0, 1.0)
+        nucleus *= np.float32(-soft.disc_nucleus_hu)
+        value += nucleus
+        value += np.float32(base + 0.3 * soft.disc_nucleus_hu)
+        return value
+    if part.name in ("epidural_fat", "foraminal_fat") and soft.canal_fat_texture_hu > 0:
+        value = smooth_noise(sub.shape, np.array([4.0, 1.5, 1.5]) / spacing, rng)
+        value *= np.float32(soft.canal_fat_texture_hu)
+        value += np.float32(base)
+        return value
+    return base
 
 
 def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: TissueValues, h: float,
@@ -346,7 +387,7 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
             _blend_bone_ct(view, d, sub, part, values.bone, h, rng, anatomy)
             np.putmask(structures[sub.slices], d < 0, part.code)
             continue
-        _blend(view, d, values.table[part.code], h)
+        _blend(view, d, _soft_part_value(part, sub, d, values, rng), h)
         if part.cortex_mm > 0:
             canc = np.float32(values.cancellous[part.code])
             if values.cancellous_texture > 0:

@@ -249,6 +249,11 @@ class SoftLook:
         vessel_wobble_mm: SD of the irregularity of the great vessels' outline (HU only).
         bowel_round_mm: scale (mm) over which the bowel loops' polygonal corners are rounded
             (HU only: the cut corners read as mesenteric fat).
+        small_vessel_mm: radius of the small vessels in fat (partial-volumed; 0: the v4 speckled
+            thresholded vessels and strands).
+        wall_calcification: 0-1, aortic wall plaques (share and density; age-dependent).
+        disc_nucleus_hu: how much darker the nucleus pulposus is than the annulus.
+        canal_fat_texture_hu: SD of the texture of the epidural and foraminal fat.
     """
 
     muscle_fat_fraction: float
@@ -272,6 +277,10 @@ class SoftLook:
     vein_rel: float = 1.0
     vessel_wobble_mm: float = 0.0
     bowel_round_mm: float = 0.0
+    small_vessel_mm: float = 0.0
+    wall_calcification: float = 0.0
+    disc_nucleus_hu: float = 0.0
+    canal_fat_texture_hu: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -285,7 +294,7 @@ def muscle_fat_fraction(age_years: float) -> float:
 
 def sample_soft_look(rng: np.random.Generator, age_years: float, iv_contrast: bool) -> SoftLook:
     """Draw one case's soft-tissue texture (``age_years`` sets the fatty infiltration)."""
-    u = rng.random(20)  # the first 14 draws as before
+    u = rng.random(24)  # the first 14 draws as before
     # contrast phase: arterial (aorta bright, infrarenal IVC still unenhanced) or portal venous
     # (both enhanced, the IVC mixing less); without contrast both are blood (35-50 HU)
     phase = ("arterial" if u[16] < 0.4 else "portal") if iv_contrast else "none"
@@ -303,6 +312,14 @@ def sample_soft_look(rng: np.random.Generator, age_years: float, iv_contrast: bo
         iv_contrast=bool(iv_contrast),
         fat_variation_hu=4.0 + 6.0 * float(u[14]), fat_strand_width=0.015 + 0.02 * float(u[15]), phase=phase,
         vein_rel=vein_rel, vessel_wobble_mm=0.3 + 0.4 * float(u[18]), bowel_round_mm=2.0 + 2.0 * float(u[19]),
+        # phantom v5: small vessels in fat 0.5-1.2 mm radius (partial-volumed, never a single
+        # full-value voxel); aortic wall calcification grows with age (none under 45)
+        small_vessel_mm=0.5 + 0.7 * float(u[20]),
+        wall_calcification=float(np.clip((age_years - 45.0) / 35.0, 0.0, 1.0) * (0.3 + 0.7 * u[21])),
+        # discs: the nucleus reads darker than the annulus (less so in older, dehydrated discs);
+        # epidural and foraminal fat: faint texture (veins, septa)
+        disc_nucleus_hu=(8.0 + 17.0 * float(u[22])) * float(np.clip(1.3 - age_years / 100.0, 0.5, 1.0)),
+        canal_fat_texture_hu=5.0 + 7.0 * float(u[23]),
     )
 
 
@@ -361,7 +378,7 @@ def apply_soft_texture(hu: np.ndarray, structures: np.ndarray, spacing_zyx, look
     fat_hu = np.float32(table[C["visceral_fat"]])
     gas_hu = np.float32(table[C["bowel_gas"]])
     _muscle(hu, structures, look, fields, fat_hu, spacing_zyx)
-    _fat(hu, structures, look, fields)
+    _fat(hu, structures, look, fields, table[C["blood_vessel"]], spacing_zyx)
     _bowel(hu, structures, look, fields, gas_hu, spacing_zyx)
     _kidney(hu, structures, look, fields, fat_hu, table[C["kidney"]], spacing_zyx)
     _liver(hu, structures, look, fields)
@@ -415,7 +432,25 @@ def _muscle(hu, st, look: SoftLook, fields: _Fields, fat_hu, spacing) -> None:
     np.copyto(view, fib, where=m)
 
 
-def _fat(hu, st, look: SoftLook, fields: _Fields) -> None:
+def _thin(f: np.ndarray, sigma_mm: float, half_mm: float, h_mm: float, dims: int, where: np.ndarray):
+    """Partial-volumed thin structure at the zero set of unit-SD field(s) ``f`` (|f| or the max
+    of two |f|): the distance from the zero set is about ``|f| sigma sqrt 2`` mm (the gradient
+    SD of a Gaussian-correlated field); a structure of half-width ``half_mm`` thinner than the
+    voxel (``h_mm``) is drawn ``A = max(half_mm, 0.75 h)`` wide with a Gaussian profile at the
+    peak ``(half_mm / A) ** dims`` (1: sheets, 2: tubes), so it never reads as one full-value
+    voxel. Returns (selection, weight of the selected voxels)."""
+    a = max(half_mm, 0.75 * h_mm)
+    scale = np.float32(sigma_mm * np.sqrt(2.0) / a)
+    sel = (f < np.float32(2.0) / scale) & where
+    d = f[sel] * scale
+    d *= d
+    d *= np.float32(-0.5)
+    w = np.exp(d, out=d)
+    w *= np.float32(min(1.0, half_mm / a) ** dims)
+    return sel, w
+
+
+def _fat(hu, st, look: SoftLook, fields: _Fields, blood_hu=None, spacing=(1.0, 1.0, 1.0)) -> None:
     lut = np.zeros(256, bool)
     lut[list(FAT_CODES)] = True
     box = _bbox(lut[st])
@@ -424,23 +459,55 @@ def _fat(hu, st, look: SoftLook, fields: _Fields) -> None:
     s = st[box]
     view = hu[box]
     isfat = lut[s]
+    h = float(np.mean(np.asarray(spacing, float)[1:]))
     if look.fat_variation_hu > 0:  # real fat is not flat: slow HU variation (beam hardening, septa below resolution)
         low = fields.sample((20.0, 12.0, 12.0), box)
         low *= np.float32(look.fat_variation_hu)
         view += np.where(isfat, low, np.float32(0.0))
         del low
+    if look.small_vessel_mm <= 0:  # phantom v4: thresholded, sub-voxel (speckled) strands and vessels
+        _fat_v4(view, s, isfat, look, fields, box)
+        return
     if look.fat_strand_width > 0:  # fine fibrous strands (Cooper's ligaments, superficial fascia, mesentery)
+        f = np.abs(fields.sample((6.0, 4.0, 4.0), box))
+        sel, w = _thin(f, 4.0, 10.0 * look.fat_strand_width, h, 1, isfat)
+        w *= np.float32(0.8)
+        view[sel] += w * (np.float32(20.0) - view[sel])
+        del f
+    a = np.abs(fields.sample((6.0, 5.0, 5.0), box))
+    # faint fibrous septa (sheets, 0.3 mm)
+    sel, w = _thin(a, 5.0, 0.3, h, 1, isfat)
+    view[sel] += w * (np.float32(look.strand_hu) - view[sel])
+    # small vessels: curves where two fields are both near zero, longer along z (they run with
+    # the mesentery and the retroperitoneum) and smooth enough to be continuous across slices;
+    # partial-volumed (a 1 mm vessel in a 1.5 mm voxel is a soft grey dot, not a white one) and
+    # never brighter than the blood they carry; fewer and thinner under the skin
+    b = np.abs(fields.sample((12.0, 6.0, 6.0), box))
+    a = np.abs(fields.sample((12.0, 6.0, 6.0), box))
+    np.maximum(a, b, out=a)
+    del b
+    peak = float(look.vessel_hu)
+    if blood_hu is not None and look.iv_contrast:
+        peak = min(peak, float(blood_hu))
+    sub = s == C["subcutaneous_fat"]
+    for where, half in ((isfat & ~sub, look.small_vessel_mm), (sub, 0.6 * look.small_vessel_mm)):
+        sel, w = _thin(a, 6.0, half, h, 2, where)
+        view[sel] += w * (np.float32(peak) - view[sel])
+
+
+def _fat_v4(view, s, isfat, look: SoftLook, fields: _Fields, box) -> None:
+    lut = np.zeros(256, bool)
+    lut[list(FAT_CODES)] = True
+    if look.fat_strand_width > 0:
         f = np.abs(fields.sample((3.0, 1.5, 1.5), box))
         sel = (f < np.float32(look.fat_strand_width)) & isfat
         w = (np.float32(1.0) - f[sel] / np.float32(look.fat_strand_width)) * np.float32(0.6)
         view[sel] += w * (np.float32(20.0) - view[sel])
         del f
     a = np.abs(fields.sample(4.0, box))
-    # faint fibrous septa (sheets), sparse: only voxels near the zero set are touched
     sel = (a < np.float32(0.05)) & lut[s]
     w = (np.float32(1.0) - a[sel] / np.float32(0.05)) * np.float32(0.5)
     view[sel] += w * (np.float32(look.strand_hu) - view[sel])
-    # small vessels: curves where two fields are both near zero (fewer under the skin)
     b = np.abs(fields.sample(4.0, box))
     np.maximum(a, b, out=a)
     del b
@@ -528,6 +595,7 @@ def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, r
     view = hu[box]
     blood = np.float32(blood_hu)
     value = np.full(v.shape, blood, np.float32)
+    vein = None
     if root is not None and look.phase != "none":
         # body x (mm) of each voxel: the IVC and iliac veins lie right (x < 0) of the aorta
         idx = [np.arange(sl.start, sl.stop, dtype=np.float32) for sl in box]
@@ -555,6 +623,23 @@ def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, r
     fat = (st[box] == C["visceral_fat"]) & ~v
     around = np.float32(np.median(view[fat][::5])) if fat.any() else np.float32(view[v].min())
     out = around + cov * (value - around)
+    if look.wall_calcification > 0:
+        # atherosclerotic plaques: small, dense, soft-edged spots in the arterial wall (the outer
+        # 2 mm of the lumen), more and denser with age; the veins have none
+        plaque = fields.sample((5.0, 2.5, 2.5), box)
+        q = np.float32(ndtri(1.0 - (0.03 + 0.12 * look.wall_calcification)))
+        plaque -= q
+        plaque *= np.float32(2.0)
+        np.clip(plaque, 0.0, 1.0, out=plaque)
+        rim = np.abs(depth - np.float32(1.0))
+        rim *= np.float32(-1.0)
+        rim += np.float32(1.0)
+        np.clip(rim, 0.0, 1.0, out=rim)
+        plaque *= rim
+        if vein is not None:
+            plaque *= np.float32(1.0) - vein
+        calc = np.float32(450.0 + 450.0 * look.wall_calcification)
+        out += plaque * (calc - out)
     np.copyto(view, out, where=v)
 
 
