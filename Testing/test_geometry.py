@@ -199,6 +199,55 @@ def test_seed_window_that_leaks_is_unbounded():
     assert any("guard radius" in note for note in m.notes)
 
 
+def _slab_with_holes(holes_xz: list[tuple[float, float, float, float]], spacing: float = 0.5):
+    """Bone slab (|y| < 4 mm) pierced along y by rectangular holes (x0, x1, z0, z1 in mm).
+
+    Voxel centres lie at odd multiples of spacing/2, so bounds at multiples of 0.5 mm fall between them.
+    """
+    z, y, x, origin = _grid(spacing, 16.0)
+    hole = np.zeros(x.shape, bool)
+    for x0, x1, z0, z1 in holes_xz:
+        hole |= (x > x0) & (x < x1) & (z > z0) & (z < z1)
+    return _fields(((np.abs(y) < 4.0) & ~hole).astype(np.uint8), spacing, origin)
+
+
+# instrument of radius 1 mm: slots 1.5 mm wide are narrower than it, 2.5 mm holes wider
+_WIDE_INSTRUMENT = WindowSettings(instrument_radius_mm=1.0, guard_radius_mm=12.0)
+_SQUARE = (-3.0, 3.0, 1.0, 7.0)  # 6 x 6 mm
+
+
+def test_seed_region_keeps_a_dead_end_sliver_narrower_than_the_instrument():
+    # a 1.5 x 5 mm slot hangs on the square: it is part of the free window the seed sees (the
+    # instrument's centre cannot enter it, but nothing else is there either)
+    fields = _slab_with_holes([_SQUARE, (2.5, 8.0, 3.0, 4.5)])
+    m = measure_seed(fields, AXIAL, np.array([0.0, 0.0, 4.0]), settings=_WIDE_INSTRUMENT)
+    assert m.bounded
+    assert m.value("free_area_mm2") == pytest.approx(36.0 + 5.0 * 1.5, rel=0.04)
+
+
+def test_seed_region_splits_a_narrow_channel_at_its_narrowest_point():
+    # two squares joined by a 1.5 mm channel that narrows to 1.0 mm 1 mm from the right square:
+    # the seed's square gets the channel up to that neck, not the other square
+    right = (7.0, 13.0, 1.0, 7.0)
+    channel = [(2.5, 5.5, 3.0, 4.5), (5.5, 7.5, 3.0, 4.0)]
+    fields = _slab_with_holes([_SQUARE, right, *channel])
+    m = measure_seed(fields, AXIAL, np.array([0.0, 0.0, 4.0]), settings=_WIDE_INSTRUMENT)
+    assert m.bounded
+    expected = 36.0 + 2.5 * 1.5 + 0.5 * 1.0  # square, wide part of the channel, half the neck
+    assert m.value("free_area_mm2") == pytest.approx(expected, abs=1.2)
+    other = measure_seed(fields, AXIAL, np.array([10.0, 0.0, 4.0]), settings=_WIDE_INSTRUMENT)
+    assert m.value("free_area_mm2") + other.value("free_area_mm2") == pytest.approx(36 + 36 + 3.0 * 1.5 + 2.0 * 1.0, rel=0.04)
+
+
+def test_seed_region_leaves_out_a_crack_that_leaks_to_the_guard():
+    # a 1.5 mm slot from the square out past the 12 mm guard: the window is bounded (the
+    # instrument cannot pass) and its area is the square's, not the crack's
+    fields = _slab_with_holes([_SQUARE, (2.5, 16.0, 3.0, 4.5)])
+    m = measure_seed(fields, AXIAL, np.array([0.0, 0.0, 4.0]), settings=_WIDE_INSTRUMENT)
+    assert m.bounded
+    assert m.value("free_area_mm2") == pytest.approx(36.0, abs=1.5)
+
+
 def test_measure_points_rejects_collinear_points(empty_fields):
     with pytest.raises(InputError, match="collinear"):
         measure_points(empty_fields, AXIAL, np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]], float))

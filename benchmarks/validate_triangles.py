@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import watershed
 
 from spinect.geometry.endplate import endplate_frame_from_structures
 from spinect.geometry.frame import EndplateFrame
@@ -128,14 +129,25 @@ def reference_window(scene: ContinuousScene, window: BoundedWindow, *, region_se
     mask = free.reshape(uu.shape)
     bounded = True
     if region_seed:
+        # the tool's definition (spinect.geometry.triangles.seed_region) on the fine grid: the
+        # instrument-wide parts are the components of the free set opened by rho; each free pixel
+        # goes to the part it is flooded from (channels split at their narrowest point); narrow
+        # parts that reach the guard radius are left out
         opened = ndimage.binary_opening(mask, structure=_disk(s.instrument_radius_mm / pixel_mm))
-        labels, _ = ndimage.label(opened)
+        parts, _ = ndimage.label(opened)
         centre = (np.abs(v).argmin(), np.abs(u).argmin())
-        if labels[centre] == 0:
+        if parts[centre] == 0:
             return None, None, False
-        region = labels == labels[centre]
-        bounded = not np.any(region & (np.hypot(uu, vv) >= s.guard_radius_mm))
-        mask &= ndimage.binary_dilation(region, iterations=2)
+        core = parts == parts[centre]
+        beyond_guard = np.hypot(uu, vv) >= s.guard_radius_mm
+        bounded = not np.any(core & beyond_guard)
+        clearance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] * pixel_mm
+        region = watershed(-clearance, parts, mask=mask) == parts[centre]
+        cracks, _ = ndimage.label(region & ~core)
+        region &= ~np.isin(cracks, np.unique(cracks[(cracks > 0) & beyond_guard]))
+        # the tool's outlines reach 2 of its pixels past a cut channel: the same distance here
+        margin_px = max(int(round(2 * window.settings.pixel_mm / pixel_mm)), 1)
+        mask &= ndimage.binary_dilation(region, iterations=margin_px)
     area = float(mask.sum()) * pixel_mm**2
     radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max()) * pixel_mm
     return area, radius, bounded
