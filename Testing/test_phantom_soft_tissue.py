@@ -97,7 +97,9 @@ def test_fat_layer_lies_between_skin_and_muscle_at_the_drawn_thickness(clean):
     assert abs(thickness - want) < 8.0, (thickness, want)
     fat_hu = hu[start:][fat]
     assert -140 < np.median(fat_hu) < -60
-    assert np.median(hu[start:][run == C["skin"]]) > np.median(fat_hu) + 80
+    # the skin is 2 mm: since version 4 its outer voxel is partial-volumed with the air outside
+    # (soft edges), so its brightest voxel, not the median of two, is the skin's own value
+    assert np.max(hu[start:][run == C["skin"]]) > np.median(fat_hu) + 80
 
 
 def test_muscles_have_intermuscular_fat_and_texture(clean):

@@ -101,7 +101,7 @@ def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surro
         by_name[f"ilium_{side}"].cutters.append((sacrum_raw, SI_GAP_MM))
     s1 = frames["S1"]
     anchors = {side: s1.point(SIDE_SIGN[side] * (params.vertebrae["S1"].a + 60.0), 0.0, -20.0) for side in SIDES}
-    layers, cavity = body_layers(frames, params), abdomen(frames, params, rng)
+    layers, cavity = body_layers(frames, params), abdomen(frames, params, rng, shaped_vessels=True)
     # surroundings from a stream of their own, drawn last (as in build_anatomy)
     sur_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
     settings = sample_surroundings(sur_rng, metal=metal) if surroundings else SurroundingsSettings.none()

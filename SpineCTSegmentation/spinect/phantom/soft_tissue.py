@@ -184,8 +184,28 @@ def muscles_v2(frames, params: PhantomParams, ilium_anchor: dict[str, np.ndarray
     return parts
 
 
-def abdomen(frames, params: PhantomParams, rng: np.random.Generator) -> list[Part]:
-    """Bowel loops (some with gas), aorta and iliac arteries, IVC and iliac veins, calcifications."""
+def _shaped_great_vessels(v) -> tuple[list, list]:
+    """Phantom v5: a slightly elliptical aorta whose course wanders a few mm from level to level
+    and a flattened (oval) IVC (tube specs for :func:`_tube_through`). The wander is drawn from a
+    generator seeded by the case's vertebra sizes, not from the geometry stream, so the bone and
+    nerve labels and the triangles stay as in version 4."""
+    wander = np.random.default_rng(int(1e6 * sum(v[n].a + 3.0 * v[n].b for n in _LUMBAR)) % 2**32)
+    flat = float(wander.uniform(0.04, 0.12))
+    aorta = [(n, (8.0 + float(wander.uniform(-2.5, 2.5)), -v[n].b - 14.0 + float(wander.uniform(-1.5, 1.5)), 0.0),
+              10.0 * (1.0 + flat) + float(wander.uniform(-0.5, 0.5)), 10.0 * (1.0 - flat)) for n in ("L1", "L2", "L3", "L4")]
+    aorta.insert(0, ("L1", (aorta[0][1][0] + float(wander.uniform(-2.0, 2.0)), aorta[0][1][1], 40.0), aorta[0][2], aorta[0][3]))
+    ivc_rx, ivc_ry = float(wander.uniform(11.5, 13.5)), float(wander.uniform(5.5, 7.5))
+    ivc = [(n, (-18.0 + float(wander.uniform(-2.0, 2.0)), -v[n].b - 13.5 + float(wander.uniform(-1.0, 1.0)), 0.0),
+            ivc_rx + float(wander.uniform(-1.0, 1.0)), ivc_ry + float(wander.uniform(-0.7, 0.7))) for n in ("L1", "L2", "L3", "L4", "L5")]
+    ivc.insert(0, ("L1", (ivc[0][1][0], ivc[0][1][1], 40.0), ivc_rx, ivc_ry))
+    return aorta, ivc
+
+
+def abdomen(frames, params: PhantomParams, rng: np.random.Generator, *, shaped_vessels: bool = False) -> list[Part]:
+    """Bowel loops (some with gas), aorta and iliac arteries, IVC and iliac veins, calcifications.
+
+    ``shaped_vessels`` (phantom v2 anatomy since version 5): elliptical, wandering aorta and an
+    oval IVC; False keeps the round tubes (the primitive phantom's old cases bit for bit)."""
     ext = spine_extent(frames, params)
     y_front_body = ext["y_back"] - ext["depth"]
     half_w = 0.5 * params.body_width - params.fat_mm - 30.0
@@ -202,19 +222,12 @@ def abdomen(frames, params: PhantomParams, rng: np.random.Generator) -> list[Par
     if gas:
         parts.append(Part("bowel_gas", C["bowel_gas"], gas, partial_volume=False))
     v = params.vertebrae
-    # Phantom v5: a slightly elliptical aorta whose course wanders a few mm from level to level
-    # and a flattened (oval) IVC. The wander is drawn from a generator seeded by the case's
-    # vertebra sizes, not from ``rng``: the geometry stream, hence the bone and nerve labels and
-    # the triangles, stays as in version 4.
-    wander = np.random.default_rng(int(1e6 * sum(v[n].a + 3.0 * v[n].b for n in _LUMBAR)) % 2**32)
-    flat = float(wander.uniform(0.04, 0.12))
-    aorta = [(n, (8.0 + float(wander.uniform(-2.5, 2.5)), -v[n].b - 14.0 + float(wander.uniform(-1.5, 1.5)), 0.0),
-              10.0 * (1.0 + flat) + float(wander.uniform(-0.5, 0.5)), 10.0 * (1.0 - flat)) for n in ("L1", "L2", "L3", "L4")]
-    aorta.insert(0, ("L1", (aorta[0][1][0] + float(wander.uniform(-2.0, 2.0)), aorta[0][1][1], 40.0), aorta[0][2], aorta[0][3]))
-    ivc_rx, ivc_ry = float(wander.uniform(11.5, 13.5)), float(wander.uniform(5.5, 7.5))
-    ivc = [(n, (-18.0 + float(wander.uniform(-2.0, 2.0)), -v[n].b - 13.5 + float(wander.uniform(-1.0, 1.0)), 0.0),
-            ivc_rx + float(wander.uniform(-1.0, 1.0)), ivc_ry + float(wander.uniform(-0.7, 0.7))) for n in ("L1", "L2", "L3", "L4", "L5")]
-    ivc.insert(0, ("L1", (ivc[0][1][0], ivc[0][1][1], 40.0), ivc_rx, ivc_ry))
+    aorta = [(n, (8.0, -v[n].b - 14.0, 0.0), 10.0, 10.0) for n in ("L1", "L2", "L3", "L4")]
+    aorta.insert(0, ("L1", (8.0, -v["L1"].b - 14.0, 40.0), 10.0, 10.0))
+    ivc = [(n, (-18.0, -v[n].b - 15.0, 0.0), 11.0, 9.0) for n in ("L1", "L2", "L3", "L4", "L5")]
+    ivc.insert(0, ("L1", (-18.0, -v["L1"].b - 15.0, 40.0), 11.0, 9.0))
+    if shaped_vessels:
+        aorta, ivc = _shaped_great_vessels(v)
     vessels = _tube_through(frames, aorta) + _tube_through(frames, ivc)
     for s in (1.0, -1.0):
         vessels += _tube_through(frames, [("L4", (8.0 * (s > 0) + 2.0 * s, -v["L4"].b - 14.0, -6.0), 6.5, 6.5),
