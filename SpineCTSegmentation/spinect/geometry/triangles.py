@@ -6,8 +6,8 @@ labels, is :func:`spinect.geometry.landmarks.measure_auto`, which finds the poin
 
 * :func:`measure_points`: vertices A (exiting root meets SAP / pedicle), B, C as a user clicks
   them → projected triangle area, the free area inside it, true 3D area, r*.
-* :func:`measure_seed`: one point in the window → the connected free region around it, opened by
-  the instrument radius ρ (gaps narrower than the instrument do not connect), clipped by the
+* :func:`measure_seed`: one point in the window → the free region around it; gaps narrower than
+  the instrument radius ρ do not connect it to other free space (:func:`seed_region`), clipped by the
   endplate line (and a pedicle line when given); "unbounded" when it reaches the guard radius.
 """
 
@@ -125,9 +125,10 @@ def measure_seed(
     is kept cranial of it) and, if ``upper_line_lps_mm`` is given, a line parallel to it through
     that point's projection (the pedicle's lowest point) above. The region is the connected
     component of the free set opened by ρ that holds the seed (moved to the nearest free pixel
-    within ``snap_mm`` if it sits on bone or nerve). If that component reaches the guard radius,
-    the window is open (it leaks through an unsegmented gap): ``bounded`` is False and the areas
-    are None; place three points instead.
+    within ``snap_mm`` if it sits on bone or nerve), with the narrower free slivers that hang on it
+    (:func:`seed_region`). If that component reaches the guard radius, the window is open (it
+    leaks through an unsegmented gap): ``bounded`` is False and the areas are None; place three
+    points instead.
 
     Args:
         fields: signed distance fields of bone and nerve.
