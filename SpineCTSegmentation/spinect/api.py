@@ -176,6 +176,9 @@ def segment(
             ``allow_gaps`` (resample a DICOM series with missing slices; recorded as
             ``input_resampled``), ``levels`` (also label L1-L5 and sacrum: a second layer in
             ``.seg.nrrd``, ``<name>_levels<suffix>`` beside a label image), ``level_model``,
+            ``levels_by`` (``auto``: a level model if one is at hand, else counting the vertebrae
+            from the sacrum or the last rib, recorded as ``provenance["levels"]``; ``model``;
+            ``counting``),
             ``dicom_seg_output`` (an ``output`` ending in ``.dcm`` means the same).
 
     Returns:
@@ -212,7 +215,8 @@ def segment(
     torch_device = resolve_device(r.device)
     network, plan = load_model(model_path, device=torch_device, allow_untrained=r.allow_untrained)
     level_network = level_plan = level_path = None
-    if r.levels and (r.level_model is not None or not plan.has_levels):
+    counting = r.levels and _levels_by_counting(r, plan)
+    if r.levels and not counting and (r.level_model is not None or not plan.has_levels):
         level_network, level_plan, level_path = _load_level_model(r.level_model, torch_device, r.allow_untrained)
     if r.levels and output is not None:
         from spinect.io.writing import levels_output_path
@@ -222,7 +226,7 @@ def segment(
     if plan.training_status != "trained":
         log.warning("model %s is marked %r: its labels are not meaningful for patients", model_path, plan.training_status)
     # One settings object for the inference: the plan's defaults with the request's choices.
-    settings = InferenceSettings.from_plan(plan, r, levels=r.levels and level_network is None)
+    settings = InferenceSettings.from_plan(plan, r, levels=r.levels and level_network is None and not counting)
     timer = StageTimer()
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -264,6 +268,15 @@ def segment(
 
             coarse = segment_image(ct, level_network, level_plan, level_settings, device=torch_device)
             out = dataclasses.replace(out, levels=transfer_levels(out.labels, coarse.levels))
+    counted = None
+    if counting:  # refused (nothing written) when neither the sacrum nor a rib-bearing vertebra is in view
+        report("infer", 1.0, "vertebral levels (counting)")
+        with timer.stage("level counting"):
+            from spinect.postprocess.levels_counting import count_levels_image
+
+            level_map, counted = count_levels_image(out.labels, bone_value=plan.label_names.index("bone"))
+            out = dataclasses.replace(out, levels=level_map)
+        log.info("%s%s", counted.source, "".join(f"; {note}" for note in counted.notes))
     report("postprocess", 1.0, "smoothed and resampled to the input grid")
     islands = [_island_dict(i, lps, plan) for i, lps in zip(out.removed_islands, out.removed_islands_lps_mm)]
     for island in islands[:_ISLANDS_LOGGED]:
@@ -285,6 +298,8 @@ def segment(
         written = Path(output) if output is not None else None
         applied = settings.record(plan, ensemble_members=len(networks), device=torch_device)
         applied["levels"] = r.levels
+        if r.levels:
+            applied["levels_by"] = "counting" if counting else "model"
         provenance = _provenance(input, model_path, plan, r.ensemble, str(torch_device), applied)
         if resampled is not None:  # --allow-gaps resampled the series: the labels are on that grid
             provenance["input_resampled"] = resampled
@@ -293,6 +308,8 @@ def segment(
 
             provenance["level_model"] = model_identity(level_path, level_plan)
             provenance["level_model"]["settings"] = level_settings.record(level_plan, device=torch_device)
+        if counted is not None:  # the levels came from counting vertebrae: how, and from which reference
+            provenance["levels"] = counted.record()
         if dicom_seg_output is not None:
             from spinect.io.dicom_seg import write_result_dicom_seg
 
@@ -365,6 +382,19 @@ def _provenance(input, model_path, plan: ModelPlan, ensemble, device: str, setti
     return segment_provenance(
         input=None if isinstance(input, sitk.Image) else input, model_path=model_path, plan=plan, ensemble=ensemble,
         settings=settings, label_names=plan.label_names, device=device)
+
+
+def _levels_by_counting(r: SegmentRequest, plan: ModelPlan) -> bool:
+    """True if ``--levels`` counts the vertebrae (:mod:`spinect.postprocess.levels_counting`) rather
+    than using a level model: ``--levels-by counting``, or ``auto`` with no level model at hand
+    (none given, the model has no level classes and none is installed)."""
+    if r.levels_by != "auto":
+        return r.levels_by == "counting"
+    if r.level_model is not None or plan.has_levels:
+        return False
+    from spinect.model_file import default_level_model_path
+
+    return not default_level_model_path().is_file()
 
 
 def _load_level_model(level_model, device, allow_untrained: bool):

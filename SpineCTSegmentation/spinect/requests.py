@@ -521,7 +521,8 @@ class SegmentRequest(Request):
                                 help="run the network on every window in the body (default: skip windows > 30 mm "
                                      "from bone-dense tissue)")
     levels: bool = option(False, kind="bool",
-                          help="also label vertebral levels L1-L5 and sacrum (from a level model, see --level-model): "
+                          help="also label vertebral levels L1-L5 and sacrum (from a level model, or by counting "
+                               "from the sacrum or the last rib: see --levels-by): "
                                ".seg.nrrd gets level segments in a second layer; a label image gets OUT_levels.<suffix>")
     dicom_seg_output: Path | None = option(None, kind="path", flag="--dicom-seg", metavar="OUT.dcm",
                                            help="also write a DICOM SEG referencing the input DICOM series (needs a "
@@ -529,6 +530,11 @@ class SegmentRequest(Request):
     level_model: Path | None = option(None, kind="path", metavar="MODEL.pt",
                                       help="with --levels: the level model to use",
                                       default_text="the model itself if it has level classes, else the shipped level model")
+    levels_by: str = option("auto", choices=("auto", "model", "counting"),
+                            help="with --levels: where the levels come from: model = a level model (the model's own "
+                                 "level classes or --level-model); counting = count the vertebrae of the bone "
+                                 "segmentation up from the sacrum or down from the last rib (refused when neither is "
+                                 "in view); auto = a level model when one is available, else counting")
     overwrite: bool = option(True, kind="bool", negative_flag="--no-overwrite",
                              help="replace an existing output file (always atomically)",
                              negative_help="refuse to replace an existing output file")
@@ -548,6 +554,11 @@ class SegmentRequest(Request):
                              "to compare)")
         if self.level_model is not None and not self.levels:
             raise self.error("--level-model is used only with --levels; add --levels or leave out --level-model")
+        if self.levels_by != "auto" and not self.levels:
+            raise self.error("--levels-by is used only with --levels; add --levels or leave out --levels-by")
+        if self.levels_by == "counting" and self.level_model is not None:
+            raise self.error("--levels-by counting uses no level model; leave out --level-model or use --levels-by "
+                             "model")
 
     @property
     def amp(self) -> bool | None:
@@ -922,6 +933,7 @@ class SegmentBatchRequest(Request):
     whole_volume: bool = _per_case("whole_volume")
     levels: bool = _per_case("levels")
     level_model: Path | None = _per_case("level_model")
+    levels_by: str = _per_case("levels_by")
     allow_gaps: bool = _per_case("allow_gaps")
     force: bool = _per_case("force")
     allow_untrained: bool = _per_case("allow_untrained")

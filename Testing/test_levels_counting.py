@@ -1,0 +1,167 @@
+"""Vertebral levels by counting (spinect.postprocess.levels_counting) and ``segment --levels`` without a level model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from spinect.plan import LEVEL_MAP_NAMES
+
+SHAPE, SPACING = (160, 150, 150), (2.0, 2.0, 2.0)  # L1 to the pelvis at 2 mm
+TRUTH_LEVELS = {"L1": (1,), "L2": (2,), "L3": (3,), "L4": (4,), "L5": (5,), "sacrum": (6, 7)}
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from spinect.phantom import generate_case
+
+    case = generate_case(3, shape_zyx=SHAPE, spacing_zyx_mm=SPACING, window_tables=False, noise=False)
+    return sitk.GetArrayFromImage(case.structures), case.labels
+
+
+def _calls(levels: np.ndarray, structures: np.ndarray) -> dict[str, str | None]:
+    out = {}
+    for name, codes in TRUTH_LEVELS.items():
+        counts = np.bincount(levels[np.isin(structures, codes)], minlength=len(LEVEL_MAP_NAMES))[1:]
+        out[name] = LEVEL_MAP_NAMES[int(np.argmax(counts)) + 1] if counts.any() else None
+    return out
+
+
+def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(array.astype(np.uint8))
+    img.CopyInformation(like)
+    return img
+
+
+def _add_rib(bone: np.ndarray, structures: np.ndarray, code: int) -> np.ndarray:
+    """A rib on the vertebra with structure ``code``: a 4 mm tube from its pedicle out to 110 mm on the left."""
+    zc = int(np.round(np.nonzero(structures == code)[0].mean()))
+    sac = np.argwhere(structures[zc] == 30)  # dural sac: the canal's centre
+    yc, xc = sac.mean(axis=0)
+    out = bone.copy()
+    zz, yy, xx = np.ogrid[:bone.shape[0], :bone.shape[1], :bone.shape[2]]
+    x_mm = (xx - xc) * SPACING[2]
+    tube = ((zz - zc) * SPACING[0]) ** 2 + ((yy - yc) * SPACING[1] - 4.0) ** 2 <= 4.0**2
+    out |= tube & (x_mm >= 10.0) & (x_mm <= 110.0)
+    return out
+
+
+def test_counted_levels_equal_the_truth_levels(phantom):
+    from spinect.postprocess.levels_counting import count_levels_image
+
+    structures, labels = phantom
+    levels, counted = count_levels_image(labels)
+    assert counted.reference == "sacrum" and counted.source == "levels by counting from the sacrum"
+    assert _calls(sitk.GetArrayFromImage(levels), structures) == {n: n for n in TRUTH_LEVELS}
+    assert levels.GetSize() == labels.GetSize() and levels.GetPixelID() == sitk.sitkUInt8
+    names = [v["name"] for v in counted.vertebrae]
+    assert names[:6] == ["sacrum", "L5", "L4", "L3", "L2", "L1"]
+    assert counted.notes == []
+    record = counted.record()
+    assert record["method"] == "counting" and record["vertebrae"][1]["z_range"] is not None
+
+
+def test_a_crop_without_sacrum_or_ribs_is_refused(phantom):
+    from spinect.postprocess.levels_counting import REFUSAL_NO_REFERENCE, LevelCountError, count_levels
+
+    structures, labels = phantom
+    bone = sitk.GetArrayFromImage(labels) == 1
+    z = np.nonzero(np.isin(structures, (2, 3, 4)).any(axis=(1, 2)))[0]
+    lo = int(np.nonzero((structures == 4).any(axis=(1, 2)))[0].mean())
+    hi = int(np.nonzero((structures == 2).any(axis=(1, 2)))[0].mean())
+    assert lo < hi <= z.max()
+    with pytest.raises(LevelCountError, match="neither the sacrum nor a rib-bearing vertebra") as exc:
+        count_levels(bone[lo:hi], SPACING)
+    assert str(exc.value) == REFUSAL_NO_REFERENCE
+
+
+def test_a_lumbar_rib_is_transitional_anatomy_and_the_sacrum_count_wins(phantom):
+    from spinect.postprocess.levels_counting import count_levels
+
+    structures, labels = phantom
+    bone = _add_rib(sitk.GetArrayFromImage(labels) == 1, structures, code=1)  # a rib on L1: "T12" by the rib
+    counted = count_levels(bone, SPACING)
+    assert counted.reference == "sacrum" and counted.references_seen == ("sacrum", "last rib")
+    assert any("transitional anatomy: 4 vertebrae" in note for note in counted.notes), counted.notes
+    assert _calls(counted.levels, structures) == {n: n for n in TRUTH_LEVELS}
+
+
+def test_without_the_sacrum_the_levels_are_counted_down_from_the_last_rib(phantom):
+    from spinect.postprocess.levels_counting import count_levels
+
+    structures, labels = phantom
+    bone = _add_rib(sitk.GetArrayFromImage(labels) == 1, structures, code=1)
+    top_of_s1 = int(np.nonzero((structures == 5).any(axis=(1, 2)))[0].min()) + 4  # L5's lowest slice + 8 mm
+    counted = count_levels(bone[top_of_s1:], SPACING)
+    assert counted.reference == "last rib"
+    calls = _calls(counted.levels, structures[top_of_s1:])
+    # the rib makes L1 the last rib-bearing vertebra (T12, no level code): L2 is called L1, and so on
+    assert [calls[n] for n in ("L2", "L3", "L4", "L5")] == ["L1", "L2", "L3", "L4"]
+    assert [v["name"] for v in counted.vertebrae][-1] == "T12" and counted.vertebrae[-1]["code"] == 0
+
+
+def _fake_network(monkeypatch, labels: sitk.Image):
+    """segment()'s network output replaced by ``labels`` (the counting step is what is tested)."""
+    import spinect.pipeline as pipeline
+
+    def fake(prepared, networks, plan, settings, **_):
+        assert not settings.levels  # counting asks the network for no level classes
+        return pipeline.PipelineOutput(labels, [], [])
+
+    monkeypatch.setattr(pipeline, "segment_network_input", fake)
+
+
+def test_segment_levels_without_a_level_model_counts_and_writes_level_segments(phantom, tmp_path, monkeypatch):
+    import json
+
+    from spinect.api import segment
+    from test_levels import ARCH  # noqa: F401  (same tiny architecture as the level tests)
+    from test_levels import _save_tiny
+
+    from spinect.plan import CLASS_NAMES
+
+    structures, labels = phantom
+    ct = sitk.Cast(labels, sitk.sitkFloat32) * 1000.0 - 500.0
+    model = _save_tiny(tmp_path / "three.pt", CLASS_NAMES)
+    _fake_network(monkeypatch, labels)
+    out = segment(ct, tmp_path / "out.nii.gz", model=model, allow_untrained=True, levels=True, levels_by="counting")
+    assert out.provenance["levels"]["source"] == "levels by counting from the sacrum"
+    assert out.provenance["settings"]["levels_by"] == "counting"
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_levels.nii.gz")))
+    assert _calls(written, structures) == {n: n for n in TRUTH_LEVELS}
+    sidecars = [p for p in tmp_path.iterdir() if p.name.endswith(".json") and p.name.startswith("out")]
+    assert any("levels by counting" in p.read_text() for p in sidecars)
+    # auto: no level model at hand -> counting too
+    auto = segment(ct, model=model, allow_untrained=True, levels=True)
+    assert auto.provenance["levels"]["reference"] == "sacrum"
+    assert json.dumps(auto.provenance["levels"])  # JSON-ready
+
+
+def test_segment_levels_by_counting_refuses_a_crop_and_writes_nothing(phantom, tmp_path, monkeypatch, capsys):
+    from spinect.cli import main
+    from test_levels import _save_tiny
+
+    from spinect.plan import CLASS_NAMES
+
+    structures, labels = phantom
+    lo = int(np.nonzero((structures == 4).any(axis=(1, 2)))[0].mean())
+    hi = int(np.nonzero((structures == 2).any(axis=(1, 2)))[0].mean())
+    crop = labels[:, :, lo:hi]
+    sitk.WriteImage(sitk.Cast(crop, sitk.sitkFloat32) * 1000.0 - 500.0, str(tmp_path / "ct.nii.gz"))
+    model = _save_tiny(tmp_path / "three.pt", CLASS_NAMES)
+    _fake_network(monkeypatch, sitk.ReadImage(str(tmp_path / "ct.nii.gz")) > 0)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name in ("out.nii.gz", "out.seg.nrrd"):
+        code = main(["segment", str(tmp_path / "ct.nii.gz"), str(tmp_path / name), "--model", str(model), "--levels",
+                     "--levels-by", "counting"])
+        assert code == 3
+        assert "levels cannot be counted: neither the sacrum nor a rib-bearing vertebra" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    code = main(["segment", str(tmp_path / "ct.nii.gz"), str(tmp_path / "out.nii.gz"), "--model", str(model),
+                 "--levels-by", "counting"])
+    assert code != 0 and "--levels-by is used only with --levels" in capsys.readouterr().err
+    code = main(["segment", str(tmp_path / "ct.nii.gz"), str(tmp_path / "out.nii.gz"), "--model", str(model),
+                 "--levels", "--levels-by", "counting", "--level-model", str(model)])
+    assert code != 0 and "--levels-by counting uses no level model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
