@@ -165,3 +165,35 @@ def test_segment_levels_by_counting_refuses_a_crop_and_writes_nothing(phantom, t
                  "--levels", "--levels-by", "counting", "--level-model", str(model)])
     assert code != 0 and "--levels-by counting uses no level model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_auto_counts_from_the_sacrum_only(phantom):
+    # a rib on L1 and no sacrum: explicit counting goes down from the rib, auto refuses and says why
+    from spinect.postprocess.levels_counting import LevelCountError, count_levels
+
+    structures, labels = phantom
+    bone = _add_rib(sitk.GetArrayFromImage(labels) == 1, structures, code=1)
+    top_of_s1 = int(np.nonzero((structures == 5).any(axis=(1, 2)))[0].min()) + 4
+    with pytest.raises(LevelCountError, match="from the sacrum: it is not in the field of view.*--levels-by counting"):
+        count_levels(bone[top_of_s1:], SPACING, references=("sacrum",))
+    counted = count_levels(bone, SPACING, references=("sacrum",))  # sacrum in view: the rib is not used
+    assert counted.reference == "sacrum" and _calls(counted.levels, structures) == {n: n for n in TRUTH_LEVELS}
+
+
+def test_a_missed_disc_stops_the_count_instead_of_shifting_it(phantom):
+    # the L3/L4 disc (structure code 22) segmented as bone: the merged L3+L4 body is too tall, so
+    # it and everything above must stay unnamed (they would be called one level too low); L5 and
+    # the sacrum below keep their names
+    from spinect.postprocess.levels_counting import count_levels
+
+    structures, labels = phantom
+    bone = (sitk.GetArrayFromImage(labels) == 1) | (structures == 22)
+    counted = count_levels(bone, SPACING)
+    calls = _calls(counted.levels, structures)
+    assert calls["L5"] == "L5" and calls["sacrum"] == "sacrum"
+    for name, codes in TRUTH_LEVELS.items():  # no vertebra is mostly named wrong (unnamed is allowed)
+        named = counted.levels[np.isin(structures, codes)]
+        wrong = (named != 0) & (named != LEVEL_MAP_NAMES.index(name))
+        assert wrong.mean() < 0.25, (name, calls)
+    assert np.mean(counted.levels[np.isin(structures, (1, 2, 3))] != 0) < 0.01  # L1-L3: past the merged body
+    assert any("implausible body height" in note and "left unnamed" in note for note in counted.notes), counted.notes

@@ -177,8 +177,8 @@ def segment(
             ``input_resampled``), ``levels`` (also label L1-L5 and sacrum: a second layer in
             ``.seg.nrrd``, ``<name>_levels<suffix>`` beside a label image), ``level_model``,
             ``levels_by`` (``auto``: a level model if one is at hand, else counting the vertebrae
-            from the sacrum or the last rib, recorded as ``provenance["levels"]``; ``model``;
-            ``counting``),
+            up from the sacrum, recorded as ``provenance["levels"]``; ``model``; ``counting``: up
+            from the sacrum or, without one in view, down from the last rib),
             ``dicom_seg_output`` (an ``output`` ending in ``.dcm`` means the same).
 
     Returns:
@@ -272,9 +272,12 @@ def segment(
     if counting:  # refused (nothing written) when neither the sacrum nor a rib-bearing vertebra is in view
         report("infer", 1.0, "vertebral levels (counting)")
         with timer.stage("level counting"):
-            from spinect.postprocess.levels_counting import count_levels_image
+            from spinect.postprocess.levels_counting import ALL_REFERENCES, count_levels_image
 
-            level_map, counted = count_levels_image(out.labels, bone_value=plan.label_names.index("bone"))
+            # auto counts from the sacrum only: a missed short 12th rib would shift every level by one
+            references = ALL_REFERENCES if r.levels_by == "counting" else ("sacrum",)
+            level_map, counted = count_levels_image(out.labels, bone_value=plan.label_names.index("bone"),
+                                                    references=references)
             out = dataclasses.replace(out, levels=level_map)
         log.info("%s%s", counted.source, "".join(f"; {note}" for note in counted.notes))
     report("postprocess", 1.0, "smoothed and resampled to the input grid")

@@ -534,7 +534,9 @@ class SegmentRequest(Request):
                             help="with --levels: where the levels come from: model = a level model (the model's own "
                                  "level classes or --level-model); counting = count the vertebrae of the bone "
                                  "segmentation up from the sacrum or down from the last rib (refused when neither is "
-                                 "in view); auto = a level model when one is available, else counting")
+                                 "in view); auto = a level model when one is available, else counting up from the "
+                                 "sacrum only (a missed short 12th rib would shift every level by one); levels past "
+                                 "a vertebra of implausible height are left unnamed")
     overwrite: bool = option(True, kind="bool", negative_flag="--no-overwrite",
                              help="replace an existing output file (always atomically)",
                              negative_help="refuse to replace an existing output file")

@@ -47,13 +47,16 @@ from scipy import ndimage as ndi
 
 from spinect.errors import SpinectError
 
-__all__ = ["LevelCountError", "LevelCount", "count_levels", "count_levels_image", "REFUSAL_NO_REFERENCE",
+__all__ = ["LevelCountError", "LevelCount", "count_levels", "count_levels_image", "REFUSAL_NO_REFERENCE", "ALL_REFERENCES",
            "COUNTING_SOURCES"]
 
 #: The message of a refusal when neither reference is in view (the start of the error's text).
 REFUSAL_NO_REFERENCE = ("levels cannot be counted: neither the sacrum nor a rib-bearing vertebra is in the field of "
                         "view; give a level map (--structures) or a level model")
 #: What the result's ``source`` says per reference.
+#: ``references`` of :func:`count_levels`: both (``--levels-by counting``), or the sacrum only
+#: (``--levels-by auto``: the last-rib count is off by one whenever a short 12th rib is missed).
+ALL_REFERENCES: tuple[str, ...] = ("sacrum", "last rib")
 COUNTING_SOURCES = {"sacrum": "levels by counting from the sacrum", "last rib": "levels by counting from the last rib"}
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
@@ -349,7 +352,8 @@ def _rib_positions(straight: np.ndarray, u: np.ndarray) -> list[tuple[float, str
 # ------------------------------------------------------------------------------------- counting
 
 
-def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=None) -> LevelCount:
+def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=None,
+                 references: Sequence[str] = ALL_REFERENCES) -> LevelCount:
     """Count the vertebral levels of a bone mask in LPS array order.
 
     Args:
@@ -358,14 +362,23 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         spacing_zyx_mm: voxel size (z, y, x), mm.
         to_world: optional function mapping (N, 3) array mm (z, y, x) to world points for the
             record's ``centre_mm`` (default: the array mm themselves).
+        references: what the count may start from: ``"sacrum"`` and/or ``"last rib"``.
+
+    A vertebra whose body height is implausible (a disc missed or split) stops the count: it and
+    every vertebra past it, seen from the reference, are left unnamed (``?``, code 0) with a note,
+    because the count past it may be off by one. A wrong level is worse than none.
 
     Returns:
         :class:`LevelCount`.
 
     Raises:
-        LevelCountError: no canal or no vertebral bodies found, or neither the sacrum nor a
-            rib-bearing vertebra in view (:data:`REFUSAL_NO_REFERENCE`).
+        LevelCountError: no canal or no vertebral bodies found, neither the sacrum nor a
+            rib-bearing vertebra in view (:data:`REFUSAL_NO_REFERENCE`), only a reference that
+            ``references`` excludes, or no lumbar level left to name.
     """
+    unknown = set(references) - set(ALL_REFERENCES)
+    if unknown or not references:
+        raise LevelCountError(f"unknown counting reference(s) {sorted(unknown)}; use {list(ALL_REFERENCES)}")
     bone = np.asarray(bone) > 0
     if bone.ndim != 3:
         raise LevelCountError(f"levels cannot be counted: the bone mask must be 3D, got shape {bone.shape}")
@@ -408,6 +421,19 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         last_rib = min(ribbed)
     if sacrum is None and last_rib is None:
         raise LevelCountError(REFUSAL_NO_REFERENCE)
+    if "last rib" not in references and sacrum is None:
+        raise LevelCountError(
+            "levels cannot be counted from the sacrum: it is not in the field of view. A rib-bearing vertebra is: "
+            "--levels-by counting counts down from the last rib, which is less reliable (a short 12th rib is easily "
+            "missed, and then every level is off by one); or give a level map (--structures) or a level model")
+    if "sacrum" not in references and last_rib is None:
+        raise LevelCountError("levels cannot be counted from the last rib: no rib-bearing vertebra is in the field of "
+                              "view; count from the sacrum, or give a level map (--structures) or a level model")
+    if "sacrum" not in references:
+        sacrum = None
+    if "last rib" not in references:
+        last_rib = None
+        lowest = 0
     names = ["?"] * n
     if last_rib is not None:
         names[last_rib] = "T12"
@@ -434,11 +460,21 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         reference = "last rib"
         for k, name in by_rib.items():
             names[k] = name if name in LUMBAR else "?"
-    for k, h in enumerate(heights):
-        inner = 0 < k < n - 1
-        if inner and names[k] != "sacrum" and not MIN_HEIGHT_MM <= h <= MAX_HEIGHT_MM:
-            notes.append(f"vertebra {names[k]} has an implausible body height of {h:.0f} mm (15-45 mm expected): "
-                         "a disc may have been missed or split, and the count past it may be off")
+    # from the reference outwards, the first implausible body stops the count (ends are cut by the field of view)
+    outward = range(sacrum + 1, n) if reference == "sacrum" else range(last_rib, -1, -1)
+    for k in outward:
+        if 0 < k < n - 1 and not MIN_HEIGHT_MM <= heights[k] <= MAX_HEIGHT_MM:
+            past = [names[j] for j in outward if (j >= k if reference == "sacrum" else j <= k) and names[j] != "?"]
+            notes.append(f"the vertebra counted as {names[k]} has an implausible body height of {heights[k]:.0f} mm "
+                         f"(15-45 mm expected): a disc may have been missed or split, so it and the vertebrae past it "
+                         f"({', '.join(past)}) are left unnamed")
+            for j in outward:
+                if (j >= k if reference == "sacrum" else j <= k):
+                    names[j] = "?"
+            break
+    if not any(name in LUMBAR for name in names):
+        raise LevelCountError("levels cannot be counted: " + (notes[-1] if notes else "no lumbar vertebra was named")
+                              + "; check the segmentation, or give a level map (--structures) or a level model")
     labels = _label_voxels(bone, spacing, line, t, l, p, segs, names)
     vertebrae = []
     from spinect.plan import LEVEL_MAP_NAMES
@@ -509,13 +545,15 @@ def _label_voxels(bone, spacing, line, t, l, p, segs, names) -> np.ndarray:
     return labels
 
 
-def count_levels_image(labels, bone_value: int | None = 1) -> tuple[Any, LevelCount]:
+def count_levels_image(labels, bone_value: int | None = 1, *,
+                       references: Sequence[str] = ALL_REFERENCES) -> tuple[Any, LevelCount]:
     """Count the levels of a label image (SimpleITK), any orientation.
 
     Args:
         labels: label image whose ``bone_value`` voxels are bone (``bone_value=None``: every
             nonzero voxel is bone, e.g. a bone mask).
         bone_value: the bone label (SPINECT: 1).
+        references: see :func:`count_levels`.
 
     Returns:
         (UInt8 level map on ``labels``' grid with :data:`spinect.plan.LEVEL_MAP_NAMES` codes,
@@ -537,7 +575,7 @@ def count_levels_image(labels, bone_value: int | None = 1) -> tuple[Any, LevelCo
     def to_world(zyx_mm):
         return origin + (np.asarray(zyx_mm)[:, ::-1]) @ direction.T
 
-    result = count_levels(bone, spacing, to_world=to_world)
+    result = count_levels(bone, spacing, to_world=to_world, references=references)
     out = sitk.GetImageFromArray(result.levels)
     out.CopyInformation(lps)
     out = sitk.DICOMOrient(out, orientation)
