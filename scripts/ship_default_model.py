@@ -123,8 +123,19 @@ def goal_lines(results: dict, name: str, stress_rows: list[dict]) -> list[str]:
     return out
 
 
+def parent_description(path: Path) -> str:
+    """What the model being replaced was trained on, from its own plan (not assumed)."""
+    if not path.is_file():
+        return "no previous default model"
+    from spinect.model_file import load_plan
+
+    prov = load_plan(path).provenance
+    return (f"from a {prov.get('iterations', '?')}-iteration training schedule on "
+            f"{prov.get('training_data', 'unspecified data')}; see that model's own card in the repository history")
+
+
 def model_card(plan, *, name: str, reference: str, results: dict, note: str, digest: str, size_mb: float,
-               n_params: int, old_digest: str) -> str:
+               n_params: int, old_digest: str, parent: str = "") -> str:
     prov = plan.provenance
     methods = [m for m in ("threshold", reference, name) if m in next(iter(results["cases"].values()))["methods"]]
     stress_lines, stress_rows = stress_table(results, name)
@@ -149,8 +160,7 @@ def model_card(plan, *, name: str, reference: str, results: dict, note: str, dig
         "",
         "## Training",
         f"- {note}",
-        f"- Fine-tuned from the previous default model (sha256 `{old_digest}`, trained 5000 CPU iterations on",
-        "  primitive v1 phantoms) with `spinect train --init`.",
+        f"- Fine-tuned from the previous default model (sha256 `{old_digest}`, {parent}) with `spinect train --init`.",
         f"- {prov.get('iterations')} iterations, batch {prov.get('batch_size')}, Adam lr {prov.get('lr')}, seed {prov.get('seed')}, "
         f"on {str(prov.get('device', 'cpu')).upper()} in {prov.get('precision', 'float32')}; loss {prov.get('loss')}.",
         f"- Last command: `{prov.get('command')}`.",
@@ -192,6 +202,7 @@ def ship(args: argparse.Namespace) -> Path:
     network, plan = load_model(args.checkpoint)
     target = args.models_dir / "spinect_default.pt"
     old_digest = sha256_of_file(target) if target.is_file() else "none"
+    parent = parent_description(target)
     provenance = {k: v for k, v in plan.provenance.items() if k not in ("init_model", "data")}
     provenance.update(
         training_data="synthetic lumbosacral phantoms (spinect.phantom v1, then v2: real bone shapes and primitives, "
@@ -209,7 +220,7 @@ def ship(args: argparse.Namespace) -> Path:
         raise ShipError(f"model file is {size_mb:.1f} MB > {MAX_MODEL_MB} MB")
     n_params = sum(p.numel() for p in network.parameters())
     card = model_card(plan, name=args.name, reference=args.reference, results=results, note=args.training_note,
-                      digest=digest, size_mb=size_mb, n_params=n_params, old_digest=old_digest)
+                      digest=digest, size_mb=size_mb, n_params=n_params, old_digest=old_digest, parent=parent)
     with atomic_output(args.models_dir / "MODEL_CARD.md") as tmp:
         tmp.write_text(card, encoding="utf-8")
     for path in (target, target.with_suffix(".json"), args.models_dir / "MODEL_CARD.md"):

@@ -23,6 +23,7 @@ from spinect.manifest import discover_cases
 from spinect.plan import CLASS_NAMES, LEVEL_CLASS_GROUPS, LEVEL_CLASS_NAMES, ModelPlan
 from spinect.preprocess import intensity_statistics, normalise_hu
 from spinect.train.dataset import DataSplit, LoadedCase, load_cases, split_cases
+from spinect.train.loss import SPINECT_LATE_WEIGHTS
 
 __all__ = ["RunData", "prepare_run_data", "build_plan", "write_run_files", "run_class_names", "SPLIT_FILE_NAME"]
 
@@ -117,7 +118,7 @@ def build_plan(config, data: RunData) -> ModelPlan:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fold": int(config.fold), "folds": int(config.folds), "seed": int(config.seed),
         "iterations": int(config.total_iterations), "batch_size": int(config.batch_size), "lr": float(config.lr),
-        "loss": f"weighted softmax cross-entropy 1:1:{float(getattr(config, 'early_nerve_weight', 20.0)):g} for the first 40 % of iterations, then 1:1:2",
+        "loss": _loss_text(float(getattr(config, "early_nerve_weight", 20.0))),
         "spinect_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
     return ModelPlan(
@@ -136,3 +137,12 @@ def write_run_files(config, data: RunData) -> None:
     payload = {"fold": config.fold, "folds": config.folds, "seed": config.seed, **data.split.as_dict(), "argv": sys.argv}
     with atomic_output(config.out / SPLIT_FILE_NAME) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _loss_text(early_nerve_weight: float) -> str:
+    """The loss schedule in words, for the plan's provenance (one weight when it never switches)."""
+    late = SPINECT_LATE_WEIGHTS[2]
+    if early_nerve_weight == late:
+        return f"weighted softmax cross-entropy 1:1:{late:g} throughout"
+    return (f"weighted softmax cross-entropy 1:1:{early_nerve_weight:g} for the first 40 % of iterations, "
+            f"then 1:1:{late:g}")
