@@ -337,7 +337,7 @@ class _Fields:
         white = self.rng.standard_normal((n, n, n), dtype=np.float32)
         spec = np.fft.rfftn(white)
         spec *= np.exp(-2.0 * np.pi**2 * sum((s * f) ** 2 for s, f in zip(sigma, self.f))).astype(np.float32)
-        tile = np.fft.irfftn(spec, s=(n, n, n)).astype(np.float32)
+        tile = np.fft.irfftn(spec, s=(n, n, n), axes=(0, 1, 2)).astype(np.float32)
         tile -= tile.mean()
         tile /= max(float(tile.std()), 1e-9)
         off = self.rng.integers(0, n, 3)
