@@ -94,7 +94,7 @@ class SpineCTSegmentationParameterNode:
     uncertainty - flip test-time augmentation with an uncertainty map and review list.
     keepIslands - keep isolated false-positive islands (removed and reported by default).
     wholeVolume - run the network on every window in the body, not only within 30 mm of bone.
-    vertebralLevels - also label L1-L5 and sacrum (needs a level model).
+    vertebralLevels - also label L1-L5 and sacrum (a level model, else counted up from the sacrum).
     trainingFolder, caseId - where "Export for training" writes.
     triangleLevel, triangleSide - the Kambin triangle measured.
     structuresVolume - optional level/structure map (automatic mode and endplate frame).
@@ -741,7 +741,8 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         ``uncertainty`` adds flip TTA with an uncertainty map and review list (``loadUncertainty``);
         ``keepIslands`` keeps isolated false-positive islands; ``wholeVolume`` runs every window in
         the body (by default windows more than 30 mm from bone-dense tissue are skipped); ``levels``
-        adds segments L1-L5 and sacrum (needs a level model, ``modelPath``).
+        adds segments L1-L5 and sacrum (from a level model, ``modelPath``, else counted up from the
+        sacrum: refused when it is not in view).
         """
         return self.backend().start_segmentation(
             inputVolume, device=device, model_path=modelPath, smoothing_mm=smoothingMm, uncertainty=uncertainty,
