@@ -386,9 +386,15 @@ def apply_soft_texture(hu: np.ndarray, structures: np.ndarray, spacing_zyx, look
     return hu
 
 
-def _muscle(hu, st, look: SoftLook, fields: _Fields, fat_hu, spacing) -> None:
+def _code_lut(codes) -> np.ndarray:
+    """(256,) bool lookup table: True at the structure codes ``codes`` (``lut[structures]`` is their mask)."""
     lut = np.zeros(256, bool)
-    lut[list(MUSCLE_CODES)] = True
+    lut[list(codes)] = True
+    return lut
+
+
+def _muscle(hu, st, look: SoftLook, fields: _Fields, fat_hu, spacing) -> None:
+    lut = _code_lut(MUSCLE_CODES)
     box = _bbox(lut[st])
     if box is None:
         return
@@ -451,8 +457,7 @@ def _thin(f: np.ndarray, sigma_mm: float, half_mm: float, h_mm: float, dims: int
 
 
 def _fat(hu, st, look: SoftLook, fields: _Fields, blood_hu=None, spacing=(1.0, 1.0, 1.0)) -> None:
-    lut = np.zeros(256, bool)
-    lut[list(FAT_CODES)] = True
+    lut = _code_lut(FAT_CODES)
     box = _bbox(lut[st])
     if box is None:
         return
@@ -496,8 +501,6 @@ def _fat(hu, st, look: SoftLook, fields: _Fields, blood_hu=None, spacing=(1.0, 1
 
 
 def _fat_v4(view, s, isfat, look: SoftLook, fields: _Fields, box) -> None:
-    lut = np.zeros(256, bool)
-    lut[list(FAT_CODES)] = True
     if look.fat_strand_width > 0:
         f = np.abs(fields.sample((3.0, 1.5, 1.5), box))
         sel = (f < np.float32(look.fat_strand_width)) & isfat
@@ -505,14 +508,14 @@ def _fat_v4(view, s, isfat, look: SoftLook, fields: _Fields, box) -> None:
         view[sel] += w * (np.float32(20.0) - view[sel])
         del f
     a = np.abs(fields.sample(4.0, box))
-    sel = (a < np.float32(0.05)) & lut[s]
+    sel = (a < np.float32(0.05)) & isfat
     w = (np.float32(1.0) - a[sel] / np.float32(0.05)) * np.float32(0.5)
     view[sel] += w * (np.float32(look.strand_hu) - view[sel])
     b = np.abs(fields.sample(4.0, box))
     np.maximum(a, b, out=a)
     del b
     width = np.where(s == C["subcutaneous_fat"], np.float32(0.5 * look.vessel_width), np.float32(look.vessel_width))
-    sel = (a < width) & lut[s]
+    sel = (a < width) & isfat
     w = np.clip(np.float32(1.5) - a[sel] / width[sel], 0.0, 1.0)
     view[sel] += w * (np.float32(look.vessel_hu) - view[sel])
 

@@ -133,16 +133,18 @@ def _disk(radius_mm: float, spacing_yx: Sequence[float]) -> np.ndarray:
 
 def _canal_candidates(sl: np.ndarray, spacing_yx, disk) -> list[tuple[float, float, float]]:
     """(y mm, x mm, body fraction) of the plausible canal holes of one axial slice."""
+    out = _holes_with_body(sl, sl, spacing_yx)
+    if not out and disk is not None:  # a ring opened by the segmentation: close it and look again
+        out = _holes_with_body(ndi.binary_closing(sl, structure=disk), sl, spacing_yx)
+    return out
+
+
+def _holes_with_body(closed: np.ndarray, sl: np.ndarray, spacing_yx) -> list[tuple[float, float, float]]:
+    """Holes of ``closed`` of canal size and shape with vertebral-body bone of ``sl`` in front of them."""
     dy, dx = spacing_yx
     out = []
-    for closed in (sl, None):
-        if closed is None:
-            if out or disk is None:
-                break
-            closed = ndi.binary_closing(sl, structure=disk)
-        holes = ndi.binary_fill_holes(closed) & ~closed
-        if not holes.any():
-            continue
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    if holes.any():
         lab, n = ndi.label(holes)
         areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] * dy * dx
         for i in np.flatnonzero((areas >= CANAL_AREA_MM2[0]) & (areas <= CANAL_AREA_MM2[1])):
@@ -163,7 +165,6 @@ def _canal_candidates(sl: np.ndarray, spacing_yx, disk) -> list[tuple[float, flo
 
 def _centreline(bone: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """(N, 3) centreline points (z, y, x mm), caudal to cranial, every STEP_MM along the arc."""
-    nz = bone.shape[0]
     disk = _disk(CLOSING_MM, spacing[1:])
     cands: dict[int, list] = {}
     for z in np.flatnonzero(bone.any(axis=(1, 2))):
@@ -433,7 +434,6 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         sacrum = None
     if "last rib" not in references:
         last_rib = None
-        lowest = 0
     names = ["?"] * n
     if last_rib is not None:
         names[last_rib] = "T12"
@@ -461,17 +461,16 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         for k, name in by_rib.items():
             names[k] = name if name in LUMBAR else "?"
     # from the reference outwards, the first implausible body stops the count (ends are cut by the field of view)
-    outward = range(sacrum + 1, n) if reference == "sacrum" else range(last_rib, -1, -1)
-    for k in outward:
-        if 0 < k < n - 1 and not MIN_HEIGHT_MM <= heights[k] <= MAX_HEIGHT_MM:
-            past = [names[j] for j in outward if (j >= k if reference == "sacrum" else j <= k) and names[j] != "?"]
-            notes.append(f"the vertebra counted as {names[k]} has an implausible body height of {heights[k]:.0f} mm "
-                         f"(15-45 mm expected): a disc may have been missed or split, so it and the vertebrae past it "
-                         f"({', '.join(past)}) are left unnamed")
-            for j in outward:
-                if (j >= k if reference == "sacrum" else j <= k):
-                    names[j] = "?"
-            break
+    outward = list(range(sacrum + 1, n)) if reference == "sacrum" else list(range(last_rib, -1, -1))
+    stop = next((i for i, k in enumerate(outward)
+                 if 0 < k < n - 1 and not MIN_HEIGHT_MM <= heights[k] <= MAX_HEIGHT_MM), None)
+    if stop is not None:
+        k, past = outward[stop], outward[stop:]
+        notes.append(f"the vertebra counted as {names[k]} has an implausible body height of {heights[k]:.0f} mm "
+                     f"(15-45 mm expected): a disc may have been missed or split, so it and the vertebrae past it "
+                     f"({', '.join(names[j] for j in past if names[j] != '?')}) are left unnamed")
+        for j in past:
+            names[j] = "?"
     if not any(name in LUMBAR for name in names):
         raise LevelCountError("levels cannot be counted: " + (notes[-1] if notes else "no lumbar vertebra was named")
                               + "; check the segmentation, or give a level map (--structures) or a level model")
