@@ -269,7 +269,7 @@ def segment(
             coarse = segment_image(ct, level_network, level_plan, level_settings, device=torch_device)
             out = dataclasses.replace(out, levels=transfer_levels(out.labels, coarse.levels))
     counted = None
-    if counting:  # refused (nothing written) when neither the sacrum nor a rib-bearing vertebra is in view
+    if counting:  # refused (nothing written) when no usable reference is in view or no lumbar level can be named
         report("infer", 1.0, "vertebral levels (counting)")
         with timer.stage("level counting"):
             from spinect.postprocess.levels_counting import ALL_REFERENCES, count_levels_image
