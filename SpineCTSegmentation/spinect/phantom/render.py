@@ -207,11 +207,25 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     field = rng.standard_normal(tuple(coarse), dtype=np.float32)
     ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap")
     if np.any(step > 1):
-        field = ndimage.zoom(field, step, order=1, grid_mode=False, prefilter=False)
+        field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)))
     field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
     field -= np.float32(field.mean())
     field /= np.float32(max(float(field.std()), 1e-6))
     return field
+
+
+def _upsample_linear(field: np.ndarray, size_zyx: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear upsampling with the corner voxels kept (float32 (Z, Y, X) of ``size_zyx``).
+
+    The values of ``ndimage.zoom(order=1, grid_mode=False)`` (within float32 rounding), computed
+    by torch, which is 4-8x faster on one core (the largest single cost of a phantom's bone texture).
+    """
+    import torch  # the backend's own dependency; imported here so the phantom's import stays light
+
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(torch.from_numpy(field)[None, None], size=size_zyx,
+                                             mode="trilinear", align_corners=True)
+    return up[0, 0].numpy()
 
 
 def _plane_coordinate(box: GridBox, point: np.ndarray, direction: np.ndarray) -> np.ndarray:
