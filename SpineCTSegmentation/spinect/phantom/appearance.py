@@ -33,7 +33,8 @@ from scipy import ndimage
 from spinect.errors import SpinectError
 from spinect.phantom.render import BoneModel, TissueValues
 from spinect.phantom.soft_detail import SoftLook, sample_soft_look
-from spinect.phantom.structures import BONE_CODES, STRUCTURE_CODES, STRUCTURE_NAMES, STRUCTURE_TISSUE, structure_lookup
+from spinect.phantom.structures import (BONE_CODES, LEGACY_BONE_CODES, STRUCTURE_CODES, STRUCTURE_NAMES, STRUCTURE_TISSUE,
+                                        THORAX_STRUCTURES, structure_lookup)
 
 __all__ = ["HU_RANGES", "APPEARANCE_MODES", "KERNELS", "OVERRIDE_KEYS", "ScannerSettings", "CTAppearance", "Look",
            "appearance_mode", "check_overrides", "sample_age", "marrow_mean_hu", "sample_ct", "ct_values",
@@ -68,7 +69,8 @@ def physical_values(rng: np.random.Generator) -> TissueValues:
     values = {t: float(rng.uniform(*r)) for t, r in HU_RANGES.items() if t != "cancellous"}
     # Room for per-bone variation (+-15 HU) and trabecular texture (+-12 %) inside the range.
     canc = float(rng.uniform(HU_RANGES["cancellous"][0] + 30, HU_RANGES["cancellous"][1] - 50))
-    cancellous = {c: canc + float(rng.uniform(-15, 15)) for c in BONE_CODES}
+    cancellous = {c: canc + float(rng.uniform(-15, 15)) for c in LEGACY_BONE_CODES}
+    cancellous.update({c: canc for c in BONE_CODES if c not in cancellous})  # thorax bones: no extra draw
     return TissueValues(structure_lookup(values, default=values["fat"]), cancellous, cancellous_texture=0.08)
 
 
@@ -293,7 +295,8 @@ def marrow_mean_hu(age_years: float) -> float:
 
 
 def _bone_names() -> dict[int, str]:
-    return {c: STRUCTURE_NAMES[c] for c in BONE_CODES}
+    """The bones whose marrow is drawn (the thorax's are derived without drawing: see _sample_marrow)."""
+    return {c: STRUCTURE_NAMES[c] for c in LEGACY_BONE_CODES}
 
 
 def _sample_marrow(rng: np.random.Generator, overrides: dict, age: float) -> tuple[float, dict[str, float]]:
@@ -310,6 +313,10 @@ def _sample_marrow(rng: np.random.Generator, overrides: dict, age: float) -> tup
     for code, name in _bone_names().items():
         shift = float(rng.normal(0.0, 15.0)) - (25.0 if name in ("sacrum", "ilium_left", "ilium_right") else 0.0)
         per_bone[name] = float(np.clip(mean + shift, lo, hi))
+    # thoracic vertebrae hold a little more red marrow than L1, the sternum about the mean: no draws,
+    # so the appearance stream is the same with or without the thorax
+    per_bone["thoracic_vertebra"] = float(np.clip(per_bone["L1"] + 10.0, lo, hi))
+    per_bone["sternum"] = float(np.clip(mean, lo, hi))
     return mean, per_bone
 
 
@@ -555,13 +562,20 @@ def _random_prior(tissue: str) -> tuple[float, float]:
     return RANDOM_PRIORS.get(tissue) or RANDOM_PRIORS.get(fallback) or (-1000.0, 2000.0)
 
 
+def _with_thorax_bones(marrow: dict[int, float]) -> dict[int, float]:
+    """Marrow of the thorax's bones copied from L1 (no extra draws from the appearance stream)."""
+    for c in BONE_CODES:
+        marrow.setdefault(c, marrow[STRUCTURE_CODES["L1"]])
+    return marrow
+
+
 def _random_bone(rng: np.random.Generator, ct_aware: bool) -> BoneModel:
     """Bone sub-regions (cortex, marrow per bone, dense rim, islands, endplates) drawn independently."""
     lo, hi = (-950.0, 1600.0)
     pick = (lambda a, b: float(rng.uniform(a, b))) if ct_aware else (lambda a, b: float(rng.uniform(lo, hi)))
     return BoneModel(
         cortex_mm=float(rng.uniform(0.3, 2.0)), cortex_hu=pick(150.0, 2000.0),
-        marrow_hu={c: pick(-250.0, 600.0) for c in BONE_CODES}, dense_hu=pick(0.0, 1500.0),
+        marrow_hu=_with_thorax_bones({c: pick(-250.0, 600.0) for c in LEGACY_BONE_CODES}), dense_hu=pick(0.0, 1500.0),
         depth_mm=float(rng.uniform(0.5, 4.0)), posterior_hu=pick(0.0, 1500.0), texture_rel=float(rng.uniform(0.0, 0.5)),
         texture_mm=float(rng.uniform(0.5, 3.0)), island_fraction=float(rng.uniform(0.0, 0.3)),
         island_hu=pick(-500.0, 800.0), island_mm=float(rng.uniform(2.0, 8.0)),
@@ -576,8 +590,13 @@ def random_values(rng: np.random.Generator, *, ct_aware: bool | None = None) -> 
         ct_aware = bool(rng.random() < 0.5)
     if ct_aware:
         table = np.full(256, -100.0, np.float32)
+        thorax = {STRUCTURE_CODES[n] for n in THORAX_STRUCTURES}
         for code, tissue in STRUCTURE_TISSUE.items():
-            table[code] = rng.uniform(*_random_prior(tissue))
+            if code not in thorax:  # the thorax's codes: from a stream derived below (same draws as before)
+                table[code] = rng.uniform(*_random_prior(tissue))
+        extra = np.random.default_rng(np.frombuffer(table[:64].tobytes(), np.uint32))
+        for code in sorted(thorax):
+            table[code] = extra.uniform(*_random_prior(STRUCTURE_TISSUE[code]))
     else:
         table = rng.uniform(-950.0, 1600.0, 256).astype(np.float32)
     bone = _random_bone(rng, ct_aware)

@@ -14,12 +14,14 @@ from spinect.phantom.anatomy import Anatomy, build_anatomy
 from spinect.phantom.mesh_anatomy import build_mesh_anatomy
 from spinect.phantom.meshes import check_anatomy, sample_mesh_params
 from spinect.phantom.params import sample_params
-from spinect.phantom.render import Grid, make_grid, rasterise, supersampling_factors
+from spinect.phantom.render import Grid, make_grid, pose_matrix, rasterise, supersampling_factors
 from spinect.phantom.structures import STRUCTURE_CODES, labels_from_structures
 from spinect.phantom.surroundings import add_metal_artefacts, apply_circular_fov, apply_surrounding_values, surrounding_values
+from spinect.phantom.thorax import DEFAULT_FIELD, FIELDS, attach_thorax, build_thorax, check_field, thorax_values
+from spinect.phantom.structures import THORAX_STRUCTURES
 from spinect.phantom.truth import build_truth
 
-__all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION"]
+__all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION", "FIELDS"]
 
 #: Bumped whenever the same seed would give a different case.
 PHANTOM_VERSION = "5"
@@ -94,6 +96,7 @@ def generate_case(
     surroundings: bool = True,
     anatomy: str = "mesh",
     metal: bool | None = None,
+    field: str = DEFAULT_FIELD,
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -121,14 +124,20 @@ def generate_case(
             or ``"primitive"`` (bones made of geometric primitives, the first phantom's skeleton).
         metal: with ``surroundings``: True = always pedicle screws and rods (stress tests),
             False = never, None = drawn per case (10 %).
+        field: ``"lumbosacral"`` (default: the field of view centred on L4-S1, no thorax),
+            ``"thoracolumbar"`` (centred on T12/L1) or ``"chest"`` (centred on T7/T8): these two
+            add the thorax (T1-T12, ribs 1-12, costal cartilage, sternum, lungs, heart,
+            mediastinum; :mod:`spinect.phantom.thorax`) from a random stream of its own, so the
+            lumbosacral anatomy of a seed is the same in every field.
 
     Returns:
         The case, with CT, labels and structure map on the same grid and the truth dict.
 
     Raises:
         SpinectError: invalid shape, spacing, supersampling factor, appearance, override or
-            anatomy, or unreadable bone data.
+            anatomy or field, or unreadable bone data.
     """
+    field_name = check_field(field)
     anatomy_kind = check_anatomy(anatomy)
     if metal is not None and not isinstance(metal, (bool, np.bool_)):
         raise SpinectError(f"metal must be True, False or None, not {metal!r}")
@@ -150,7 +159,13 @@ def generate_case(
     else:
         params = sample_params(geo_rng, degeneration=degeneration)
         anatomy = build_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
-    grid = make_grid(anatomy, shape, spacing)
+    thorax = None
+    if field_name != DEFAULT_FIELD:
+        # a sixth stream (spawn(6)'s first five equal spawn(5)'s): the default case is unchanged
+        th_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
+        thorax = build_thorax(anatomy, field_name, th_rng)
+        attach_thorax(anatomy, thorax)
+    grid = make_grid(anatomy, shape, spacing) if thorax is None else _thorax_grid(anatomy, thorax, shape, spacing)
     sur = anatomy.surroundings
     overrides = dict(appearance_overrides or {})
     if mode == "ct" and sur is not None and sur.iv_contrast:
@@ -158,6 +173,9 @@ def generate_case(
     look = A.sample_look(mode, look_rng, spacing, overrides or None)
     if mode != "random" and sur is not None:
         apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
+    if thorax is not None and mode != "random":
+        iv = bool(overrides.get("iv_contrast", False)) or (sur is not None and sur.iv_contrast)
+        thorax_values(th_rng, iv, look.values.table)
     report = (lambda f: progress(0.8 * f)) if progress else None
     structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report,
                                texture_rng=tex_rng)
@@ -167,13 +185,25 @@ def generate_case(
     if sur is not None and sur.fov_fraction is not None:
         apply_circular_fov(hu, structures, spacing, sur.fov_fraction)
     labels = labels_from_structures(structures)
-    truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise)
+    truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise, thorax)
     if progress:
         progress(1.0)
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
 
 
-def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool) -> dict[str, Any]:
+def _thorax_grid(anatomy: Anatomy, thorax, shape_zyx, spacing_zyx_mm) -> Grid:
+    """As :func:`render.make_grid`, centred on the thorax's anchor (T12/L1 or T7/T8)."""
+    p = anatomy.params
+    rotation = pose_matrix(p.rotation_deg)
+    translation = np.asarray(p.translation_mm, float)
+    centre_world = rotation @ thorax.anchor() + translation + np.asarray(p.fov_shift_mm)
+    extent = (np.asarray(shape_zyx, float) - 1.0) * np.asarray(spacing_zyx_mm, float)
+    origin = centre_world - extent[::-1] / 2.0
+    return Grid(tuple(int(v) for v in shape_zyx), tuple(float(v) for v in spacing_zyx_mm),
+                tuple(float(v) for v in origin), rotation, translation)
+
+
+def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool, thorax=None) -> dict[str, Any]:
     truth: dict[str, Any] = {
         "format": "spinect-phantom-truth", "phantom_version": PHANTOM_VERSION, "seed": int(seed),
         "coordinate_system": "LPS", "units": "mm",
@@ -182,11 +212,16 @@ def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool
         "pose": {"rotation_body_to_world": np.round(grid.rotation, 9).tolist(), "translation_mm": grid.translation.tolist(),
                  "rotation_deg_xyz": list(anatomy.params.rotation_deg)},
         "label_values": {"background": 0, "bone": 1, "nerve": 2},
-        "structure_codes": dict(STRUCTURE_CODES),
+        # a default case lists the codes it can hold, as before the thorax (bit-identical truth)
+        "structure_codes": dict(STRUCTURE_CODES) if thorax is not None else
+        {k: v for k, v in STRUCTURE_CODES.items() if k not in THORAX_STRUCTURES},
         "appearance": look.record(noise=noise),
         "parameters": anatomy.params.to_dict(),
         "surroundings": None if anatomy.surroundings is None else anatomy.surroundings.to_dict(),
         "soft_tissue_geometry": None if anatomy.soft is None else anatomy.soft.to_dict(),
     }
+    if thorax is not None:  # absent in default cases: "field" is then "lumbosacral"
+        truth["field"] = thorax.settings.field
+        truth["thorax"] = thorax.to_dict()
     truth.update(build_truth(anatomy, grid, labels=labels))
     return truth

@@ -26,6 +26,8 @@ __all__ = [
     "ROOT_NAMES",
     "SIDES",
     "BONE_CODES",
+    "LEGACY_BONE_CODES",
+    "THORAX_STRUCTURES",
     "NERVE_CODES",
     "LABEL_BACKGROUND",
     "LABEL_BONE",
@@ -58,8 +60,12 @@ def _build_table() -> dict[str, int]:
     # surroundings (phantom v2): real CTs show ribs and femora, and they are bone
     for i, name in enumerate(("rib_left", "rib_right", "femur_left", "femur_right")):
         codes[name] = 10 + i  # 10..13
+    # thorax (generate_case(field="thoracolumbar" | "chest") only): bone
+    codes["thoracic_vertebra"] = 14  # T1-T12
+    codes["sternum"] = 15
     for i, name in enumerate(DISC_NAMES):
         codes[f"disc_{name}"] = 20 + i
+    codes["disc_thoracic"] = 25  # T1/T2 ... T12/L1 (thorax only)
     codes["dural_sac"] = 30
     for r, root in enumerate(ROOT_NAMES):
         for s, side in enumerate(SIDES):
@@ -77,6 +83,9 @@ def _build_table() -> dict[str, int]:
     # surroundings (phantom v2); metal is implant, not bone (label 0)
     for i, name in enumerate(("liver", "kidney", "bowel_contrast", "ct_table", "metal", "lung")):
         codes[name] = 120 + i  # 120..125
+    # thorax soft tissue (thorax fields only; label 0)
+    for i, name in enumerate(("costal_cartilage", "mediastinal_fat", "heart", "heart_chamber", "airway")):
+        codes[name] = 126 + i  # 126..130
     return codes
 
 
@@ -85,8 +94,15 @@ STRUCTURE_CODES: dict[str, int] = _build_table()
 #: code -> name.
 STRUCTURE_NAMES: dict[int, str] = {v: k for k, v in STRUCTURE_CODES.items()}
 
-#: Vertebrae, sacrum, ilia (1-9), ribs and femora (10-13): all label 1.
-BONE_CODES: tuple[int, ...] = tuple(range(1, 14))
+#: Structures that only the thorax fields paint (``generate_case(field=...)``); a default
+#: (lumbosacral) case's truth lists the codes without them, as before the thorax.
+THORAX_STRUCTURES: tuple[str, ...] = ("thoracic_vertebra", "sternum", "disc_thoracic", "costal_cartilage",
+                                      "mediastinal_fat", "heart", "heart_chamber", "airway")
+#: Vertebrae, sacrum, ilia (1-9), ribs and femora (10-13), thoracic vertebrae (14), sternum (15): label 1.
+BONE_CODES: tuple[int, ...] = tuple(range(1, 16))
+#: The bone codes before the thorax (1-13): the appearance draws per-bone values for these only,
+#: so the random streams of every case stay as they were.
+LEGACY_BONE_CODES: tuple[int, ...] = tuple(range(1, 14))
 NERVE_CODES: tuple[int, ...] = tuple(range(30, 60))
 
 _SOFT_TISSUE = {
@@ -96,7 +112,8 @@ _SOFT_TISSUE = {
     "gluteal_muscle": "muscle", "epidural_fat": "fat", "foraminal_fat": "fat",
     "ligamentum_flavum": "ligament", "facet_capsule": "ligament", "sacroiliac_joint": "ligament",
     "liver": "liver", "kidney": "kidney", "bowel_contrast": "oral_contrast", "ct_table": "table", "metal": "metal",
-    "lung": "lung",
+    "lung": "lung", "costal_cartilage": "cartilage", "mediastinal_fat": "fat", "heart": "myocardium",
+    "heart_chamber": "blood", "airway": "gas",
 }
 
 #: Tissue classes added with the surroundings (HU ranges in ``surroundings.SURROUNDING_HU_RANGES``)
@@ -104,7 +121,7 @@ _SOFT_TISSUE = {
 #: appearance model that predates them still gives plausible HU (not the default).
 TISSUE_FALLBACK: dict[str, str] = {
     "liver": "viscera", "kidney": "viscera", "oral_contrast": "calcium", "table": "ligament", "metal": "bone",
-    "lung": "gas",
+    "lung": "gas", "cartilage": "disc", "myocardium": "muscle",
 }
 
 
@@ -173,7 +190,7 @@ def level_classes_from_structures(structures: np.ndarray) -> np.ndarray:
     """Class indices of a level model (:data:`spinect.plan.LEVEL_CLASS_NAMES`) from a structure map.
 
     L1-L5 -> their level, S1 and the rest of the sacrum -> ``sacrum``, ilia -> ``ilium``, ribs and
-    femora -> ``other_bone``, dural sac -> ``dural_sac``, every root segment (and the sacral cauda
+    femora, thoracic vertebrae and sternum -> ``other_bone``, dural sac -> ``dural_sac``, every root segment (and the sacral cauda
     equina) -> ``nerve_root``; the rest (discs, soft tissue, metal) -> background. The union of the
     bone classes is exactly :func:`labels_from_structures`' bone, and likewise for nerve.
 
@@ -191,7 +208,8 @@ def level_classes_from_structures(structures: np.ndarray) -> np.ndarray:
         table[STRUCTURE_CODES[level]] = index[level]
     table[[STRUCTURE_CODES["S1"], STRUCTURE_CODES["sacrum"]]] = index["sacrum"]
     table[[STRUCTURE_CODES["ilium_left"], STRUCTURE_CODES["ilium_right"]]] = index["ilium"]
-    table[[STRUCTURE_CODES[n] for n in ("rib_left", "rib_right", "femur_left", "femur_right")]] = index["other_bone"]
+    table[[STRUCTURE_CODES[n] for n in ("rib_left", "rib_right", "femur_left", "femur_right", "thoracic_vertebra",
+                                                 "sternum")]] = index["other_bone"]
     table[STRUCTURE_CODES["dural_sac"]] = index["dural_sac"]
     table[[c for c in NERVE_CODES if c != STRUCTURE_CODES["dural_sac"]]] = index["nerve_root"]
     return table[structures]
