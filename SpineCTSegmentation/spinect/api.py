@@ -666,7 +666,7 @@ def phantom(out_dir: str | os.PathLike | PhantomRequest | None = None, *, reques
 
     Takes a :class:`spinect.requests.PhantomRequest` or keyword arguments that make one
     (``n``, ``seed``, ``shape_zyx``, ``spacing_zyx_mm``, ``appearance``, ``randomise_appearance``,
-    ``degeneration``, ``anatomy``, ``preview``); see :func:`spinect.phantom.make_phantom`.
+    ``degeneration``, ``anatomy``, ``preview``, ``field``); see :func:`spinect.phantom.make_phantom`.
     Returns the files written (per case, then the manifest).
     """
     from spinect.phantom import make_phantom
@@ -674,7 +674,7 @@ def phantom(out_dir: str | os.PathLike | PhantomRequest | None = None, *, reques
     r = _request(PhantomRequest, request, "out_dir", out_dir, options)
     return make_phantom(r.out_dir, n=r.n, seed=r.seed, shape_zyx=r.shape_zyx, spacing_zyx_mm=r.spacing_zyx_mm,
                         randomise_appearance=r.randomise_appearance, appearance=r.appearance, preview=r.preview,
-                        degeneration=r.degeneration, progress=progress, anatomy=r.anatomy)
+                        degeneration=r.degeneration, progress=progress, anatomy=r.anatomy, field=r.field)
 
 
 def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *, config=None, **options):

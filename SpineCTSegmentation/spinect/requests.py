@@ -731,6 +731,9 @@ class PhantomRequest(Request):
                           help="mesh: phantom v2, real bone shapes (Visible Human Male, a mean L2-L5, a second pelvis) "
                                "with fitted nerves and triangles; primitive: bones made of geometric primitives (v1)")
     preview: bool = option(False, kind="bool", help="also write a PNG per case through the left L5/S1 foramen")
+    field: str = option("lumbosacral", choices=("lumbosacral", "thoracolumbar", "chest"),
+                        help="field of view: lumbosacral (L4-S1, no thorax), thoracolumbar (T12/L1) or chest (T7/T8); "
+                             "the last two add T1-T12, ribs, sternum, lungs and heart")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,7 +62,7 @@ __all__ = [
 #: ``*_contrast`` replace the plain class when the case has IV contrast.
 SURROUNDING_HU_RANGES: dict[str, tuple[float, float]] = {
     "liver": (50.0, 70.0), "liver_contrast": (90.0, 130.0),
-    "kidney": (30.0, 40.0), "kidney_contrast": (150.0, 250.0),
+    "kidney": (30.0, 40.0), "kidney_contrast": (150.0, 320.0),
     "blood_contrast": (200.0, 400.0),
     "oral_contrast": (150.0, 600.0),
     "table": (100.0, 300.0),

@@ -224,13 +224,27 @@ class _Outline:
         return cy, rx, ry, yb
 
     def cage(self, z, inset):
-        """(cy, rx, ry) of the chest cavity's ellipse ``inset`` mm inside the skin: the front and
-        sides follow the skin, the back is 22 mm behind the vertebral bodies (paravertebral gutters)."""
+        """(cy, rx, ry) of the chest cavity ``inset`` mm inside the skin: the front and sides follow
+        the skin, the back 36 mm behind the vertebral bodies (the rib angles). The
+        front half is an ellipse, the back half a superellipse of exponent :data:`BACK_POWER`
+        (the broad, flat back of the lungs)."""
         z = np.asarray(z, float)
         cy, rx, ry, yb = self.skin(z)
         front = cy - ry + inset
-        back = self.spine(z) + np.interp(z, self.zs, self.b_of) + 22.0
+        back = self.spine(z) + np.interp(z, self.zs, self.b_of) + 36.0
         return 0.5 * (front + back), rx - inset, 0.5 * (back - front)
+
+
+#: Superellipse exponent of the back half of the chest cavity.
+BACK_POWER = 4.0
+
+
+def _in_cage(x, y, cy, rx, ry, grow=0.0):
+    """Inside the chest cavity (ellipse in front, superellipse behind), ``grow`` mm larger."""
+    u = np.abs(x) / (rx + grow)
+    v = np.abs(y - cy) / (ry + grow)
+    p = np.where(y >= cy, BACK_POWER, 2.0)
+    return u ** p + v ** p <= 1.0
 
 
 # ------------------------------------------------------------------------------------ painter
@@ -283,7 +297,10 @@ class ThoraxBody(Part):
             bz = np.interp(z, o.zs, o.b_of)
             az = np.interp(z, o.zs, o.a_of)
             ccy, crx, cry = o.cage(z, th.fat_mm + th.wall_mm)
-            interior = ((x / crx) ** 2 + ((y - ccy) / cry) ** 2 <= 1) & (y <= yc + bz + 14.0) & (layer >= 2)
+            # the paravertebral gutters: the lungs reach 14 mm behind the vertebral body beside it,
+            # deeper towards the rib angles (the back muscles and transverse processes in between)
+            gutter = yc + bz + 14.0 + np.clip(np.abs(x) - az - 12.0, 0.0, None) * 0.6
+            interior = _in_cage(x, y, ccy, crx, cry) & (y <= gutter) & (layer >= 2)
             layer[interior] = 3
             dz = self.dome_z(x, y)
             above = z > dz
@@ -311,10 +328,10 @@ class ThoraxBody(Part):
 def _sample_settings(field_name: str, rng: np.random.Generator, params) -> ThoraxSettings:
     u = rng.uniform(size=9)
     return ThoraxSettings(
-        field=field_name, kyphosis_deg=float(20.0 + 25.0 * u[0]), chest_width_mm=float(290.0 + 60.0 * u[1]),
-        chest_depth_mm=float(200.0 + 50.0 * u[2]), fat_mm=float(np.clip(params.fat_mm * (0.5 + 0.3 * u[3]), 5.0, 30.0)),
+        field=field_name, kyphosis_deg=float(20.0 + 25.0 * u[0]), chest_width_mm=float(280.0 + 60.0 * u[1]),
+        chest_depth_mm=float(210.0 + 50.0 * u[2]), fat_mm=float(np.clip(params.fat_mm * (0.3 + 0.3 * u[3]), 4.0, 25.0)),
         fat_back_mm=float(np.clip(params.fat_posterior_mm * (0.4 + 0.3 * u[4]), 5.0, 25.0)),
-        wall_mm=float(16.0 + 10.0 * u[5]), dome_right_mm=float(-10.0 + 25.0 * u[6]),
+        wall_mm=float(12.0 + 8.0 * u[5]), dome_right_mm=float(-10.0 + 25.0 * u[6]),
         dome_left_drop_mm=float(5.0 + 15.0 * u[7]), heart_scale=float(0.9 + 0.2 * u[8]),
     )
 
@@ -443,11 +460,12 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     def cage_point(phi_deg, zz, s):
         cy, rx, ry = outline.cage(np.array([zz]), cage_inset)
         ph = np.radians(phi_deg)
-        x = s * (rx[0] + 5.0) * np.sin(ph)
-        y = cy[0] + (ry[0] + 5.0) * np.cos(ph)
+        e = 2.0 / (BACK_POWER if phi_deg < 90.0 else 2.0)
+        x = s * (rx[0] + 5.0) * abs(np.sin(ph)) ** e
+        y = cy[0] + (ry[0] + 5.0) * np.sign(np.cos(ph)) * abs(np.cos(ph)) ** e
         yc = outline.spine(zz)
         bz = float(np.interp(zz, outline.zs, outline.b_of))
-        return np.array([x, min(y, yc + bz + 20.0), zz])
+        return np.array([x, min(y, yc + bz + 40.0), zz])
 
     # sternum: manubrium top at T2's upper endplate, sternal angle at T4/5, xiphisternal joint at T9
     z_top = z["T2"] + 5.0
@@ -556,7 +574,7 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     y_front = float(outline.spine(z["T8"]) - dims["T8"][1])
     ccy8, _, cry8 = outline.cage(np.array([z["T8"]]), th.fat_mm + th.wall_mm)
     y_ant = float(ccy8[0] - cry8[0])
-    hc = np.array([22.0, min(y_ant + 44.0 * hs, 0.5 * (y_front + y_ant)), z["T8"] - 5.0])  # the right ventricle behind the sternum
+    hc = np.array([32.0, min(y_ant + 44.0 * hs, 0.5 * (y_front + y_ant)), z["T8"] - 5.0])  # the right ventricle behind the sternum
     h_axes = frame_from_vectors(np.array([0.55, -0.5, -0.55]), np.array([0.0, 0.0, 1.0]), primary_axis=2)
     h_rad = np.array([50.0, 46.0, 66.0]) * hs
     peri = ClippedPart("mediastinal_fat", C["mediastinal_fat"], [Ellipsoid(hc, h_axes, radii=h_rad + 5.0)], partial_volume=False)

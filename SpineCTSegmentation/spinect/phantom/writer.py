@@ -66,6 +66,7 @@ def make_phantom(
     degeneration: bool | None = None,
     progress: Callable[[str, float, str], None] | None = None,
     anatomy: str = "mesh",
+    field: str = "lumbosacral",
 ) -> list[Path]:
     """Generate ``n`` cases into ``out_dir`` (created if missing) with a ``manifest.json``.
 
@@ -83,18 +84,22 @@ def make_phantom(
         degeneration: True/False/None (random, 30 %).
         progress: ``progress(stage, fraction, message)`` after each case.
         anatomy: ``mesh`` (default: real bone shapes) or ``primitive`` (see :func:`generate_case`).
+        field: ``lumbosacral`` (default), ``thoracolumbar`` or ``chest`` (with a thorax; see
+            :func:`generate_case`).
 
     Returns:
         Paths written: per case CT, labels, structures, truth (and preview), then the manifest.
 
     Raises:
         OutputError: ``out_dir`` cannot be created or written. SpinectError: bad n, shape, spacing
-            or anatomy.
+            anatomy or field.
     """
     from spinect.errors import SpinectError
     from spinect.phantom.meshes import check_anatomy
+    from spinect.phantom.thorax import check_field
 
     check_anatomy(anatomy)
+    check_field(field)
 
     if int(n) < 1:
         raise SpinectError(f"number of cases must be >= 1, got {n}")
@@ -112,7 +117,7 @@ def make_phantom(
             progress("phantom", i / n, f"{name}: generating")
         case = generate_case(case_seed(seed, i), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm,
                              randomise_appearance=randomise_appearance, appearance=appearance, degeneration=degeneration,
-                             anatomy=anatomy)
+                             anatomy=anatomy, field=field)
         paths = write_case(case, out, name, preview=preview)
         written += list(paths.values())
         extra = {"structures": paths["structures"].name, "truth": paths["truth"].name, "seed": case.seed}
