@@ -504,11 +504,13 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
             tub = f.point(s * (a + 14.0), b + 12.0, 0.2 * h)
             z0 = float(tub[2])
             if n <= 7:
-                z_end = att[n] + (4.0 if n > 1 else 10.0)
+                # the costochondral junction: level with the sternal end for the upper ribs, ever
+                # lower for 3-7 (their cartilages ascend medially to the sternum)
+                z_end = att[n] + (10.0 if n == 1 else 2.0 - 9.0 * (n - 2))
             elif n <= 10:
-                z_end = z0 - 75.0 - 8.0 * (n - 8)
+                z_end = z0 - 95.0 - 10.0 * (n - 8)
             else:
-                z_end = z0 - (60.0 if n == 11 else 35.0)
+                z_end = z0 - (70.0 if n == 11 else 40.0)
             z_end += float(rng.uniform(-4.0, 4.0))
             pe = phi_end[n] + float(rng.uniform(-4.0, 4.0))
             phis = np.linspace(30.0, pe, 10)
