@@ -74,6 +74,9 @@ def test_chest_thoracic_vertebrae_sternum_lungs_and_cartilage(chest):
     assert cart.sum() * voxel > 2_000.0
     assert np.all(lab[cart] == 0)
     assert np.sum(st == C["heart"]) * voxel > 100_000.0
+    # scapulae behind the upper ribs (bone)
+    assert np.sum(st == C["scapula"]) * voxel > 10_000.0
+    assert np.all(lab[st == C["scapula"]] == 1)
     # labels are exactly the bone / nerve codes of the structure map; the dural sac goes up the canal
     assert np.array_equal(lab, labels_from_structures(st))
     assert np.any(st == C["dural_sac"])
@@ -84,11 +87,12 @@ def test_chest_thoracic_vertebrae_sternum_lungs_and_cartilage(chest):
 def test_thorax_bones_are_other_bone_in_the_level_classes():
     from spinect.plan import LEVEL_CLASS_NAMES
 
-    st = np.array([C["thoracic_vertebra"], C["sternum"], C["costal_cartilage"], C["lung"]], np.uint8)
+    bones = [C[n] for n in ("thoracic_vertebra", "sternum", "scapula", "clavicle")]
+    st = np.array(bones + [C["costal_cartilage"], C["lung"]], np.uint8)
     got = level_classes_from_structures(st)
     other = LEVEL_CLASS_NAMES.index("other_bone")
-    assert list(got) == [other, other, 0, 0]
-    assert C["thoracic_vertebra"] in BONE_CODES and C["sternum"] in BONE_CODES
+    assert list(got) == [other] * 4 + [0, 0]
+    assert all(c in BONE_CODES for c in bones)
 
 
 def test_thoracolumbar_is_centred_on_t12_l1():

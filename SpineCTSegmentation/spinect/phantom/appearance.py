@@ -316,7 +316,8 @@ def _sample_marrow(rng: np.random.Generator, overrides: dict, age: float) -> tup
     # thoracic vertebrae hold a little more red marrow than L1, the sternum about the mean: no draws,
     # so the appearance stream is the same with or without the thorax
     per_bone["thoracic_vertebra"] = float(np.clip(per_bone["L1"] + 10.0, lo, hi))
-    per_bone["sternum"] = float(np.clip(mean, lo, hi))
+    for name in ("sternum", "scapula", "clavicle"):
+        per_bone[name] = float(np.clip(mean, lo, hi))
     return mean, per_bone
 
 

@@ -63,6 +63,8 @@ def _build_table() -> dict[str, int]:
     # thorax (generate_case(field="thoracolumbar" | "chest") only): bone
     codes["thoracic_vertebra"] = 14  # T1-T12
     codes["sternum"] = 15
+    codes["scapula"] = 16
+    codes["clavicle"] = 17
     for i, name in enumerate(DISC_NAMES):
         codes[f"disc_{name}"] = 20 + i
     codes["disc_thoracic"] = 25  # T1/T2 ... T12/L1 (thorax only)
@@ -96,10 +98,11 @@ STRUCTURE_NAMES: dict[int, str] = {v: k for k, v in STRUCTURE_CODES.items()}
 
 #: Structures that only the thorax fields paint (``generate_case(field=...)``); a default
 #: (lumbosacral) case's truth lists the codes without them, as before the thorax.
-THORAX_STRUCTURES: tuple[str, ...] = ("thoracic_vertebra", "sternum", "disc_thoracic", "costal_cartilage",
-                                      "mediastinal_fat", "heart", "heart_chamber", "airway")
-#: Vertebrae, sacrum, ilia (1-9), ribs and femora (10-13), thoracic vertebrae (14), sternum (15): label 1.
-BONE_CODES: tuple[int, ...] = tuple(range(1, 16))
+THORAX_STRUCTURES: tuple[str, ...] = ("thoracic_vertebra", "sternum", "scapula", "clavicle", "disc_thoracic",
+                                      "costal_cartilage", "mediastinal_fat", "heart", "heart_chamber", "airway")
+#: Vertebrae, sacrum, ilia (1-9), ribs and femora (10-13), thoracic vertebrae (14), sternum (15),
+#: scapulae (16), clavicles (17): label 1.
+BONE_CODES: tuple[int, ...] = tuple(range(1, 18))
 #: The bone codes before the thorax (1-13): the appearance draws per-bone values for these only,
 #: so the random streams of every case stay as they were.
 LEGACY_BONE_CODES: tuple[int, ...] = tuple(range(1, 14))
@@ -189,9 +192,9 @@ def labels_from_structures(structures: np.ndarray) -> np.ndarray:
 def level_classes_from_structures(structures: np.ndarray) -> np.ndarray:
     """Class indices of a level model (:data:`spinect.plan.LEVEL_CLASS_NAMES`) from a structure map.
 
-    L1-L5 -> their level, S1 and the rest of the sacrum -> ``sacrum``, ilia -> ``ilium``, ribs and
-    femora, thoracic vertebrae and sternum -> ``other_bone``, dural sac -> ``dural_sac``, every root segment (and the sacral cauda
-    equina) -> ``nerve_root``; the rest (discs, soft tissue, metal) -> background. The union of the
+    L1-L5 -> their level, S1 and the rest of the sacrum -> ``sacrum``, ilia -> ``ilium``, ribs,
+    femora, thoracic vertebrae, sternum, scapulae and clavicles -> ``other_bone``, dural sac ->
+    ``dural_sac``, every root segment (and the sacral cauda equina) -> ``nerve_root``; the rest (discs, soft tissue, metal) -> background. The union of the
     bone classes is exactly :func:`labels_from_structures`' bone, and likewise for nerve.
 
     Args:
@@ -209,7 +212,7 @@ def level_classes_from_structures(structures: np.ndarray) -> np.ndarray:
     table[[STRUCTURE_CODES["S1"], STRUCTURE_CODES["sacrum"]]] = index["sacrum"]
     table[[STRUCTURE_CODES["ilium_left"], STRUCTURE_CODES["ilium_right"]]] = index["ilium"]
     table[[STRUCTURE_CODES[n] for n in ("rib_left", "rib_right", "femur_left", "femur_right", "thoracic_vertebra",
-                                                 "sternum")]] = index["other_bone"]
+                                                 "sternum", "scapula", "clavicle")]] = index["other_bone"]
     table[STRUCTURE_CODES["dural_sac"]] = index["dural_sac"]
     table[[c for c in NERVE_CODES if c != STRUCTURE_CODES["dural_sac"]]] = index["nerve_root"]
     return table[structures]

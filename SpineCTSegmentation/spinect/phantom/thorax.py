@@ -92,6 +92,7 @@ class ThoraxSettings:
     dome_right_mm: float
     dome_left_drop_mm: float
     heart_scale: float
+    shoulder_mm: float = 0.0
     disc_mm: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -196,7 +197,7 @@ class _Outline:
         self.yc = np.array([frames[n].centre[1] for n in names])[order]
         self.zj = float(frames["L1"].centre[2])
         z = {n: float(frames[n].centre[2]) for n in names}
-        self.z6, self.z1, self.z10 = z["T6"], z["T1"], z["T10"]
+        self.z6, self.z1, self.z10, self.z2 = z["T6"], z["T1"], z["T10"], z["T2"]
         self.th = th
         self.a_of = None
         self.b_of = None
@@ -204,8 +205,9 @@ class _Outline:
     def spine(self, z):
         return np.interp(z, self.zs, self.yc)
 
-    def skin(self, z):
-        """(cy, rx, ry, y_back) of the skin at body heights ``z`` (arrays)."""
+    def skin(self, z, shoulders: bool = True):
+        """(cy, rx, ry, y_back) of the skin at body heights ``z`` (arrays); ``shoulders``: widened
+        above T6 by the shoulder girdle (``shoulder_mm`` per side at T2), else the chest wall only."""
         z = np.asarray(z, float)
         th = self.th
         taper = _smoothstep((z - self.z6) / (self.z1 + 15.0 - self.z6))
@@ -217,6 +219,8 @@ class _Outline:
         rx_a = 0.5 * self.width_a - 0.12 * za
         ry_a = 0.58 * self.depth_a - 0.03 * za
         rx = (1 - w) * rx_a + w * 0.5 * wc
+        if shoulders:
+            rx = rx + th.shoulder_mm * _smoothstep((z - self.z6) / (self.z2 - self.z6))
         ry = (1 - w) * ry_a + w * 0.58 * dc
         yb = (1 - w) * self.y_back_a + w * yb_c
         depth = (1 - w) * self.depth_a + w * dc
@@ -229,7 +233,7 @@ class _Outline:
         front half is an ellipse, the back half a superellipse of exponent :data:`BACK_POWER`
         (the broad, flat back of the lungs)."""
         z = np.asarray(z, float)
-        cy, rx, ry, yb = self.skin(z)
+        cy, rx, ry, yb = self.skin(z, shoulders=False)
         front = cy - ry + inset
         back = self.spine(z) + np.interp(z, self.zs, self.b_of) + 36.0
         return 0.5 * (front + back), rx - inset, 0.5 * (back - front)
@@ -326,13 +330,14 @@ class ThoraxBody(Part):
 
 
 def _sample_settings(field_name: str, rng: np.random.Generator, params) -> ThoraxSettings:
-    u = rng.uniform(size=9)
+    u = rng.uniform(size=10)
     return ThoraxSettings(
         field=field_name, kyphosis_deg=float(20.0 + 25.0 * u[0]), chest_width_mm=float(280.0 + 60.0 * u[1]),
         chest_depth_mm=float(210.0 + 50.0 * u[2]), fat_mm=float(np.clip(params.fat_mm * (0.3 + 0.3 * u[3]), 4.0, 25.0)),
         fat_back_mm=float(np.clip(params.fat_posterior_mm * (0.4 + 0.3 * u[4]), 5.0, 25.0)),
         wall_mm=float(12.0 + 8.0 * u[5]), dome_right_mm=float(-10.0 + 25.0 * u[6]),
         dome_left_drop_mm=float(5.0 + 15.0 * u[7]), heart_scale=float(0.9 + 0.2 * u[8]),
+        shoulder_mm=float(25.0 + 35.0 * u[9]),
     )
 
 
@@ -646,8 +651,48 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     pv.allowed = (C["lung"],)
     background.append(pv)
 
-    bones = verts + rib_parts + [sternum]
+    bones = verts + rib_parts + [sternum] + _shoulder_girdle(outline, th, z, st_pts, st_z, rng)
     return Thorax(th, frames, dims_all, ribs, cart, st_pts, background, [epi] + disc_parts + cart_parts, bones, [dura])
+
+
+def _shoulder_girdle(outline, th: ThoraxSettings, z: dict, st_pts: np.ndarray, st_z: np.ndarray,
+                     rng: np.random.Generator) -> list[Part]:
+    """Scapulae (thin curved blades 14 mm outside the posterior chest cavity, T2-T7, with a thick
+    lateral border, the neck and glenoid, the spine and acromion) and clavicles (manubrium to
+    acromion, S-curved), both bone."""
+    inset = th.fat_mm + th.wall_mm
+
+    def on_back(phi_deg, zz, off, s):
+        cy, rx, ry = (float(v[0]) for v in outline.cage(np.array([zz]), inset))
+        ph = np.radians(phi_deg)
+        e = 2.0 / BACK_POWER
+        return np.array([s * (rx + off) * np.sin(ph) ** e, cy + (ry + off) * np.cos(ph) ** e, zz])
+
+    parts = []
+    for side, s in SIDE_SIGN.items():
+        k = float(rng.uniform(0.9, 1.1))
+        top, bottom = z["T2"] - 4.0, z["T7"] - 12.0 * k
+        prims = []
+        inferior = on_back(46.0, bottom - 8.0, 14.0, s)
+        for phi, z0, z1 in ((36.0, z["T3"], bottom), (48.0, top - 4.0, bottom - 4.0), (60.0, top - 8.0, 0.5 * (top + bottom))):
+            pts = np.array([on_back(phi, zz, 14.0, s) for zz in np.linspace(z0, z1, 5)] + [inferior])
+            tangent = (s * np.cos(np.radians(phi)), -np.sin(np.radians(phi)), 0.0)
+            prims += tube_segments(pts, np.full(len(pts), 11.0), np.full(len(pts), 2.0), lateral=tangent)
+        neck = on_back(72.0, top - 6.0, 10.0, s)
+        prims += tube_segments(np.array([inferior, on_back(62.0, 0.5 * (top + bottom), 13.0, s), neck]),
+                               [4.0, 5.0, 7.0], [3.0, 4.0, 6.0])
+        prims.append(Ellipsoid(neck + np.array([s * 6.0, -4.0, 0.0]), np.eye(3), radii=np.array([9.0, 13.0, 17.0])))
+        acromion = on_back(66.0, z["T1"] + 8.0, 34.0, s)
+        prims += tube_segments(np.array([on_back(38.0, z["T3"] + 4.0, 16.0, s), on_back(55.0, top + 2.0, 24.0, s), acromion]),
+                               [3.0, 4.0, 7.0], [5.0, 6.0, 4.0])
+        parts.append(Part("scapula", C["scapula"], prims, smooth_mm=2.0, cortex_mm=1.0))
+        st_y = float(np.interp(st_z[0], st_z[::-1], st_pts[::-1, 1]))
+        clav = np.array([[s * 26.0, st_y - 4.0, st_z[0] + 4.0], [s * 60.0, st_y - 10.0, st_z[0] + 14.0],
+                         [s * 105.0, st_y + 2.0, st_z[0] + 22.0], acromion + np.array([0.0, -10.0, 4.0])])
+        clav = _densify(clav, 6.0)
+        parts.append(Part("clavicle", C["clavicle"], tube_segments(clav, np.full(len(clav), 7.0 * k), np.full(len(clav), 5.5 * k),
+                                                                  lateral=(0.0, 0.0, 1.0)), cortex_mm=1.2))
+    return parts
 
 
 class _PrimitiveRaw(Part):
