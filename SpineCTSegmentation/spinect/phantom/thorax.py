@@ -17,6 +17,8 @@ lumbosacral part of a thorax case is the same patient as the default case of tha
   anteriorly. Ribs 1-7 continue as **costal cartilage** (``costal_cartilage``, label 0) to the
   sternum, 8-10 to the cartilage above, 11-12 end free.
 * **Sternum** (``sternum``, bone): manubrium (T2-T4), body (to T9), xiphoid, in the anterior wall.
+* **Scapulae and clavicles** (``scapula``, ``clavicle``, bone): thin curved blades behind ribs 2-7
+  with lateral border, glenoid, spine and acromion; S-curved clavicles from the manubrium.
 * **Soft tissue** (sign-only background, painted after the abdomen): a chest outline widening
   above L1 (290-350 x 200-250 mm at T8, narrower at T1) with skin, subcutaneous fat, chest wall
   muscle (``abdominal_wall_muscle``) and the back muscles (``paraspinal_*``); above the diaphragm
