@@ -453,12 +453,16 @@ class _HeaderGeometry:
 
     size: tuple[int, ...]
     spacing: tuple[float, ...]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - the SimpleITK names the checks call
         return self.size
 
     def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
         return self.spacing
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self.direction
 
 
 def _header_geometry(path) -> _HeaderGeometry | None:
@@ -476,16 +480,20 @@ def _header_geometry(path) -> _HeaderGeometry | None:
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         size, spacing = tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing())
+        direction = tuple(float(v) for v in reader.GetDirection())
     except Exception:  # noqa: BLE001 - any unreadable header is left to read_ct's clear error
         return None
     if len(size) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         return None
-    return _HeaderGeometry(size, spacing)
+    return _HeaderGeometry(size, spacing, direction)
 
 
 def _network_grid_shape(ct: sitk.Image, plan: ModelPlan) -> np.ndarray:
-    """(z, y, x) voxel counts of the CT's extent on the network's grid (the plan's spacing, 1 mm)."""
-    extent_mm = np.asarray(ct.GetSize()[::-1], float) * np.asarray(ct.GetSpacing()[::-1], float)
+    """(z, y, x) voxel counts of the CT's extent on the network's grid (the plan's spacing, 1 mm; LPS axis order)."""
+    from spinect.preprocess.resample import lps_axis_permutation
+
+    order = lps_axis_permutation(ct.GetDirection())  # x, y, z of the network's grid
+    extent_mm = np.array([ct.GetSize()[k] * ct.GetSpacing()[k] for k in order[::-1]], float)
     return np.ceil(extent_mm / np.asarray(plan.spacing_zyx_mm, float))
 
 

@@ -239,8 +239,9 @@ def _resample_for_network(ct: sitk.Image, plan: ModelPlan, timer) -> sitk.Image:
     spacing_xyz = tuple(reversed(plan.spacing_zyx_mm))
     with timer.stage("resample"):
         # Straight to float32: an integer CT needs no float32 copy first (the same voxels, bit for bit).
+        # LPS axis order: the network learnt axial volumes; a sagittally stored CT must not reach it sideways.
         return resample_to_spacing(ct, spacing_xyz, interpolation=plan.image_interpolation, default_value=-1024.0,
-                                   pixel_type=sitk.sitkFloat32)
+                                   pixel_type=sitk.sitkFloat32, orient_lps=True)
 
 
 def _normalise_for_network(resampled: sitk.Image, plan: ModelPlan, timer) -> np.ndarray:

@@ -84,7 +84,8 @@ def load_case(
     labels = _read_case_labels(case, tuple(class_names))
     check_label_grid(labels, ct, case=case)
     spacing_xyz = tuple(float(s) for s in reversed(tuple(spacing_zyx_mm)))
-    ct_grid = resample_to_spacing(ct, spacing_xyz, interpolation=image_interpolation, default_value=-1024.0)
+    ct_grid = resample_to_spacing(ct, spacing_xyz, interpolation=image_interpolation, default_value=-1024.0,
+                                  orient_lps=True)  # as inference: the network sees axial (LPS-ordered) volumes
     label_grid = resample_to_reference(labels, ct_grid, interpolation="nearest", default_value=0)
     label_array = sitk.GetArrayFromImage(label_grid).astype(np.uint8, copy=False)
     if not label_array.any() and sitk.GetArrayViewFromImage(labels).any():
