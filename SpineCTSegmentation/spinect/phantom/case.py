@@ -14,7 +14,7 @@ from spinect.phantom.anatomy import Anatomy, build_anatomy
 from spinect.phantom.mesh_anatomy import build_mesh_anatomy
 from spinect.phantom.meshes import check_anatomy, sample_mesh_params
 from spinect.phantom.params import sample_params
-from spinect.phantom.render import Grid, make_grid, pose_matrix, rasterise, supersampling_factors
+from spinect.phantom.render import Grid, make_grid, rasterise, supersampling_factors
 from spinect.phantom.structures import STRUCTURE_CODES, labels_from_structures
 from spinect.phantom.surroundings import add_metal_artefacts, apply_circular_fov, apply_surrounding_values, surrounding_values
 from spinect.phantom.thorax import DEFAULT_FIELD, FIELDS, attach_thorax, build_thorax, check_field, thorax_values
@@ -165,7 +165,7 @@ def generate_case(
         th_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
         thorax = build_thorax(anatomy, field_name, th_rng)
         attach_thorax(anatomy, thorax)
-    grid = make_grid(anatomy, shape, spacing) if thorax is None else _thorax_grid(anatomy, thorax, shape, spacing)
+    grid = make_grid(anatomy, shape, spacing, None if thorax is None else thorax.anchor())  # thorax: T12/L1 or T7/T8
     sur = anatomy.surroundings
     overrides = dict(appearance_overrides or {})
     if mode == "ct" and sur is not None and sur.iv_contrast:
@@ -189,18 +189,6 @@ def generate_case(
     if progress:
         progress(1.0)
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
-
-
-def _thorax_grid(anatomy: Anatomy, thorax, shape_zyx, spacing_zyx_mm) -> Grid:
-    """As :func:`render.make_grid`, centred on the thorax's anchor (T12/L1 or T7/T8)."""
-    p = anatomy.params
-    rotation = pose_matrix(p.rotation_deg)
-    translation = np.asarray(p.translation_mm, float)
-    centre_world = rotation @ thorax.anchor() + translation + np.asarray(p.fov_shift_mm)
-    extent = (np.asarray(shape_zyx, float) - 1.0) * np.asarray(spacing_zyx_mm, float)
-    origin = centre_world - extent[::-1] / 2.0
-    return Grid(tuple(int(v) for v in shape_zyx), tuple(float(v) for v in spacing_zyx_mm),
-                tuple(float(v) for v in origin), rotation, translation)
 
 
 def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool, thorax=None) -> dict[str, Any]:

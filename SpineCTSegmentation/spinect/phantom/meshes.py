@@ -165,12 +165,7 @@ class MeshPart(Part):
             plane = ((coef[1] * idx[1])[:, None] + (coef[2] * idx[2])[None, :])[None].astype(np.float32)
             plane = plane + (coef[0] * idx[0] + off).astype(np.float32)[:, None, None]
             np.maximum(d, plane, out=d)
-        for cutter, margin in self.cutters:
-            sub = box.sub(*cutter.body_bounds())
-            if sub is not None:
-                view = d[sub.slices_in(box)]
-                np.maximum(view, margin - cutter.sdf_box(sub), out=view)
-        return d
+        return self._carve(d, box)
 
     def sdf_points(self, points: np.ndarray, *, cut: bool = True) -> np.ndarray:
         """Signed distance (mm, float64) at (N, 3) body points (``cut=False``: before carving)."""

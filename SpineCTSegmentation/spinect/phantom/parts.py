@@ -92,6 +92,10 @@ class Part:
                 if sub is not None:
                     view = d[sub.slices_in(box)]
                     np.maximum(view, -prim.local_sdf(*sub.local(prim)), out=view)
+        return self._carve(d, box)
+
+    def _carve(self, d: np.ndarray, box: GridBox) -> np.ndarray:
+        """Keep the part ``margin`` mm away from each cutter: ``d`` (on ``box``) raised in place."""
         for cutter, margin in self.cutters:
             sub = box.sub(*cutter.body_bounds())
             if sub is not None:

@@ -94,12 +94,14 @@ def pose_matrix(rotation_deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def make_grid(anatomy: Anatomy, shape_zyx, spacing_zyx_mm) -> Grid:
-    """Grid whose centre is the anatomy's anchor (L4-S1 region) plus the case's FOV shift."""
+def make_grid(anatomy: Anatomy, shape_zyx, spacing_zyx_mm, anchor_body_mm=None) -> Grid:
+    """Grid whose centre is ``anchor_body_mm`` (body mm; default the anatomy's anchor, the L4-S1
+    region) plus the case's FOV shift."""
     p = anatomy.params
     rotation = pose_matrix(p.rotation_deg)
     translation = np.asarray(p.translation_mm, float)
-    centre_world = rotation @ anatomy.anchor() + translation + np.asarray(p.fov_shift_mm)
+    anchor = anatomy.anchor() if anchor_body_mm is None else np.asarray(anchor_body_mm, float)
+    centre_world = rotation @ anchor + translation + np.asarray(p.fov_shift_mm)
     extent = (np.asarray(shape_zyx, float) - 1.0) * np.asarray(spacing_zyx_mm, float)
     origin = centre_world - extent[::-1] / 2.0
     return Grid(tuple(int(v) for v in shape_zyx), tuple(float(v) for v in spacing_zyx_mm),

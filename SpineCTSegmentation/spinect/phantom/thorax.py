@@ -120,12 +120,7 @@ class UnionPart(Part):
         for m in self.members:
             dm = m.sdf_box(box)
             d = dm if d is None else np.minimum(d, dm, out=d)
-        for cutter, margin in self.cutters:
-            sub = box.sub(*cutter.body_bounds())
-            if sub is not None:
-                view = d[sub.slices_in(box)]
-                np.maximum(view, margin - cutter.sdf_box(sub), out=view)
-        return d
+        return self._carve(d, box)
 
     def sdf_points(self, points: np.ndarray, *, cut: bool = True) -> np.ndarray:
         points = np.asarray(points, float).reshape(-1, 3)
