@@ -106,8 +106,22 @@ class PhantomParams:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return asdict(self)
+        """JSON-serialisable dict, floats rounded to 9 decimals.
+
+        Rounding keeps the truth JSON identical across CPUs: derived values such as the SAP
+        face normals come out of BLAS, whose kernels (AVX2, AVX-512) differ in the last bit.
+        """
+        return _round_floats(asdict(self))
+
+
+def _round_floats(value: Any, decimals: int = 9) -> Any:
+    if isinstance(value, float):
+        return round(value, decimals)
+    if isinstance(value, dict):
+        return {k: _round_floats(v, decimals) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_round_floats(v, decimals) for v in value)
+    return value
 
 
 def _vertebra(rng: np.random.Generator, name: str, scale: float) -> VertebraParams:
