@@ -197,6 +197,10 @@ class TissueValues:
     edge_sigma_vox: tuple[float, float, float] | None = None
 
 
+#: Smallest Gaussian sigma, in coarse voxels, of the fields :func:`smooth_noise` filters on a coarse grid.
+COARSE_SIGMA_VOX = 0.75
+
+
 def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-SD Gaussian-correlated noise (float32, (Z, Y, X)).
 
@@ -208,15 +212,18 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     """
     shape = np.asarray(shape_zyx, int)
     sigma = np.broadcast_to(np.asarray(sigma_vox, float), (3,))
-    step = np.clip(np.floor(sigma / 1.5), 1, 4).astype(int)
+    # coarse voxels of up to 1/0.75 sigma: the field's spectrum (SD 1/(2 pi sigma)) stays well
+    # below the coarse grid's Nyquist frequency, and linear upsampling is 4-8x cheaper than filtering
+    step = np.clip(np.floor(sigma / COARSE_SIGMA_VOX), 1, 4).astype(int)
     coarse = -(-shape // step) + 2
     field = rng.standard_normal(tuple(coarse), dtype=np.float32)
-    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap")
+    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap", truncate=3.0)
     if np.any(step > 1):
         field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)))
     field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
-    field -= np.float32(field.mean())
-    field /= np.float32(max(float(field.std()), 1e-6))
+    sample = field[::2, ::2, ::2]  # mean and SD from an eighth of the voxels: ample for unit SD
+    field -= np.float32(sample.mean())
+    field /= np.float32(max(float(sample.std()), 1e-6))
     return field
 
 
