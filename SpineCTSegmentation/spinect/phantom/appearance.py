@@ -64,6 +64,11 @@ class ScannerSettings:
     noise_hu: float
 
 
+#: Share of the vertebral cortex interrupted (phantom version 7): real cortex at W 1500 is broken
+#: and porous, with the trabecular texture reaching the surface, not a closed ring.
+CORTEX_GAP_FRACTION = 0.3
+
+
 def physical_values(rng: np.random.Generator) -> TissueValues:
     """One value per tissue class inside :data:`HU_RANGES`; cancellous varies a little per bone."""
     values = {t: float(rng.uniform(*r)) for t, r in HU_RANGES.items() if t != "cancellous"}
@@ -381,7 +386,7 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
                       endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=2.0,
                       cortex_variation=0.4, cortex_hu_variation=app.cortex_hu_variation,
-                      arch_cortex_gain=app.arch_cortex_gain)
+                      arch_cortex_gain=app.arch_cortex_gain, cortex_gap_fraction=CORTEX_GAP_FRACTION)
     return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue,
                         edge_sigma_vox=EDGE_SIGMA_VOX)
 

@@ -30,6 +30,7 @@ from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox
 from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
+from spinect.phantom.structures import STRUCTURE_CODES
 
 __all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues", "BoneModel",
            "smooth_noise", "FAT_HU", "soften_edges"]
@@ -146,6 +147,8 @@ class BoneModel:
             about 4 mm; thin spots fade the rim, real cortex is porous and uneven).
         cortex_hu_variation: relative SD of the cortex HU along the surface (smooth over about
             6 mm, clipped to 0.3-1.6): parts of the body outline read faint, others bright.
+        cortex_gap_fraction: share (0-1) of the cortex surface interrupted by soft-edged gaps
+            (about 2.5 mm across) where the cancellous HU reaches the surface (0 = closed shell).
         arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes are
             denser than the vertebral body's rim).
     """
@@ -168,6 +171,7 @@ class BoneModel:
     cortex_variation: float = 0.0
     cortex_hu_variation: float = 0.0
     arch_cortex_gain: float = 0.0
+    cortex_gap_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,10 @@ class TissueValues:
     edge_sigma_vox: tuple[float, float, float] | None = None
 
 
+#: Smallest Gaussian sigma, in coarse voxels, of the fields :func:`smooth_noise` filters on a coarse grid.
+COARSE_SIGMA_VOX = 0.75
+
+
 def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-SD Gaussian-correlated noise (float32, (Z, Y, X)).
 
@@ -204,15 +212,18 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     """
     shape = np.asarray(shape_zyx, int)
     sigma = np.broadcast_to(np.asarray(sigma_vox, float), (3,))
-    step = np.clip(np.floor(sigma / 1.5), 1, 4).astype(int)
+    # coarse voxels of up to 1/0.75 sigma: the field's spectrum (SD 1/(2 pi sigma)) stays well
+    # below the coarse grid's Nyquist frequency, and linear upsampling is 4-8x cheaper than filtering
+    step = np.clip(np.floor(sigma / COARSE_SIGMA_VOX), 1, 4).astype(int)
     coarse = -(-shape // step) + 2
     field = rng.standard_normal(tuple(coarse), dtype=np.float32)
-    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap")
+    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap", truncate=3.0)
     if np.any(step > 1):
         field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)))
     field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
-    field -= np.float32(field.mean())
-    field /= np.float32(max(float(field.std()), 1e-6))
+    sample = field[::2, ::2, ::2]  # mean and SD from an eighth of the voxels: ample for unit SD
+    field -= np.float32(sample.mean())
+    field /= np.float32(max(float(sample.std()), 1e-6))
     return field
 
 
@@ -327,6 +338,22 @@ def _blend(view: np.ndarray, d: np.ndarray, value, h: float) -> None:
     view += cov * (value - view)
 
 
+def _cortex_gaps(box: GridBox, fraction: float, rng: np.random.Generator, arch: np.ndarray | None,
+                 scale_mm: float = 2.5) -> np.ndarray:
+    """Where the cortex is interrupted (float32 (Z, Y, X), 0 intact to 1 gap): soft-edged patches
+    of a smooth field (sigma ``scale_mm``) covering about ``fraction`` of the surface; the arch
+    (``arch`` weight 1: laminae, pedicles, processes) keeps most of its denser, closed cortex."""
+    from scipy.special import ndtri
+
+    field = smooth_noise(box.shape, scale_mm / np.linalg.norm(box.step, axis=1), rng)
+    field -= np.float32(ndtri(1.0 - fraction))
+    field *= np.float32(2.5)
+    np.clip(field, 0.0, 1.0, out=field)
+    if arch is not None:
+        field *= np.float32(1.0) - np.float32(0.7) * arch
+    return field
+
+
 def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, model: BoneModel, h: float,
                    rng: np.random.Generator, anatomy: Anatomy | None) -> None:
     """Thin cortex plus cancellous, blended with the exact area fractions of the two surfaces:
@@ -357,6 +384,9 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
         if model.arch_cortex_gain > 0 and arch is not None:
             gain *= np.float32(1.0) + np.float32(model.arch_cortex_gain) * arch
         cortex = gain * cortex
+    if model.cortex_gap_fraction > 0:  # interrupted cortex: the cancellous bone reaches the surface
+        gap = _cortex_gaps(sub, model.cortex_gap_fraction, rng, arch)
+        cortex = cortex + gap * (canc - cortex)
     view += c_out * (cortex - view)
     canc -= cortex
     canc *= c_in
@@ -415,6 +445,65 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
         np.putmask(structures[sub.slices], d < 0, part.code)
 
 
+#: Vertebral bone codes whose laminae carry a ligamentum flavum (L1-S1, sacrum).
+_LF_BONE_CODES = tuple(STRUCTURE_CODES[n] for n in ("L1", "L2", "L3", "L4", "L5", "S1", "sacrum"))
+
+
+def _posterior_mm(box: GridBox, anatomy: Anatomy) -> np.ndarray:
+    """Body coordinate (mm, float32 (Z, Y, X)) of the voxels of ``box`` along the mean posterior
+    axis of the vertebra frames (larger = further back)."""
+    post = np.mean([f.axes[1] for f in anatomy.frames.values()], axis=0)
+    post /= np.linalg.norm(post)
+    return _plane_coordinate(box, np.zeros(3), post)
+
+
+def ligamentum_flavum_weight(structures: np.ndarray, root: GridBox, anatomy: Anatomy,
+                             thickness_mm: float = 3.0) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """Where the ligamentum flavum lies (image only: the structure map keeps epidural fat).
+
+    The ligament lines the inner (canal) face of the laminae: epidural-fat voxels within
+    ``thickness_mm`` of vertebral bone and behind the dural sac's centre on their slice (the
+    pedicles and the back of the bodies are lateral or in front of it).
+
+    Returns:
+        (slices of the box in ``structures``, weight float32 (Z, Y, X) in 0-1 on that box: its
+        fraction per voxel, with a 1 mm partial-volume edge), or None without epidural fat.
+    """
+    ef_code, sac_code = STRUCTURE_CODES["epidural_fat"], STRUCTURE_CODES["dural_sac"]
+    fat_idx = np.argwhere(structures == ef_code)
+    if fat_idx.size == 0:
+        return None
+    pad = int(np.ceil(thickness_mm / float(np.min(np.linalg.norm(root.step, axis=1))))) + 1
+    lo = np.maximum(fat_idx.min(axis=0) - pad, 0)
+    hi = np.minimum(fat_idx.max(axis=0) + pad + 1, structures.shape)
+    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    st = structures[slices]
+    fat = st == ef_code
+    box = GridBox(root.origin, root.step, root.lo + lo, root.lo + hi, root._inverse)
+    spacing = np.linalg.norm(root.step, axis=1)
+    bone_mm = ndimage.distance_transform_edt(~np.isin(st, _LF_BONE_CODES), sampling=spacing).astype(np.float32)
+    post = _posterior_mm(box, anatomy)
+    sac = st == sac_code
+    count = sac.sum(axis=(1, 2))
+    centre = np.where(count > 0, (post * sac).sum(axis=(1, 2)) / np.maximum(count, 1), np.inf).astype(np.float32)
+    behind = post > centre[:, None, None]  # slices without a sac (below it) get none
+    weight = np.clip(np.float32(thickness_mm + 0.5) - bone_mm, 0.0, 1.0)
+    weight *= fat & behind
+    return slices, weight
+
+
+def paint_ligamentum_flavum(hu: np.ndarray, structures: np.ndarray, root: GridBox, anatomy: Anatomy,
+                            lf_hu: float, thickness_mm: float = 3.0) -> None:
+    """Blend the ligamentum flavum (``lf_hu``, 60-100 HU) into ``hu`` (in place, (Z, Y, X)
+    float32) where :func:`ligamentum_flavum_weight` puts it; labels and codes are untouched."""
+    found = ligamentum_flavum_weight(structures, root, anatomy, thickness_mm)
+    if found is None:
+        return
+    slices, weight = found
+    view = hu[slices]
+    view += weight * (np.float32(lf_hu) - view)
+
+
 def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random.Generator, *, supersample: int = 1,
               progress: Callable[[float], None] | None = None,
               texture_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -454,6 +543,9 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     finally:
         for cutter in cutters:
             cutter.clear_cache()
+    if values.soft is not None and getattr(anatomy, "frames", None):
+        lf_hu = float(np.clip(values.table[STRUCTURE_CODES["ligamentum_flavum"]] + 10.0, 60.0, 100.0))
+        paint_ligamentum_flavum(hu, structures, root, anatomy, lf_hu)
     fz, fy, fx = factors
     if factors == (1, 1, 1):
         return structures, hu
