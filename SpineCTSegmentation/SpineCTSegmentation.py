@@ -94,6 +94,7 @@ class SpineCTSegmentationParameterNode:
     uncertainty - flip test-time augmentation with an uncertainty map and review list.
     keepIslands - keep isolated false-positive islands (removed and reported by default).
     wholeVolume - run the network on every window in the body, not only within 30 mm of bone.
+    mirrorOnCpu - mirror every window left-right on the CPU too (on a GPU always): slower, more accurate.
     vertebralLevels - also label L1-L5 and sacrum (a level model, else counted up from the sacrum).
     trainingFolder, caseId - where "Export for training" writes.
     triangleLevel, triangleSide - the Kambin triangle measured.
@@ -113,6 +114,7 @@ class SpineCTSegmentationParameterNode:
     uncertainty: bool = False
     keepIslands: bool = False
     wholeVolume: bool = False
+    mirrorOnCpu: bool = False
     vertebralLevels: bool = False
     trainingFolder: pathlib.Path = pathlib.Path()
     caseId: str = ""
@@ -339,7 +341,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 params.inputVolume, device=params.device,
                 modelPath=modelPathOrNone(params.modelPath), smoothingMm=params.smoothingMm,
                 uncertainty=params.uncertainty, keepIslands=params.keepIslands, wholeVolume=params.wholeVolume,
-                levels=params.vertebralLevels,
+                levels=params.vertebralLevels, mirror="lr" if params.mirrorOnCpu else "auto",
             )
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -732,7 +734,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         return dependencies.ensure_dependencies(confirm=confirm, requirements=requirements, include_torch=includeTorch)
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
-                          uncertainty=False, keepIslands=False, wholeVolume=False, levels=False):
+                          uncertainty=False, keepIslands=False, wholeVolume=False, levels=False, mirror="auto"):
         """Export ``inputVolume`` and start the backend; returns a running job.
 
         The job runs on the segmentation worker (``WorkerSegmentationJob``: the network stays
@@ -742,11 +744,12 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         ``keepIslands`` keeps isolated false-positive islands; ``wholeVolume`` runs every window in
         the body (by default windows more than 30 mm from bone-dense tissue are skipped); ``levels``
         adds segments L1-L5 and sacrum (from a level model, ``modelPath``, else counted up from the
-        sacrum: refused when it is not in view).
+        sacrum: refused when it is not in view); ``mirror`` is the mirroring test-time augmentation
+        (auto = left-right on a GPU, none on the CPU; "lr" = left-right everywhere; "none").
         """
         return self.backend().start_segmentation(
             inputVolume, device=device, model_path=modelPath, smoothing_mm=smoothingMm, uncertainty=uncertainty,
-            keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels,
+            keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels, mirror=mirror,
         )
 
     def finishSegmentation(self, job, outputSegmentation=None, *, existing=ExistingSegments.ASK):
@@ -769,7 +772,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputVolume, outputSegmentation=None, *, device=Device.AUTO, modelPath=None,
                 smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False,
-                keepIslands=False, wholeVolume=False, levels=False):
+                keepIslands=False, wholeVolume=False, levels=False, mirror="auto"):
         """Blocking segmentation (scripts and tests); returns the segmentation node.
 
         With ``uncertainty`` the uncertainty map is also loaded as a colour overlay and the review
@@ -780,7 +783,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"segments {conflicts} exist; pass existing=ExistingSegments.REPLACE or NEW_NODE")
         job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm,
                                      uncertainty=uncertainty, keepIslands=keepIslands, wholeVolume=wholeVolume,
-                                     levels=levels)
+                                     levels=levels, mirror=mirror)
         try:
             start = time.monotonic()
             while job.running:

@@ -241,3 +241,57 @@ def test_autocast_dtype_rules(monkeypatch):
     monkeypatch.setenv("SPINECT_CPU_BF16", "1")  # native bfloat16 (AVX512-BF16, AMX): bfloat16 by default
     assert autocast_dtype(cpu, None) == torch.bfloat16
     assert autocast_dtype(cpu, False) is None
+
+
+class _AsymmetricNetwork(nn.Module):
+    """Logits depend on the voxel's x position in its window and its value: mirroring changes them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, z, y, w = x.shape
+        xx = torch.arange(w, dtype=x.dtype).view(1, 1, 1, w).expand(n, z, y, w) / w
+        v = x[:, 0]
+        return torch.stack([v, 2.0 * xx, xx * v + 0.5 * torch.roll(v, 1, dims=3)], dim=1)
+
+
+@pytest.mark.parametrize("axes", [(2,), (1, 2)])
+def test_mirroring_is_the_mean_of_the_flipped_volumes_predictions(axes):
+    # Window grid symmetric under the flips (n = p + k * s along y and x): mirroring each window equals
+    # predicting the flipped volume, flipping the result back and averaging over all flip combinations.
+    volume = np.random.default_rng(3).normal(size=(16, 52, 52)).astype(np.float32)
+    net, options = _AsymmetricNetwork(), dict(patch_size_zyx=PATCH, stride_zyx=STRIDE, device="cpu")
+    got = predict_probabilities(volume, net, mirror_axes_zyx=axes, **options)
+    combos = [()] + [tuple(a for bit, a in enumerate(axes) if m >> bit & 1) for m in range(1, 2 ** len(axes))]
+    reference = torch.zeros_like(got)
+    for flip in combos:
+        flipped = np.ascontiguousarray(np.flip(volume, flip)) if flip else volume
+        probabilities = predict_probabilities(flipped, net, **options)
+        reference += torch.flip(probabilities, [a + 1 for a in flip]) if flip else probabilities
+    reference /= len(combos)
+    torch.testing.assert_close(got, reference, atol=2e-6, rtol=1e-5)
+    plain = predict_probabilities(volume, net, **options)
+    assert float((got - plain).abs().max()) > 0.05  # the network is asymmetric: mirroring changed the result
+    labels = predict_labels(volume, net, mirror_axes_zyx=axes, **options)
+    np.testing.assert_array_equal(labels, got.argmax(0).numpy())
+
+
+def test_mirror_axes_are_checked():
+    from spinect.inference import mirror_flip_dims
+
+    assert mirror_flip_dims((2,)) == ((4,),)
+    assert mirror_flip_dims((2, 1)) == ((3,), (4,), (3, 4))
+    for bad in [(3,), (2, 2), (-1,)]:
+        with pytest.raises(SpinectError, match="mirror axes"):
+            mirror_flip_dims(bad)
+
+
+def test_mirror_auto_is_left_right_on_a_gpu_and_off_on_the_cpu():
+    from spinect.pipeline import InferenceSettings
+    from spinect.plan import ModelPlan
+
+    settings = InferenceSettings.from_plan(ModelPlan(architecture={}), mirror="auto")
+    assert settings.mirror_axes_zyx(torch.device("cpu")) == ()
+    assert settings.mirror_axes_zyx(torch.device("cuda")) == (2,)
+    assert InferenceSettings.from_plan(ModelPlan(architecture={}), mirror="lr-ap").mirror_axes_zyx("cpu") == (1, 2)
+    assert InferenceSettings.from_plan(ModelPlan(architecture={}), mirror="lr", tta=True).mirror_axes_zyx("cpu") == ()  # TTA flips it
+    with pytest.raises(SpinectError, match="mirror must be one of"):
+        InferenceSettings.from_plan(ModelPlan(architecture={}), mirror="sideways").mirror_axes_zyx("cpu")

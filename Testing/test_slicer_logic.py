@@ -577,6 +577,15 @@ def test_segment_command_passes_island_and_whole_volume_choices_to_the_backend()
     assert chosen.keep_islands is True and chosen.whole_volume is True
 
 
+def test_segment_command_passes_the_mirror_choice_to_the_backend():
+    from spinect.cli import build_parser
+
+    assert build_parser().parse_args(build_segment_command("py", "a.nrrd", "b.nrrd")[3:]).mirror == "auto"
+    assert build_parser().parse_args(build_segment_command("py", "a.nrrd", "b.nrrd", mirror="lr")[3:]).mirror == "lr"
+    with pytest.raises(Exception, match="mirror"):
+        build_segment_command("py", "a.nrrd", "b.nrrd", mirror="sideways")
+
+
 # --- vertebral levels (``--levels``) --------------------------------------------------------
 
 

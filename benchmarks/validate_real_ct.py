@@ -252,6 +252,10 @@ def predict_threshold(ct_hu: np.ndarray) -> Prediction:
     return Prediction(bone, None, time.perf_counter() - start)
 
 
+#: ``mirror`` of every model method (``--mirror``; spinect.requests.MIRRORS).
+MIRROR = "auto"
+
+
 def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | None = None) -> Prediction:
     """A model through the public API (``spinect.api.segment``, CPU), labels reoriented to LPS.
 
@@ -261,7 +265,7 @@ def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | No
 
     levels = level_model is not None or load_plan(model).has_levels
     start = time.perf_counter()
-    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=level_model)
+    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=level_model, mirror=MIRROR)
     seconds = time.perf_counter() - start
     as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
     labels = as_array(result.labels)
@@ -539,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level-model", type=Path, default=None, metavar="PATH",
                         help="label vertebral levels with this level model for every model method and check them "
                              "against the labelled vertebrae (crop L2-L4, chest T12-L3)")
+    parser.add_argument("--mirror", default="auto", choices=("auto", "none", "lr", "lr-ap"),
+                        help="mirroring test-time augmentation of every model method (spinect segment --mirror; "
+                             "auto = none on this CPU run)")
     return parser
 
 
@@ -571,9 +578,13 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError("nothing to do: no case selected and no --stress")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    global MIRROR
+    MIRROR = args.mirror
     methods = ["threshold", *models]
     env = environment(args.threads)
-    print(f"CPU: {env['cpu']}; torch {env['torch']}, {env['threads']} threads, {env['precision']}; "
+    env["mirror"] = args.mirror
+    print(f"CPU: {env['cpu']}; torch {env['torch']}, {env['threads']} threads, {env['precision']}, "
+          f"mirror {env['mirror']}; "
           f"commit {env['commit']}; {env['date']}")
     print("methods: threshold (HU > 150, holes filled)" +
           "".join(f", {n} = {p}" for n, p in models.items()), flush=True)

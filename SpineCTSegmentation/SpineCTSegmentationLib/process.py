@@ -101,6 +101,7 @@ def build_segment_command(
     keep_islands: bool = False,
     whole_volume: bool = False,
     levels: bool = False,
+    mirror: str = "auto",
 ) -> list[str]:
     """Argument list of ``python -m spinect segment`` with progress lines on.
 
@@ -119,6 +120,8 @@ def build_segment_command(
         whole_volume: run the network on every window in the body, not only near bone.
         levels: also label vertebral levels (``--levels``; needs a level model): a label-map
             output gets its level map beside it, ``<name>_levels<suffix>``.
+        mirror: mirroring test-time augmentation (``--mirror``): auto (lr on a GPU, none on the
+            CPU), none, lr or lr-ap.
     """
     from spinect.requests import SegmentRequest  # standard library only: light in Slicer's process
 
@@ -130,7 +133,7 @@ def build_segment_command(
     request = SegmentRequest(input=input_path, output=output_path, model=model_path, device=device,
                              smoothing_mm=None if smoothing_mm is None else float(smoothing_mm), tta=tta,
                              uncertainty_output=uncertainty_path, review_output=review_path, keep_islands=keep_islands,
-                             whole_volume=whole_volume, levels=levels)
+                             whole_volume=whole_volume, levels=levels, mirror=mirror)
     command = [str(python_executable), "-m", "spinect", "segment", *request.to_argv(), "--progress-lines"]
     if verbose:
         command.append("--verbose")

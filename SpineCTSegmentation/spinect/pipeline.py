@@ -36,7 +36,7 @@ import SimpleITK as sitk
 import torch
 
 from spinect.errors import SpinectError
-from spinect.inference import argmax_labels, predict_labels
+from spinect.inference import argmax_labels, predict_labels, resolve_device
 from spinect.plan import LEVEL_MAP_NAMES, ModelPlan
 from spinect.postprocess import RemovedIsland, median_smooth_labels, suppress_islands
 from spinect.preprocess import ImageGrid, normalise_hu, resample_to_reference, resample_to_spacing
@@ -125,6 +125,8 @@ class InferenceSettings:
         batch_size: windows per network call (does not change labels).
         smoothing_mm: median smoothing kernel on the input grid (mm; 0 = off).
         tta: flip test-time augmentation.
+        mirror: mirroring of every window, a :data:`spinect.requests.MIRRORS` name (``auto``: ``lr``
+            on a GPU, ``none`` on the CPU); off while ``tta`` runs (its flips include it).
         precision: ``auto``, ``fp32`` or ``bf16`` (:data:`spinect.requests.PRECISIONS`).
         skip_air: windows that see only air (< :data:`AIR_HU`) are not run.
         bone_margin_mm: windows farther than this from bone-dense voxels (>= :data:`BONE_HU`) are
@@ -140,6 +142,7 @@ class InferenceSettings:
     smoothing_mm: float
     batch_size: int = 4
     tta: bool = False
+    mirror: str = "auto"
     precision: str = "auto"
     skip_air: bool = True
     bone_margin_mm: float | None = BONE_MARGIN_MM
@@ -153,6 +156,19 @@ class InferenceSettings:
 
         return PRECISIONS[self.precision]
 
+    def mirror_axes_zyx(self, device) -> tuple[int, ...]:
+        """The axes every window also runs flipped along on ``device`` (() = no mirroring)."""
+        from spinect.requests import MIRRORS
+
+        if self.mirror not in MIRRORS:
+            raise SpinectError(f"mirror must be one of {', '.join(MIRRORS)}; got {self.mirror!r}")
+        if self.tta:
+            return ()
+        axes = MIRRORS[self.mirror]
+        if axes is None:
+            axes = () if torch.device(device).type == "cpu" else MIRRORS["lr"]
+        return tuple(axes)
+
     @property
     def remove_islands(self) -> bool:
         return self.island_rules is not None
@@ -161,12 +177,13 @@ class InferenceSettings:
     def from_plan(cls, plan: ModelPlan, request=None, **overrides: Any) -> "InferenceSettings":
         """The settings for ``plan``: the request's options (a :class:`spinect.requests.SegmentRequest`,
         optional), then ``overrides`` (``smoothing_mm``, ``blend``, ``stride_zyx``, ``batch_size``,
-        ``tta``, ``precision`` or ``amp``, ``remove_islands``, ``skip_air``, ``bone_margin_mm``,
+        ``tta``, ``mirror``, ``precision`` or ``amp``, ``remove_islands``, ``skip_air``, ``bone_margin_mm``,
         ``levels``); None means the plan's value (smoothing, blend, stride)."""
         values: dict[str, Any] = {}
         if request is not None:
             values.update(smoothing_mm=request.smoothing_mm, blend=request.blend, stride_zyx=request.stride_zyx,
-                          batch_size=request.batch_size, tta=request.tta, precision=request.precision,
+                          batch_size=request.batch_size, tta=request.tta, mirror=request.mirror,
+                          precision=request.precision,
                           remove_islands=not request.keep_islands,
                           bone_margin_mm=None if request.whole_volume else BONE_MARGIN_MM, levels=request.levels)
         if "amp" in overrides:
@@ -199,6 +216,7 @@ class InferenceSettings:
             "spacing_zyx_mm": list(plan.spacing_zyx_mm),
             "hu_window": list(plan.hu_window),
             "tta": self.tta,
+            "mirror": self.mirror,
             "ensemble_members": int(ensemble_members),
             "remove_islands": self.remove_islands,
             "island_rules": None if self.island_rules is None else dict(self.island_rules),
@@ -214,6 +232,7 @@ class InferenceSettings:
 
             dtype = autocast_dtype(torch.device(device), self.amp)
             record["precision_applied"] = "float32" if dtype is None else str(dtype).replace("torch.", "")
+            record["mirror_axes_zyx"] = list(self.mirror_axes_zyx(device))
         return record
 
 
@@ -416,6 +435,7 @@ def segment_network_input(
     bone_margin_mm = settings.bone_margin_mm
     options = dict(patch_size_zyx=settings.patch_size_zyx, stride_zyx=settings.stride_zyx, blend=settings.blend,
                    batch_size=settings.batch_size, device=device, amp=settings.amp, timer=timer,
+                   mirror_axes_zyx=settings.mirror_axes_zyx(resolve_device(device)),
                    skip_below=air_threshold(plan) if settings.skip_air else None, skip_margin_zyx=margin_zyx)
     if settings.skip_air and bone_margin_mm is not None:
         if bone_margin_mm < 0:

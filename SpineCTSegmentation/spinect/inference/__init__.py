@@ -8,6 +8,7 @@ from spinect.inference.sliding_window import (
     argmax_labels,
     count_windows,
     is_out_of_memory,
+    mirror_flip_dims,
     monai_overlap,
     predict_labels,
     predict_probabilities,
@@ -27,5 +28,6 @@ __all__ = [
     "argmax_labels",
     "run_with_cpu_fallback",
     "is_out_of_memory",
+    "mirror_flip_dims",
     "DeviceOutOfMemory",
 ]

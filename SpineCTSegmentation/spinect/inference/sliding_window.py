@@ -73,6 +73,7 @@ __all__ = [
     "predict_labels",
     "argmax_labels",
     "run_with_cpu_fallback",
+    "mirror_flip_dims",
     "is_out_of_memory",
     "DeviceOutOfMemory",
 ]
@@ -160,6 +161,10 @@ def predict_probabilities(volume_zyx: np.ndarray | torch.Tensor, network: torch.
             keep one core each busier than two cores share one call (docs/benchmarks.md). The
             windows are blended in the same order either way. None = ``min(threads, 4)``;
             1 = one call at a time with all threads. Ignored on a GPU.
+        mirror_axes_zyx: mirroring test-time augmentation (nnU-Net's): each window also runs
+            flipped along each of these axes (0 = z, 1 = y, 2 = x, i.e. left-right) and along
+            every combination of them, its probabilities flipped back; a window's probabilities
+            are the mean of the ``2 ** len(axes)`` passes, blended as usual. () = no mirroring.
         timer: optional :class:`spinect.profiling.StageTimer`; gets the stages ``windows``
             (finding windows to skip), ``network`` (forward passes and softmax; with CPU workers,
             the time the pass waits for them, window extraction included) and ``stitching``
@@ -196,10 +201,12 @@ def _predict(
     roi_margin_zyx: Sequence[int] = (0, 0, 0),
     channels_last: bool = True,
     cpu_workers: int | None = None,
+    mirror_axes_zyx: Sequence[int] = (),
     timer=None,
 ) -> torch.Tensor | np.ndarray:
     """:func:`predict_probabilities` (``labels_only=False``) or :func:`predict_labels` (True)."""
     mode = _blend_mode(blend)
+    mirror_flips = mirror_flip_dims(mirror_axes_zyx)
     if batch_size < 1:
         raise SpinectError(f"batch size must be >= 1, got {batch_size}")
     if cpu_workers is not None and (isinstance(cpu_workers, bool) or not isinstance(cpu_workers, int)
@@ -230,10 +237,25 @@ def _predict(
         return _predict_on_device(
             inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
             batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid, channels_last=channels_last,
-            timer=timer, cpu_workers=cpu_workers, labels_only=labels_only,
+            timer=timer, cpu_workers=cpu_workers, labels_only=labels_only, mirror_flips=mirror_flips,
         )
 
     return run_with_cpu_fallback(attempt, compute_device)
+
+
+def mirror_flip_dims(mirror_axes_zyx: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """The flips (dims of an (N, C, Z, Y, X) batch) that mirroring along ``mirror_axes_zyx`` adds.
+
+    Every non-empty combination of the axes: (2,) -> ((4,),); (1, 2) -> ((3,), (4,), (3, 4)).
+
+    Raises:
+        SpinectError: an axis outside 0-2 or given twice.
+    """
+    axes = [int(a) for a in mirror_axes_zyx]
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise SpinectError(f"mirror axes must be distinct values among 0 (z), 1 (y), 2 (x); got {tuple(mirror_axes_zyx)}")
+    dims = [a + 2 for a in sorted(axes)]
+    return tuple(tuple(d for bit, d in enumerate(dims) if mask >> bit & 1) for mask in range(1, 2 ** len(dims)))
 
 
 def predict_labels(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Module, **options) -> np.ndarray:
@@ -337,6 +359,7 @@ def _predict_on_device(
     cpu_workers: int | None = None,
     host_blend: bool = False,
     labels_only: bool = False,
+    mirror_flips: tuple[tuple[int, ...], ...] = (),
 ) -> torch.Tensor | np.ndarray:
     """One complete sliding-window pass with the network on ``compute_device`` (see predict_probabilities).
 
@@ -356,7 +379,7 @@ def _predict_on_device(
     out_device = torch.device("cpu") if host_blend else _aggregation_device(compute_device, shape_zyx, num_classes or 8)
     predictor = _WindowPredictor(
         runner, compute_device, None if cast_dtype is not None else amp_dtype, batch_size=batch_size,
-        memory_format=memory_format, timer=timer, input_dtype=cast_dtype,
+        memory_format=memory_format, timer=timer, input_dtype=cast_dtype, mirror_flips=mirror_flips,
     )
     started = time.perf_counter()
     argmax_s = [0.0]
@@ -381,7 +404,7 @@ def _predict_on_device(
                 inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
                 batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid,
                 channels_last=channels_last, timer=timer, cpu_workers=cpu_workers, host_blend=True,
-                labels_only=labels_only,
+                labels_only=labels_only, mirror_flips=mirror_flips,
             )
         raise DeviceOutOfMemory(f"{compute_device} out of memory outside the network ({exc})") from exc
     if timer is not None:
@@ -746,7 +769,8 @@ class _WindowPredictor:
     """Softmax probabilities (float32) of a batch of windows.
 
     Runs them ``batch_size`` at a time on the compute device and halves that on out-of-memory
-    errors; times the network.
+    errors; times the network. With ``mirror_flips`` (:func:`mirror_flip_dims`) each chunk also
+    runs flipped along each of them and the probabilities are the mean over the passes.
     """
 
     def __init__(
@@ -759,8 +783,10 @@ class _WindowPredictor:
         memory_format: torch.memory_format,
         timer=None,
         input_dtype: torch.dtype | None = None,
+        mirror_flips: tuple[tuple[int, ...], ...] = (),
     ) -> None:
         self.network = network
+        self.mirror_flips = tuple(tuple(f) for f in mirror_flips)
         self.device = device
         self.amp_dtype = amp_dtype
         self.input_dtype = input_dtype
@@ -814,6 +840,11 @@ class _WindowPredictor:
         with torch.inference_mode(), autocast:
             logits = self.network(windows)
             probabilities = torch.softmax(logits[:count].float(), dim=1)
+            for dims in self.mirror_flips:
+                flipped = windows.flip(dims).contiguous(memory_format=self.memory_format)
+                probabilities += torch.softmax(self.network(flipped)[:count].float(), dim=1).flip(dims)
+            if self.mirror_flips:
+                probabilities /= float(len(self.mirror_flips) + 1)
         if self.timed and self.timed_per_call:
             if probabilities.device.type == "cuda":
                 torch.cuda.synchronize(probabilities.device)
