@@ -180,14 +180,43 @@ def test_auto_counts_from_the_sacrum_only(phantom):
     assert counted.reference == "sacrum" and _calls(counted.levels, structures) == {n: n for n in TRUTH_LEVELS}
 
 
-def test_a_missed_disc_stops_the_count_instead_of_shifting_it(phantom):
-    # the L3/L4 disc (structure code 22) segmented as bone: the merged L3+L4 body is too tall, so
-    # it and everything above must stay unnamed (they would be called one level too low); L5 and
-    # the sacrum below keep their names
+def _close_foramina(bone: np.ndarray, structures: np.ndarray, disc_code: int) -> np.ndarray:
+    """Bone over the foramina beside the canal, from 4 mm below the disc ``disc_code`` to 12 mm above it."""
+    zs = np.nonzero((structures == disc_code).any(axis=(1, 2)))[0]
+    out = bone.copy()
+    for z in range(max(zs.min() - 2, 0), min(zs.max() + 7, bone.shape[0])):
+        sac = np.argwhere(structures[z] == 30)  # dural sac: the canal's centre
+        yc, xc = sac.mean(axis=0) if sac.size else np.argwhere(structures[zs[0]] == 30).mean(axis=0)
+        yy, xx = np.ogrid[:bone.shape[1], :bone.shape[2]]
+        dx, dy = np.abs(xx - xc) * SPACING[2], np.abs(yy - yc) * SPACING[1]
+        out[z] |= (dx >= 6.0) & (dx <= 26.0) & (dy <= 10.0)
+    return out
+
+
+def test_a_disc_bridged_in_front_of_the_canal_is_found_at_its_foramina(phantom):
+    # the L3/L4 disc (structure code 22) segmented as bone: the body profile misses it, but the
+    # foramina between the L3 and L4 pedicles are open, so the merged body is split there and
+    # every level keeps its name (the chest CT's model bone bridges its thoracic discs this way)
     from spinect.postprocess.levels_counting import count_levels
 
     structures, labels = phantom
     bone = (sitk.GetArrayFromImage(labels) == 1) | (structures == 22)
+    counted = count_levels(bone, SPACING)
+    assert _calls(counted.levels, structures) == {n: n for n in TRUTH_LEVELS}
+    split = [v["name"] for v in counted.vertebrae if v["split_at_foramina"]]
+    assert split == ["L4", "L3"], counted.vertebrae
+    assert any("told apart at the foramina" in note for note in counted.notes), counted.notes
+    assert all(15.0 <= v["height_mm"] <= 45.0 for v in counted.vertebrae[1:-1])
+
+
+def test_a_missed_disc_stops_the_count_instead_of_shifting_it(phantom):
+    # the L3/L4 disc segmented as bone and its foramina closed too: nothing shows where L3 ends, the
+    # merged L3+L4 body is too tall, so it and everything above must stay unnamed (they would be
+    # called one level too low); L5 and the sacrum below keep their names
+    from spinect.postprocess.levels_counting import count_levels
+
+    structures, labels = phantom
+    bone = _close_foramina((sitk.GetArrayFromImage(labels) == 1) | (structures == 22), structures, 22)
     counted = count_levels(bone, SPACING)
     calls = _calls(counted.levels, structures)
     assert calls["L5"] == "L5" and calls["sacrum"] == "sacrum"
@@ -197,3 +226,23 @@ def test_a_missed_disc_stops_the_count_instead_of_shifting_it(phantom):
         assert wrong.mean() < 0.25, (name, calls)
     assert np.mean(counted.levels[np.isin(structures, (1, 2, 3))] != 0) < 0.01  # L1-L3: past the merged body
     assert any("implausible body height" in note and "left unnamed" in note for note in counted.notes), counted.notes
+
+
+def test_thoracic_names_stop_at_an_implausible_body(phantom):
+    # a rib on L4 and no sacrum: L4 is counted as T12 and the vertebrae above it as T11, T10 ...
+    # (record only, no map code). With the L2/L3 disc bridged and its foramina closed, the merged
+    # "T11" body is too tall for a thoracic vertebra: it and everything above it stay unnamed
+    from spinect.postprocess.levels_counting import count_levels
+
+    structures, labels = phantom
+    bone = _add_rib(sitk.GetArrayFromImage(labels) == 1, structures, code=4)
+    top_of_s1 = int(np.nonzero((structures == 5).any(axis=(1, 2)))[0].min()) + 4
+    plain = count_levels(bone[top_of_s1:], SPACING)
+    assert plain.reference == "last rib"
+    assert [v["name"] for v in plain.vertebrae][-4:] == ["T12", "T11", "T10", "T9"], plain.vertebrae
+    bridged = _close_foramina(bone | (structures == 21), structures, 21)[top_of_s1:]
+    counted = count_levels(bridged, SPACING)
+    names = [v["name"] for v in counted.vertebrae]
+    assert "T12" in names and names[names.index("T12") + 1:] == ["?"] * (len(names) - names.index("T12") - 1), names
+    assert any("expected for a thoracic vertebra" in note for note in counted.notes), counted.notes
+    assert np.array_equal(counted.levels > 0, plain.levels > 0)  # L5 below T12 keeps its code; the rest has none

@@ -11,8 +11,9 @@ Cases:
 Real cases use two bone inputs: the default model (spinect.api.segment) and a threshold mask
 (HU > 150, 3D holes filled).
 
-Per case and input: the level each truth vertebra gets (the most frequent nonzero level among its
-voxels; "-" if none) and whether it is right (T12 has no level code: right = unlabelled).
+Per case and input: the level each truth vertebra gets (the level written on most of its voxels that
+the bone input holds, "-" = no level code; share of those voxels in brackets) and whether it is right
+(T12 has no level code: right = "-").
 
   OMP_NUM_THREADS=1 python benchmarks/validate_levels.py [--cases phantom,chest,crop] [--seeds 1 2 3]
 """
@@ -69,16 +70,19 @@ def score(case: str, method: str, bone: sitk.Image, truth: np.ndarray, levels: d
         row.update(refused=str(exc), seconds=round(time.perf_counter() - t0, 1))
         return row
     got = sitk.GetArrayFromImage(level_img)
+    in_bone = sitk.GetArrayViewFromImage(bone) == 1
     calls = {}
     for name, codes in levels.items():
-        mask = np.isin(truth, codes)
+        # the level written on most of the vertebra's bone (of the bone input), "no code" included:
+        # T12 is right when most of it carries no lumbar code, a lumbar vertebra when most carries its own
+        mask = np.isin(truth, codes) & in_bone
         if not mask.any():
             continue
-        counts = np.bincount(got[mask], minlength=len(LEVEL_MAP_NAMES))[1:]
-        called = LEVEL_MAP_NAMES[int(np.argmax(counts)) + 1] if counts.any() else None
+        counts = np.bincount(got[mask], minlength=len(LEVEL_MAP_NAMES))
+        best = int(np.argmax(counts))
+        called = LEVEL_MAP_NAMES[best] if best > 0 else None
         expected = name if name in LEVEL_MAP_NAMES else None
-        calls[name] = {"called": called, "share": round(float(counts.max() / mask.sum()), 2) if counts.any() else 0.0,
-                       "right": called == expected}
+        calls[name] = {"called": called, "share": round(float(counts[best] / mask.sum()), 2), "right": called == expected}
     row.update(reference=counted.reference, notes=counted.notes, calls=calls,
                vertebrae=[(v["name"], v["s_mm"], v["height_mm"]) for v in counted.vertebrae],
                seconds=round(time.perf_counter() - t0, 1))
@@ -118,7 +122,8 @@ def print_row(r: dict) -> None:
     if "refused" in r:
         print(f"| {r['case']} | {r['bone']} | refused | {r['refused'][:60]}... | {r['seconds']} |", flush=True)
         return
-    calls = ", ".join(f"{n}->{c['called'] or '-'}{'' if c['right'] else ' (wrong)'}" for n, c in r["calls"].items())
+    calls = ", ".join(f"{n}->{c['called'] or '-'} ({c['share']:.0%}){'' if c['right'] else ' wrong'}"
+                      for n, c in r["calls"].items())
     right = sum(c["right"] for c in r["calls"].values())
     print(f"| {r['case']} | {r['bone']} | {r['reference']} | {calls} | {right}/{len(r['calls'])} | "
           f"{'; '.join(r['notes']) or ''} | {r['seconds']} |", flush=True)

@@ -240,7 +240,9 @@ class Prediction:
     nerve: np.ndarray | None
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
-    levels: np.ndarray | None = None  # level map (0 none, k = LEVEL_NAMES[k - 1]) of a level model
+    levels: np.ndarray | None = None  # level map (0 none, k = LEVEL_NAMES[k - 1]): level model or counting
+    levels_source: str | None = None  # "level model" or the counting's source ("levels by counting from ...")
+    levels_refused: str | None = None  # why counting named no level (--count-levels)
 
 
 def predict_threshold(ct_hu: np.ndarray) -> Prediction:
@@ -254,6 +256,9 @@ def predict_threshold(ct_hu: np.ndarray) -> Prediction:
 
 #: ``mirror`` of every model method (``--mirror``; spinect.requests.MIRRORS).
 MIRROR = "auto"
+#: ``--count-levels``: name the vertebrae of every model's bone by counting (spinect segment
+#: --levels --levels-by counting: up from the sacrum or down from the last rib) when it has no level classes.
+COUNT_LEVELS = False
 
 
 def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | None = None) -> Prediction:
@@ -269,9 +274,19 @@ def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | No
     seconds = time.perf_counter() - start
     as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
     labels = as_array(result.labels)
+    level_map, source_name, refused = (as_array(result.levels), "level model", None) if levels else (None, None, None)
+    if COUNT_LEVELS and not levels:
+        # the same counting as segment --levels --levels-by counting, on the labels this run already has
+        from spinect.postprocess.levels_counting import ALL_REFERENCES, LevelCountError, count_levels_image
+
+        try:
+            level_img, counted = count_levels_image(result.labels, bone_value=1, references=ALL_REFERENCES)
+            level_map, source_name = as_array(level_img), counted.source
+        except LevelCountError as exc:
+            refused = str(exc)
     return Prediction(labels == 1, labels == 2, seconds,
                       {"windows": dict(result.window_counts), "removed_islands": len(result.removed_islands)},
-                      levels=as_array(result.levels) if levels else None)
+                      levels=level_map, levels_source=source_name, levels_refused=refused)
 
 
 def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source, level_model: Path | None = None) -> Prediction:
@@ -296,41 +311,50 @@ def score_real(case: RealCase, pred: Prediction, canal: np.ndarray) -> dict[str,
     scores["seconds"] = pred.seconds
     scores.update(pred.info)
     if pred.levels is not None and case.levels:
-        scores["levels"] = level_calls(case.levels, pred.levels)
+        scores["levels"] = level_calls(case.levels, pred.levels, pred.bone)
+        scores["levels_source"] = pred.levels_source
+    elif pred.levels_refused is not None and case.levels:
+        scores["levels_refused"] = pred.levels_refused
     return scores
 
 
-def level_calls(truth: dict[str, np.ndarray], level_map: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per labelled vertebra: the level the model gives most of its voxels, and whether it is right.
+def level_calls(truth: dict[str, np.ndarray], level_map: np.ndarray, bone: np.ndarray | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """Per labelled vertebra: the level written on most of its voxels, and whether it is right.
 
-    ``called``: the most frequent nonzero level among the vertebra's voxels (None if it got none);
-    ``share``: that level's share of the vertebra's voxels; ``right``: called == the vertebra's
-    name, or None for a vertebra the model has no class for (T12).
+    Counted over the vertebra's voxels that the method labelled bone (all its voxels without
+    ``bone``), "no level" (0) included. ``called``: that level's name, None for no level;
+    ``share``: its share of those voxels; ``right``: called == the vertebra's name, and for a
+    vertebra without a level code (T12) called is None.
     """
-    from spinect.plan import LEVEL_MAP_NAMES, LEVEL_NAMES
+    from spinect.plan import LEVEL_MAP_NAMES
 
     calls = {}
     for name, mask in truth.items():
-        values = level_map[mask]
-        counts = np.bincount(values[values > 0], minlength=len(LEVEL_MAP_NAMES))
-        called = LEVEL_MAP_NAMES[int(np.argmax(counts))] if counts.sum() else None
-        calls[name] = {"called": called, "share": float(counts.max() / max(values.size, 1)) if counts.sum() else 0.0,
-                       "right": (called == name) if name in LEVEL_NAMES else None}
+        values = level_map[mask & bone] if bone is not None and (mask & bone).any() else level_map[mask]
+        counts = np.bincount(values, minlength=len(LEVEL_MAP_NAMES))
+        best = int(np.argmax(counts))
+        called = LEVEL_MAP_NAMES[best] if best > 0 else None
+        calls[name] = {"called": called, "share": float(counts[best] / max(values.size, 1)),
+                       "right": called == (name if name in LEVEL_MAP_NAMES else None)}
     return calls
 
 
 def level_table(scores: dict[str, dict[str, Any]]) -> str | None:
     """Markdown table of :func:`level_calls` for each method that labels levels, or None."""
-    rows = []
+    rows, refused = [], []
     for method, s in scores.items():
+        if "levels_refused" in s:
+            refused.append(f"{method}: refused ({s['levels_refused']})")
         if "levels" not in s:
             continue
-        cells = [f"{c['called'] or 'none'} ({c['share']:.2f}){'' if c['right'] is None else (' ok' if c['right'] else ' WRONG')}"
+        cells = [f"{c['called'] or 'none'} ({c['share']:.2f}){' ok' if c['right'] else ' WRONG'}"
                  for c in s["levels"].values()]
-        rows.append((list(s["levels"]), [method, *cells]))
-    if not rows:
+        rows.append((list(s["levels"]), [method, s.get("levels_source") or "", *cells]))
+    if not rows and not refused:
         return None
-    return markdown_table(["method", *(f"truth {n}" for n in rows[0][0])], [r for _, r in rows])
+    table = markdown_table(["method", "source", *(f"truth {n}" for n in rows[0][0])], [r for _, r in rows]) if rows else ""
+    return "\n".join([table, *refused]).strip()
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -543,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level-model", type=Path, default=None, metavar="PATH",
                         help="label vertebral levels with this level model for every model method and check them "
                              "against the labelled vertebrae (crop L2-L4, chest T12-L3)")
+    parser.add_argument("--count-levels", action="store_true",
+                        help="name the vertebrae of every model's bone by counting (spinect segment --levels "
+                             "--levels-by counting) and check them against the labelled vertebrae (crop L2-L4, chest "
+                             "T12-L3); models with level classes use their own")
     parser.add_argument("--mirror", default="auto", choices=("auto", "none", "lr", "lr-ap"),
                         help="mirroring test-time augmentation of every model method (spinect segment --mirror; "
                              "auto = none on this CPU run)")
@@ -578,13 +606,15 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError("nothing to do: no case selected and no --stress")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    global MIRROR
+    global MIRROR, COUNT_LEVELS
     MIRROR = args.mirror
+    COUNT_LEVELS = args.count_levels
     methods = ["threshold", *models]
     env = environment(args.threads)
     env["mirror"] = args.mirror
+    env["count_levels"] = args.count_levels
     print(f"CPU: {env['cpu']}; torch {env['torch']}, {env['threads']} threads, {env['precision']}, "
-          f"mirror {env['mirror']}; "
+          f"mirror {env['mirror']}{', levels by counting' if args.count_levels else ''}; "
           f"commit {env['commit']}; {env['date']}")
     print("methods: threshold (HU > 150, holes filled)" +
           "".join(f", {n} = {p}" for n, p in models.items()), flush=True)
@@ -607,7 +637,8 @@ def run(args: argparse.Namespace) -> int:
                   f"({np.count_nonzero(canal.any(axis=(1, 2)))} of {canal.shape[0]} axial slices)")
         levels = level_table(scores)
         if levels is not None:
-            table += "\n\nvertebral levels (called level, its share of the vertebra's voxels):\n\n" + levels
+            table += ("\n\nvertebral levels (level written on most of the vertebra's predicted bone, its share; "
+                      "none = no level code, right for T12):\n\n" + levels)
         print("\n" + header + "\n" + table, flush=True)
         tables.append(header + "\n\n" + table)
         results["cases"][name] = {"description": case.description, "truth_note": case.truth_note,

@@ -16,7 +16,10 @@ segmentation, or any bone mask):
    either side of the midline, 8-45 mm in front of the canal centre) drops at every
    intervertebral disc; the column is split at the profile's minima. Segments whose body height
    (the extent above half the segment's peak) is under 15 mm are merged into a neighbour; every
-   segment records its height, and heights outside 15-45 mm are noted.
+   segment records its height, and heights outside 15-45 mm are noted. A segment taller than
+   45 mm (the mask bridges a disc: the model's bone on a real chest CT) is split at the discs below
+   the *foramina*: the minima of the bone fraction beside the canal (the pedicles, |u| 8-22 mm,
+   v -6..6 mm), each 2-10 mm cranial of its disc (not within the sacrum's run).
 4. **References**: the *sacrum* is the top of the run of *wide* segments at the caudal end of the
    column (bone connected to the body wider than 90 mm with more than 800 mm² lateral to the body,
    over at least 15 mm along the axis: alae, often fused to the ilia); the *last rib* is the
@@ -72,6 +75,7 @@ CLOSING_MM = 3.0
 SMOOTH_MM = 8.0
 EXTEND_MM = 25.0
 MIN_HEIGHT_MM, MAX_HEIGHT_MM = 15.0, 45.0
+THORACIC_HEIGHT_MM = (12.0, 34.0)  # body + disc pitch of T1 (about 20 mm) to T12 (about 30 mm)
 WIDE_MM = 90.0
 WIDE_AREA_MM2 = 800.0
 WIDE_RUN_MM = 15.0
@@ -80,6 +84,11 @@ RIB_REACH_MM = 65.0
 RIB_MAX_SPAN_MM = 90.0
 RIB_MAX_ML = 25.0
 LABEL_U_MM = 55.0
+# the pedicles: beside the canal (lateral |u|, antero-posterior v from the canal centre); between
+# two levels' pedicles lies the foramen, whose centre is this far cranial of the disc below it
+PEDICLE_U_MM = (8.0, 22.0)
+PEDICLE_V_MM = (-6.0, 6.0)
+FORAMEN_ABOVE_DISC_MM = (2.0, 10.0)
 LABEL_V_MM = (-60.0, 65.0)
 
 
@@ -271,11 +280,7 @@ def _segments(profile: np.ndarray) -> tuple[list[list[int]], list[float]]:
     segs = [[bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
 
     def height(seg):
-        part = prof[seg[0]:seg[1]]
-        if part.size == 0:
-            return 0.0
-        above = np.flatnonzero(part > 0.5 * part.max())
-        return float((above[-1] - above[0] + 1) * STEP_MM) if above.size else 0.0
+        return _body_height(prof, seg)
 
     # merge too-short inner segments into the neighbour across the shallower boundary
     changed = True
@@ -292,6 +297,74 @@ def _segments(profile: np.ndarray) -> tuple[list[list[int]], list[float]]:
                 changed = True
                 break
     return segs, [height(s) for s in segs]
+
+
+def _body_height(prof: np.ndarray, seg) -> float:
+    """Body height (mm) of a segment: the extent of its smoothed body profile above half its peak."""
+    part = prof[seg[0]:seg[1]]
+    if part.size == 0:
+        return 0.0
+    above = np.flatnonzero(part > 0.5 * part.max())
+    return float((above[-1] - above[0] + 1) * STEP_MM) if above.size else 0.0
+
+
+def _pedicle_profile(straight: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Bone fraction of the pedicle regions (both sides of the canal) per plane, smoothed (1.5 mm).
+
+    High at each vertebra's pedicles, low at the foramina between them: a second, independent
+    look at where one vertebra ends, where the bone mask bridges the discs in front of the canal."""
+    pv = (v >= PEDICLE_V_MM[0]) & (v <= PEDICLE_V_MM[1])
+    pu = (np.abs(u) >= PEDICLE_U_MM[0]) & (np.abs(u) <= PEDICLE_U_MM[1])
+    prof = straight[:, pv][:, :, pu].mean(axis=(1, 2))
+    return ndi.gaussian_filter1d(prof, 1.5 / STEP_MM, mode="nearest")
+
+
+def _split_at_foramina(segs: list[list[int]], body: np.ndarray, pedicle: np.ndarray,
+                       splittable: Sequence[bool]) -> tuple[list[list[int]], list[int]]:
+    """Split segments taller than MAX_HEIGHT_MM (discs the body profile missed) at the discs below
+    the foramina.
+
+    The foramina are the pedicle profile's minima (at least 12 mm apart, prominence 0.2 of its 90th
+    percentile); each one inside a tall segment gives a cut at the body profile's lowest point
+    2-10 mm caudal of it (the disc). Only ``splittable`` segments are cut, and only where every
+    piece keeps at least MIN_HEIGHT_MM (pieces at the ends of the column, cut by the field of
+    view, excepted). Returns the new segments and the indices of those that came from a split.
+    """
+    from scipy.signal import find_peaks
+
+    on = pedicle[pedicle > 0.05]
+    if on.size == 0:
+        return segs, []
+    top = float(np.percentile(on, 90))
+    foramina, _ = find_peaks(-pedicle, distance=max(int(12.0 / STEP_MM), 1), prominence=0.2 * top)
+    first, last = segs[0][0], segs[-1][1]
+    out: list[list[int]] = []
+    split: list[int] = []
+    lo_off, hi_off = (int(round(d / STEP_MM)) for d in FORAMEN_ABOVE_DISC_MM)
+    min_len = int(math.ceil(MIN_HEIGHT_MM / STEP_MM))
+    for k, seg in enumerate(segs):
+        if not splittable[k] or _body_height(body, seg) <= MAX_HEIGHT_MM:
+            out.append(seg)
+            continue
+        cuts: list[int] = []
+        for m in foramina:
+            a, b = max(int(m) - hi_off, seg[0] + 1), min(int(m) - lo_off, seg[1] - 1)
+            if a > b:
+                continue
+            cut = a + int(np.argmin(body[a:b + 1]))
+            prev = cuts[-1] if cuts else seg[0]
+            if cut - prev >= min_len or (not cuts and seg[0] == first):
+                cuts.append(cut)
+        while cuts and seg[1] - cuts[-1] < min_len and seg[1] != last:
+            cuts.pop()
+        if not cuts:
+            out.append(seg)
+            continue
+        bounds = [seg[0], *cuts, seg[1]]
+        for i in range(len(bounds) - 1):
+            split.append(len(out))
+            out.append([bounds[i], bounds[i + 1]])
+    return out, split
 
 
 def _wide_run_mm(straight: np.ndarray, u: np.ndarray, v: np.ndarray, seg) -> float:
@@ -396,8 +469,20 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
     filled = np.stack([ndi.binary_fill_holes(plane) for plane in crop])
     profile = filled[:, body_v[near_v]][:, :, body_u[near_u]].mean(axis=(1, 2))
     segs, heights = _segments(profile)
-    n = len(segs)
     wide = [_wide_run_mm(straight, u, v, s) >= WIDE_RUN_MM for s in segs]
+    # where the bone mask bridges discs (segments too tall for one vertebra), the foramina between
+    # the pedicles still show where one vertebra ends; the sacrum's run is left whole
+    smoothed = ndi.gaussian_filter1d(profile, 1.5 / STEP_MM, mode="nearest")
+    sacral_run = [False] * len(segs)
+    k0 = next((k for k in range(min(3, len(segs))) if wide[k]), None)
+    while k0 is not None and k0 < len(segs) and wide[k0]:
+        sacral_run[k0], k0 = True, k0 + 1
+    segs, from_split = _split_at_foramina(segs, smoothed, _pedicle_profile(straight, v, u),
+                                          [not r for r in sacral_run])
+    if from_split:
+        heights = [_body_height(smoothed, s) for s in segs]
+        wide = [_wide_run_mm(straight, u, v, s) >= WIDE_RUN_MM for s in segs]
+    n = len(segs)
     rib_s = _rib_positions(straight, u)
     rib_on = [False] * n
     for s_pos, _ in rib_s:
@@ -405,6 +490,9 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
             if lo <= s_pos < hi:
                 rib_on[k] = True
     notes: list[str] = []
+    if from_split:
+        notes.append(f"{len(from_split)} vertebrae were told apart at the foramina between their pedicles, where the "
+                     f"bone mask bridges the discs in front of the canal")
     # the sacrum: the top of the run of wide segments at the caudal end (its first 3 segments)
     sacrum = None
     first_wide = next((k for k in range(min(3, n)) if wide[k]), None)
@@ -460,6 +548,17 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         reference = "last rib"
         for k, name in by_rib.items():
             names[k] = name if name in LUMBAR else "?"
+    # the thoracic names above T12 (record only, no map code) stop at the first implausible body too
+    thoracic = [k for k in range(n) if names[k].startswith("T") and names[k] != "T12"]
+    bad = next((k for k in thoracic if k < n - 1 and not THORACIC_HEIGHT_MM[0] <= heights[k] <= THORACIC_HEIGHT_MM[1]),
+               None)
+    if bad is not None:
+        past = [k for k in thoracic if k >= bad]
+        notes.append(f"the vertebra counted as {names[bad]} has an implausible body height of {heights[bad]:.0f} mm "
+                     f"({THORACIC_HEIGHT_MM[0]:.0f}-{THORACIC_HEIGHT_MM[1]:.0f} mm expected for a thoracic vertebra): "
+                     f"it and the vertebrae above it ({', '.join(names[k] for k in past)}) are left unnamed")
+        for k in past:
+            names[k] = "?"
     # from the reference outwards, the first implausible body stops the count (ends are cut by the field of view)
     outward = list(range(sacrum + 1, n)) if reference == "sacrum" else list(range(last_rib, -1, -1))
     stop = next((i for i, k in enumerate(outward)
@@ -484,6 +583,7 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         idx = np.argwhere(mine)
         entry = {"name": name, "code": code, "s_mm": [round(seg[0] * STEP_MM, 1), round(seg[1] * STEP_MM, 1)],
                  "height_mm": round(heights[k], 1), "voxels": int(idx.shape[0]), "rib": rib_on[k], "wide": wide[k],
+                 "split_at_foramina": k in from_split,
                  "z_range": None, "centre_mm": None}
         if idx.size:
             entry["z_range"] = [int(idx[:, 0].min()), int(idx[:, 0].max())]
