@@ -96,6 +96,7 @@ class SpineCTSegmentationParameterNode:
     wholeVolume - run the network on every window in the body, not only within 30 mm of bone.
     mirrorOnCpu - mirror every window left-right on the CPU too (on a GPU always): slower, more accurate.
     vertebralLevels - also label L1-L5 and sacrum (a level model, else counted up from the sacrum).
+    levelsFromLastRib - with vertebralLevels, count down from the last rib too when the sacrum is not in view.
     trainingFolder, caseId - where "Export for training" writes.
     triangleLevel, triangleSide - the Kambin triangle measured.
     structuresVolume - optional level/structure map (automatic mode and endplate frame).
@@ -116,6 +117,7 @@ class SpineCTSegmentationParameterNode:
     wholeVolume: bool = False
     mirrorOnCpu: bool = False
     vertebralLevels: bool = False
+    levelsFromLastRib: bool = False
     trainingFolder: pathlib.Path = pathlib.Path()
     caseId: str = ""
     triangleLevel: Level = Level.L5S1
@@ -342,6 +344,7 @@ class SpineCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 modelPath=modelPathOrNone(params.modelPath), smoothingMm=params.smoothingMm,
                 uncertainty=params.uncertainty, keepIslands=params.keepIslands, wholeVolume=params.wholeVolume,
                 levels=params.vertebralLevels, mirror="lr" if params.mirrorOnCpu else "auto",
+                levelsBy="counting" if params.vertebralLevels and params.levelsFromLastRib else "auto",
             )
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -734,7 +737,8 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         return dependencies.ensure_dependencies(confirm=confirm, requirements=requirements, include_torch=includeTorch)
 
     def startSegmentation(self, inputVolume, *, device=Device.AUTO, modelPath=None, smoothingMm=DEFAULT_SMOOTHING_MM,
-                          uncertainty=False, keepIslands=False, wholeVolume=False, levels=False, mirror="auto"):
+                          uncertainty=False, keepIslands=False, wholeVolume=False, levels=False, mirror="auto",
+                          levelsBy="auto"):
         """Export ``inputVolume`` and start the backend; returns a running job.
 
         The job runs on the segmentation worker (``WorkerSegmentationJob``: the network stays
@@ -745,11 +749,13 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
         the body (by default windows more than 30 mm from bone-dense tissue are skipped); ``levels``
         adds segments L1-L5 and sacrum (from a level model, ``modelPath``, else counted up from the
         sacrum: refused when it is not in view); ``mirror`` is the mirroring test-time augmentation
-        (auto = left-right on a GPU, none on the CPU; "lr" = left-right everywhere; "none").
+        (auto = left-right on a GPU, none on the CPU; "lr" = left-right everywhere; "none");
+        ``levelsBy`` = "counting" counts the levels without a level model, down from the last rib
+        too when the sacrum is not in view ("auto": a level model, else up from the sacrum only).
         """
         return self.backend().start_segmentation(
             inputVolume, device=device, model_path=modelPath, smoothing_mm=smoothingMm, uncertainty=uncertainty,
-            keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels, mirror=mirror,
+            keep_islands=keepIslands, whole_volume=wholeVolume, levels=levels, mirror=mirror, levels_by=levelsBy,
         )
 
     def finishSegmentation(self, job, outputSegmentation=None, *, existing=ExistingSegments.ASK):
@@ -772,7 +778,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputVolume, outputSegmentation=None, *, device=Device.AUTO, modelPath=None,
                 smoothingMm=DEFAULT_SMOOTHING_MM, existing=ExistingSegments.ASK, timeoutS=None, uncertainty=False,
-                keepIslands=False, wholeVolume=False, levels=False, mirror="auto"):
+                keepIslands=False, wholeVolume=False, levels=False, mirror="auto", levelsBy="auto"):
         """Blocking segmentation (scripts and tests); returns the segmentation node.
 
         With ``uncertainty`` the uncertainty map is also loaded as a colour overlay and the review
@@ -783,7 +789,7 @@ class SpineCTSegmentationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"segments {conflicts} exist; pass existing=ExistingSegments.REPLACE or NEW_NODE")
         job = self.startSegmentation(inputVolume, device=device, modelPath=modelPath, smoothingMm=smoothingMm,
                                      uncertainty=uncertainty, keepIslands=keepIslands, wholeVolume=wholeVolume,
-                                     levels=levels, mirror=mirror)
+                                     levels=levels, mirror=mirror, levelsBy=levelsBy)
         try:
             start = time.monotonic()
             while job.running:

@@ -586,6 +586,18 @@ def test_segment_command_passes_the_mirror_choice_to_the_backend():
         build_segment_command("py", "a.nrrd", "b.nrrd", mirror="sideways")
 
 
+def test_segment_command_passes_counting_from_the_last_rib_to_the_backend():
+    from spinect.cli import build_parser
+
+    plain = build_parser().parse_args(build_segment_command("py", "a.nrrd", "b.nrrd", levels=True)[3:])
+    assert plain.levels is True and plain.levels_by == "auto"
+    rib = build_parser().parse_args(
+        build_segment_command("py", "a.nrrd", "b.nrrd", levels=True, levels_by="counting")[3:])
+    assert rib.levels is True and rib.levels_by == "counting"
+    with pytest.raises(Exception, match="levels-by is used only with --levels"):
+        build_segment_command("py", "a.nrrd", "b.nrrd", levels_by="counting")
+
+
 # --- vertebral levels (``--levels``) --------------------------------------------------------
 
 

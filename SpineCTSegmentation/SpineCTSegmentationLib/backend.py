@@ -101,12 +101,12 @@ class BackendRunner:
 
     def start_segmentation(self, volume_node, *, device: Device = Device.AUTO, model_path=None, smoothing_mm=None,
                            uncertainty: bool = False, keep_islands: bool = False, whole_volume: bool = False,
-                           levels: bool = False, mirror: str = "auto"):
+                           levels: bool = False, mirror: str = "auto", levels_by: str = "auto"):
         """Write ``volume_node`` and start segmenting it; returns the running job
         (:class:`WorkerSegmentationJob`, or :class:`SegmentationJob` after a fallback)."""
         options = dict(device=device, model_path=model_path, smoothing_mm=smoothing_mm, work_dir=self.work_dir,
                        uncertainty=uncertainty, keep_islands=keep_islands, whole_volume=whole_volume, levels=levels,
-                       mirror=mirror)
+                       mirror=mirror, levels_by=levels_by)
         if self.use_worker:
             job = WorkerSegmentationJob(self.segmentation_worker_for(device), volume_node, **options)
             try:

@@ -59,6 +59,7 @@ class SegmentationJob:
             adds segments ``L1`` ... ``L5``, ``sacrum`` beside ``bone`` and ``nerve``.
         mirror: mirroring test-time augmentation (``--mirror``: auto, none, lr, lr-ap; auto = lr on
             a GPU, none on the CPU).
+        levels_by: ``--levels-by`` (auto, counting, model; see ``spinect segment --help``).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class SegmentationJob:
         whole_volume: bool = False,
         levels: bool = False,
         mirror: str = "auto",
+        levels_by: str = "auto",
     ):
         self._prepare(volume_node, model_path=model_path, work_dir=work_dir, uncertainty=uncertainty, levels=levels)
         command = build_segment_command(
@@ -84,6 +86,7 @@ class SegmentationJob:
             model_path=model_path, device=device.value, smoothing_mm=smoothing_mm,
             tta=uncertainty, uncertainty_path=self.uncertainty_path, review_path=self.review_path,
             keep_islands=keep_islands, whole_volume=whole_volume, levels=levels, mirror=mirror,
+            levels_by=levels_by,
         )
         env = backend_environment(base_env, backend_dir=backend_dir, device=device.value)
         self.process = BackendProcess(command, env=env, cwd=str(self.temp_dir))
@@ -242,7 +245,7 @@ class WorkerSegmentationJob(SegmentationJob):
         client: the segmentation worker (:class:`SpineCTSegmentationLib.worker.WorkerClient`;
             its environment must allow ``device``: a worker started for ``cpu`` sees no GPU).
         volume_node, device, model_path, smoothing_mm, work_dir, uncertainty, keep_islands,
-        whole_volume, levels, mirror: as :class:`SegmentationJob`.
+        whole_volume, levels, mirror, levels_by: as :class:`SegmentationJob`.
     """
 
     def __init__(
@@ -259,6 +262,7 @@ class WorkerSegmentationJob(SegmentationJob):
         whole_volume: bool = False,
         levels: bool = False,
         mirror: str = "auto",
+        levels_by: str = "auto",
     ):
         from spinect.requests import SegmentRequest  # standard library only: light in Slicer's process
 
@@ -268,7 +272,7 @@ class WorkerSegmentationJob(SegmentationJob):
                 input=self.input_path, output=self.output_path, model=model_path, device=device.value,
                 smoothing_mm=None if smoothing_mm is None else float(smoothing_mm), tta=uncertainty,
                 uncertainty_output=self.uncertainty_path, review_output=self.review_path, keep_islands=keep_islands,
-                whole_volume=whole_volume, levels=levels, mirror=mirror)
+                whole_volume=whole_volume, levels=levels, mirror=mirror, levels_by=levels_by)
         except BaseException:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             raise

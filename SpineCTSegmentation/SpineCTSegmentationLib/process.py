@@ -102,6 +102,7 @@ def build_segment_command(
     whole_volume: bool = False,
     levels: bool = False,
     mirror: str = "auto",
+    levels_by: str = "auto",
 ) -> list[str]:
     """Argument list of ``python -m spinect segment`` with progress lines on.
 
@@ -122,6 +123,8 @@ def build_segment_command(
             output gets its level map beside it, ``<name>_levels<suffix>``.
         mirror: mirroring test-time augmentation (``--mirror``): auto (lr on a GPU, none on the
             CPU), none, lr or lr-ap.
+        levels_by: how levels are named (``--levels-by``): auto (a level model, else counting up
+            from the sacrum), counting (no level model; down from the last rib too), model.
     """
     from spinect.requests import SegmentRequest  # standard library only: light in Slicer's process
 
@@ -133,7 +136,7 @@ def build_segment_command(
     request = SegmentRequest(input=input_path, output=output_path, model=model_path, device=device,
                              smoothing_mm=None if smoothing_mm is None else float(smoothing_mm), tta=tta,
                              uncertainty_output=uncertainty_path, review_output=review_path, keep_islands=keep_islands,
-                             whole_volume=whole_volume, levels=levels, mirror=mirror)
+                             whole_volume=whole_volume, levels=levels, mirror=mirror, levels_by=levels_by)
     command = [str(python_executable), "-m", "spinect", "segment", *request.to_argv(), "--progress-lines"]
     if verbose:
         command.append("--verbose")

@@ -57,6 +57,7 @@ __all__ = [
     "WindowProgress",
     "AIR_HU",
     "AIR_MARGIN_MM",
+    "TISSUE_MIN_HU",
     "BONE_HU",
     "BONE_MARGIN_MM",
 ]
@@ -67,6 +68,11 @@ log = logging.getLogger("spinect")
 AIR_HU = -500.0
 #: A skipped window must also have only air within this distance (mm) around it.
 AIR_MARGIN_MM = 0.0
+#: No bone or nerve voxel lies below this (HU) on the network's grid: that is air or lung (-1000 to
+#: -700 HU), not tissue; fatty marrow and the partial volume of a rib against the lung stay above it.
+#: Such voxels are set to background before island removal (models whose HU window starts above it
+#: cannot tell, and are left alone).
+TISSUE_MIN_HU = -300.0
 #: CT values at or above this (HU) count as bone-dense when deciding which windows to run
 #: (cortical and cancellous bone; severely osteoporotic cancellous bone is lower, but its cortex is not).
 BONE_HU = 150.0
@@ -222,6 +228,7 @@ class InferenceSettings:
             "island_rules": None if self.island_rules is None else dict(self.island_rules),
             "skip_air": self.skip_air,
             "air_hu": AIR_HU if self.skip_air else None,
+            "tissue_min_hu": TISSUE_MIN_HU if plan.hu_window[0] < TISSUE_MIN_HU else None,
             "bone_margin_mm": self.bone_margin_mm if self.skip_air else None,
             "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
             "precision": self.precision,
@@ -448,9 +455,11 @@ def segment_network_input(
         options.update(roi_above=bone_level,
                        roi_margin_zyx=tuple(int(np.ceil(bone_margin_mm / s)) for s in plan.spacing_zyx_mm))
     ensemble = None
+    air = None
     if len(nets) == 1 and not tta:
         # Labels straight from the blended windows (timer stage "argmax" inside): no (C, Z, Y, X) scores.
         classes_grid = predict_labels(volume, nets[0], progress=window_progress, **options)
+        air = _air_mask(volume, plan)
         del volume
     else:
         from spinect.uncertainty import predict_ensemble
@@ -459,10 +468,14 @@ def segment_network_input(
         ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
         scores = torch.from_numpy(ensemble.probabilities)
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
+        air = _air_mask(volume, plan)
         del volume
         with timer.stage("argmax"):
             classes_grid = argmax_labels(scores)
             del scores
+    if air is not None:
+        classes_grid[air] = 0  # air is never bone or nerve (TISSUE_MIN_HU)
+        del air
     with timer.stage("argmax"):
         labels_grid = _lookup(classes_grid, plan.spinect_lookup()) if plan.class_groups else classes_grid
     if not levels:
@@ -492,6 +505,17 @@ def segment_network_input(
     uncertainty = labels_to_input_grid(ensemble.vote_entropy, network_grid, ct)
     vvc = {plan.class_names[k]: v for k, v in ensemble.vvc.items()}
     return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members, levels=level_map)
+
+
+def _air_mask(volume, plan: ModelPlan) -> np.ndarray | None:
+    """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) below :data:`TISSUE_MIN_HU`.
+
+    None when the plan's HU window clips below that value away (nothing to tell apart)."""
+    if plan.hu_window[0] >= TISSUE_MIN_HU:
+        return None
+    values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    air = values < normalised_hu(plan, TISSUE_MIN_HU)
+    return air.reshape(air.shape[-3:])
 
 
 def _lookup(values_zyx: np.ndarray, table: Sequence[int]) -> np.ndarray:
