@@ -265,6 +265,22 @@ def test_resume_continues_from_the_saved_step(tiny_dataset, tmp_path):
         assert torch.allclose(ta.float(), tb.float(), atol=1e-5), name
 
 
+def test_a_time_limit_pauses_the_run_where_resume_continues_it(tiny_dataset, tmp_path, caplog):
+    import logging
+
+    from spinect.requests import TrainRequest
+    from spinect.train.state import load_training_state
+
+    with caplog.at_level(logging.INFO, logger="spinect"):
+        paused = train(_config(tiny_dataset, tmp_path / "run", iterations=4, val_every=2, time_limit_s=0.0))
+    assert paused.steps_done == 1 and load_training_state(paused.run_dir)["step"] == 1
+    assert paused.last_model.is_file() and "time limit of 0.0 min reached: paused after 1 iterations" in caplog.text
+    resumed = train(_config(tiny_dataset, tmp_path / "run", iterations=4, val_every=2, resume=True))
+    assert resumed.steps_done == 4 and load_training_state(resumed.run_dir)["step"] == 4
+    config = TrainRequest(data=tiny_dataset, out=tmp_path / "x", time_limit_min=1.5).to_config()
+    assert config.time_limit_s == 90.0
+
+
 def test_non_finite_gradients_are_detected():
     from spinect.train.trainer import _finite_gradients
 

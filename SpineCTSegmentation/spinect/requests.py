@@ -835,6 +835,9 @@ class TrainRequest(Request):
                                        help="nerve class weight for the first 40 % of iterations (SPINECT's; then 2)")
     stop_at: int | None = option(None, kind="int", bounds=(1, math.inf),
                                  help="pause after N iterations (checkpointed; continue later with --resume)")
+    time_limit_min: float | None = option(None, kind="float", bounds=(0.0, math.inf), describe="minutes > 0",
+                                          help="pause once this many minutes of training have passed (checkpointed "
+                                               "at that step; continue later with --resume): for a lent GPU's budget")
     seed: int = option(0, kind="int", help="seed of the split, the network and the sampling")
     batch_size: int = option(4, kind="int", bounds=(1, math.inf), help="patches per iteration and process")
     lr: float = option(5e-4, kind="float", bounds=(0.0, math.inf), help="Adam learning rate")
@@ -895,6 +898,7 @@ class TrainRequest(Request):
             epochs=self.epochs if self.epochs is not None else 100, iterations_per_epoch=self.iterations_per_epoch,
             iterations=self.iterations, val_every=self.val_every, max_val_cases=self.max_val_cases,
             base_width=self.base_width, norm=self.norm, device=self.device, resume=self.resume, stop_at=self.stop_at,
+            time_limit_s=None if self.time_limit_min is None else 60.0 * self.time_limit_min,
             seed=self.seed, batch_size=self.batch_size, lr=self.lr, num_threads=self.num_threads,
             show_progress=self.show_progress, amp=self.amp, init=init, classes=self.classes,
             early_nerve_weight=self.early_nerve_weight, **grid, grid_from_init=not grid, command=command)

@@ -51,7 +51,8 @@ class TrainingConfig:
     ``iterations`` wins over ``epochs``; an epoch is ``iterations_per_epoch`` iterations (SPINECT
     validated every 100 iterations and switched weights after 40 of 100 epochs). ``stop_at`` pauses
     the run after that many iterations (checkpointed; continue with ``resume``) without changing
-    the schedule, which always spans ``total_iterations``.
+    the schedule, which always spans ``total_iterations``; ``time_limit_s`` pauses it the same way
+    at the first step that ends after that many seconds of the loop (a lent GPU's budget).
 
     Speed: ``channels_last`` runs the network in ``channels_last_3d`` layout (oneDNN/cuDNN's fast
     path; results equal to the contiguous layout up to rounding). ``amp`` False (default) = float32;
@@ -95,6 +96,7 @@ class TrainingConfig:
     max_jitter_mm: float = 0.2
     max_val_cases: int | None = None
     stop_at: int | None = None
+    time_limit_s: float | None = None
     training_status: str = "trained"
     model_version: str = "1"
     command: str = ""
@@ -269,7 +271,9 @@ class _Loop:
         bar = self._progress_bar(start_step, total)
         loss_value = float("nan")
         end = min(total, self.config.stop_at) if self.config.stop_at else total
-        for step in range(start_step, end):
+        started = time.perf_counter()
+        step = start_step
+        while step < end:
             tic = time.perf_counter()
             loss_value = self._train_step(step)
             if history is not None:
@@ -277,8 +281,14 @@ class _Loop:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", best=f"{max(self.best_score, 0):.3f}", refresh=False)
+            if self.config.time_limit_s is not None and step + 1 < end and self._time_up(started):
+                end = step + 1
+                if self.context.is_main:
+                    log.info("time limit of %.1f min reached: paused after %d iterations (continue with --resume)",
+                             self.config.time_limit_s / 60.0, end)
             if (step + 1) % self.config.val_every == 0 or step + 1 == end:
                 self._checkpoint(step + 1, history)
+            step += 1
         if bar is not None:
             bar.close()
         if start_step >= total and self.context.is_main and not (self.config.out / "best.pt").is_file():
@@ -288,6 +298,16 @@ class _Loop:
             best_score=self.best_score, best_step=self.best_step, steps_done=max(end, start_step), split=self.data.split,
             final_loss=loss_value,
         )
+
+    def _time_up(self, started: float) -> bool:
+        """Whether ``time_limit_s`` has passed since ``started``; with several processes, on any of
+        them (all stop at the same step, or their gradient all-reduces would wait forever)."""
+        up = time.perf_counter() - started >= float(self.config.time_limit_s)
+        if self.context.enabled:
+            flag = torch.tensor([1.0 if up else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            up = bool(flag.item() > 0)
+        return up
 
     def _train_step(self, step: int) -> float:
         # Per-step seeds: a resumed run draws exactly the patches the uninterrupted run would have.
