@@ -76,6 +76,7 @@ def make_one(out: str, seed: int, index: int, n: int, field: str, fov_mm, spacin
     name = f"case_{index:04d}"
     case = generate_case(case_seed(seed, index), shape_zyx=shape, spacing_zyx_mm=spacing, appearance=appearance,
                          appearance_overrides=overrides or None, field=field, window_tables=False)
+    Path(out).mkdir(parents=True, exist_ok=True)
     paths = write_case(case, Path(out), name)
     return {"id": name, "image": str(paths["ct"]), "label": str(paths["labels"]), "source": "phantom",
             "extra": {"structures": paths["structures"].name, "truth": paths["truth"].name, "seed": case.seed,
