@@ -27,6 +27,10 @@ def test_the_mix_keeps_its_proportions_at_any_size(mix):
         assert len(specs) == n
         shares = Counter(field for field, _, _ in specs)
         assert abs(shares["chest"] - n * 8 / 46) < 1.0 and abs(shares["lumbosacral"] - n * 32 / 46) < 1.0
+    thorax = Counter(field for field, _, _ in mix.case_specs(14, ("chest", "thoracolumbar")))
+    assert thorax == {"chest": 8, "thoracolumbar": 6}
+    with pytest.raises(ValueError, match="no field of the mix"):
+        mix.case_specs(4, ("pelvis",))
 
 
 def test_a_case_depends_only_on_seed_and_index(mix, tmp_path):

@@ -40,14 +40,19 @@ MIX: tuple[tuple[str, tuple[int, int, int], tuple[float, float, float] | None, i
 )
 
 
-def case_specs(n: int) -> list[tuple[str, tuple[int, int, int], tuple[float, float, float] | None]]:
-    """The fields of ``n`` cases in the proportions of :data:`MIX` (largest remainders)."""
-    total = sum(m[3] for m in MIX)
-    exact = [n * m[3] / total for m in MIX]
+def case_specs(n: int, fields: tuple[str, ...] | None = None
+               ) -> list[tuple[str, tuple[int, int, int], tuple[float, float, float] | None]]:
+    """The fields of ``n`` cases in the proportions of :data:`MIX` (largest remainders), optionally
+    of the ``fields`` named only (``lumbosacral``, ``chest``, ``thoracolumbar``)."""
+    mix = [m for m in MIX if fields is None or m[0] in fields]
+    if not mix:
+        raise ValueError(f"no field of the mix among {fields}; choose from {sorted({m[0] for m in MIX})}")
+    total = sum(m[3] for m in mix)
+    exact = [n * m[3] / total for m in mix]
     counts = [int(e) for e in exact]
-    for i in sorted(range(len(MIX)), key=lambda i: exact[i] - counts[i], reverse=True)[: n - sum(counts)]:
+    for i in sorted(range(len(mix)), key=lambda i: exact[i] - counts[i], reverse=True)[: n - sum(counts)]:
         counts[i] += 1
-    return [(field, fov, spacing) for (field, fov, spacing, _), c in zip(MIX, counts) for _ in range(c)]
+    return [(field, fov, spacing) for (field, fov, spacing, _), c in zip(mix, counts) for _ in range(c)]
 
 
 def make_one(out: str, seed: int, index: int, n: int, field: str, fov_mm, spacing) -> dict:
@@ -90,13 +95,17 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=46, help="number of cases (default 46)")
     parser.add_argument("--seed", type=int, default=9500)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: every core)")
+    parser.add_argument("--fields", help="comma-separated fields to keep (lumbosacral, chest, thoracolumbar; default all)")
     args = parser.parse_args(argv)
     if args.n < 2 or args.workers < 1:
         parser.error("--n must be >= 2 (a training and a validation case) and --workers >= 1")
     from spinect.manifest import DatasetCase, write_manifest
 
+    try:
+        specs = case_specs(args.n, None if args.fields is None else tuple(args.fields.split(",")))
+    except ValueError as exc:
+        parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
-    specs = case_specs(args.n)
     started = time.perf_counter()
     entries: dict[int, dict] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
