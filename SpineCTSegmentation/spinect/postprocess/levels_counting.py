@@ -32,7 +32,8 @@ segmentation, or any bone mask):
    so and the sacrum's count names the lumbar levels. With neither in view counting is refused
    (:class:`LevelCountError`): no level is guessed.
 6. **Labels**: the bone near the canal (|u| <= 55 mm, v -60..65 mm; posterior elements included)
-   is flooded through the bone mask from each vertebral body (geodesic nearest body); the map uses
+   is flooded through the bone mask from each vertebral body and its pedicles (geodesic nearest
+   seed: an arch floods from its own pedicles, not across bridged facets); the map uses
    :data:`spinect.plan.LEVEL_MAP_NAMES` codes (L1-L5, sacrum; T12 and the thoracic vertebrae have
    no code and stay 0).
 
@@ -627,6 +628,9 @@ def _label_voxels(bone, spacing, line, t, l, p, segs, names) -> np.ndarray:
     for a, b in segs:
         edge |= (s_near >= a) & (s_near < b) & ((s_near < a + 3) | (s_near >= b - 3))
     body = region & (np.abs(uu) <= 18.0) & (vv >= -45.0) & (vv <= -8.0) & ~edge
+    # the pedicles too: each arch floods from its own pedicles, not across bridged facet joints from the next level
+    body |= region & (np.abs(uu) >= PEDICLE_U_MM[0]) & (np.abs(uu) <= PEDICLE_U_MM[1]) \
+        & (vv >= PEDICLE_V_MM[0]) & (vv <= PEDICLE_V_MM[1]) & ~edge
     mask = np.zeros(sub.shape, dtype=bool)
     markers = np.zeros(sub.shape, dtype=np.int32)
     r = pos[region]
