@@ -85,12 +85,12 @@ RIB_REACH_MM = 65.0
 RIB_MAX_SPAN_MM = 90.0
 RIB_MAX_ML = 25.0
 LABEL_U_MM = 55.0
+LABEL_V_MM = (-60.0, 65.0)
 # the pedicles: beside the canal (lateral |u|, antero-posterior v from the canal centre); between
 # two levels' pedicles lies the foramen, whose centre is this far cranial of the disc below it
 PEDICLE_U_MM = (8.0, 22.0)
 PEDICLE_V_MM = (-6.0, 6.0)
 FORAMEN_ABOVE_DISC_MM = (2.0, 10.0)
-LABEL_V_MM = (-60.0, 65.0)
 
 
 class LevelCountError(SpinectError):
