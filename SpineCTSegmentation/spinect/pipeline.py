@@ -58,6 +58,7 @@ __all__ = [
     "AIR_HU",
     "AIR_MARGIN_MM",
     "TISSUE_MIN_HU",
+    "AIR_NEIGHBOURHOOD_MM",
     "BONE_HU",
     "BONE_MARGIN_MM",
 ]
@@ -70,9 +71,13 @@ AIR_HU = -500.0
 AIR_MARGIN_MM = 0.0
 #: No bone or nerve voxel lies below this (HU) on the network's grid: that is air or lung (-1000 to
 #: -700 HU), not tissue; fatty marrow and the partial volume of a rib against the lung stay above it.
-#: Such voxels are set to background before island removal (models whose HU window starts above it
-#: cannot tell, and are left alone).
+#: Voxels whose whole neighbourhood (:data:`AIR_NEIGHBOURHOOD_MM`) lies below it are set to
+#: background before island removal (models whose HU window starts above it cannot tell, and are
+#: left alone).
 TISSUE_MIN_HU = -300.0
+#: Half-width (mm) of the box that must be all below :data:`TISSUE_MIN_HU`: thin dark streaks from
+#: metal (photon starvation, a few mm wide) cross bone without taking its label away.
+AIR_NEIGHBOURHOOD_MM = 2.0
 #: CT values at or above this (HU) count as bone-dense when deciding which windows to run
 #: (cortical and cancellous bone; severely osteoporotic cancellous bone is lower, but its cortex is not).
 BONE_HU = 150.0
@@ -229,6 +234,7 @@ class InferenceSettings:
             "skip_air": self.skip_air,
             "air_hu": AIR_HU if self.skip_air else None,
             "tissue_min_hu": TISSUE_MIN_HU if plan.hu_window[0] < TISSUE_MIN_HU else None,
+            "air_neighbourhood_mm": AIR_NEIGHBOURHOOD_MM if plan.hu_window[0] < TISSUE_MIN_HU else None,
             "bone_margin_mm": self.bone_margin_mm if self.skip_air else None,
             "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
             "precision": self.precision,
@@ -508,14 +514,18 @@ def segment_network_input(
 
 
 def _air_mask(volume, plan: ModelPlan) -> np.ndarray | None:
-    """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) below :data:`TISSUE_MIN_HU`.
+    """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) whose box of half-width
+    :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`.
 
     None when the plan's HU window clips below that value away (nothing to tell apart)."""
     if plan.hu_window[0] >= TISSUE_MIN_HU:
         return None
+    from scipy import ndimage as ndi
+
     values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-    air = values < normalised_hu(plan, TISSUE_MIN_HU)
-    return air.reshape(air.shape[-3:])
+    air = (values < normalised_hu(plan, TISSUE_MIN_HU)).reshape(values.shape[-3:])
+    box = tuple(2 * int(round(AIR_NEIGHBOURHOOD_MM / s)) + 1 for s in plan.spacing_zyx_mm)
+    return ndi.binary_erosion(air, structure=np.ones(box, bool), border_value=1)
 
 
 def _lookup(values_zyx: np.ndarray, table: Sequence[int]) -> np.ndarray:
