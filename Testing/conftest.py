@@ -17,6 +17,17 @@ def _cpu_threads():
     torch.set_num_threads(2)
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), imported from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_model(path: Path, *, training_status: str = "test-only", base_width: int = 4, seed: int = 0) -> Path:
     """Write a tiny random-weight SPINECT model (test-only) to ``path``."""
     from spinect.model_file import save_model

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_training_mix.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def mix():
-    spec = importlib.util.spec_from_file_location("make_training_mix", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_training_mix")
 
 
 def test_the_mix_keeps_its_proportions_at_any_size(mix):

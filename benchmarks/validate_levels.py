@@ -36,8 +36,8 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SpineCTSegmentation"))
 
-from spinect.plan import LEVEL_MAP_NAMES  # noqa: E402
 from spinect.postprocess.levels_counting import LevelCountError, count_levels_image  # noqa: E402
+from validate_real_ct import level_calls  # noqa: E402  (the same scoring as the real-CT benchmark)
 
 DATA = ROOT.parent / "shared" / "data"
 FETCH_CHEST = ROOT.parent / "shared" / "tools" / "fetch-real-chest-ct.sh"
@@ -71,18 +71,12 @@ def score(case: str, method: str, bone: sitk.Image, truth: np.ndarray, levels: d
         return row
     got = sitk.GetArrayFromImage(level_img)
     in_bone = sitk.GetArrayViewFromImage(bone) == 1
-    calls = {}
-    for name, codes in levels.items():
-        # the level written on most of the vertebra's bone (of the bone input), "no code" included:
-        # T12 is right when most of it carries no lumbar code, a lumbar vertebra when most carries its own
-        mask = np.isin(truth, codes) & in_bone
-        if not mask.any():
-            continue
-        counts = np.bincount(got[mask], minlength=len(LEVEL_MAP_NAMES))
-        best = int(np.argmax(counts))
-        called = LEVEL_MAP_NAMES[best] if best > 0 else None
-        expected = name if name in LEVEL_MAP_NAMES else None
-        calls[name] = {"called": called, "share": round(float(counts[best] / mask.sum()), 2), "right": called == expected}
+    # the level written on most of each vertebra's bone (of the bone input), "no code" included, as
+    # validate_real_ct.py scores it; vertebrae the bone input misses entirely are left out
+    masks = {name: np.isin(truth, codes) for name, codes in levels.items()}
+    calls = level_calls({n: m for n, m in masks.items() if (m & in_bone).any()}, got, in_bone)
+    for call in calls.values():
+        call["share"] = round(call["share"], 2)
     row.update(reference=counted.reference, notes=counted.notes, calls=calls,
                vertebrae=[(v["name"], v["s_mm"], v["height_mm"]) for v in counted.vertebrae],
                seconds=round(time.perf_counter() - t0, 1))

@@ -254,28 +254,39 @@ def predict_threshold(ct_hu: np.ndarray) -> Prediction:
     return Prediction(bone, None, time.perf_counter() - start)
 
 
-#: ``mirror`` of every model method (``--mirror``; spinect.requests.MIRRORS).
-MIRROR = "auto"
-#: ``--count-levels``: name the vertebrae of every model's bone by counting (spinect segment
-#: --levels --levels-by counting: up from the sacrum or down from the last rib) when it has no level classes.
-COUNT_LEVELS = False
+@dataclass(frozen=True)
+class ModelRun:
+    """How every model method runs.
+
+    Attributes:
+        mirror: mirroring test-time augmentation (``--mirror``; :data:`spinect.requests.MIRRORS`).
+        level_model: label levels with this level model (``--level-model``).
+        count_levels: without level classes, name the vertebrae by counting (``--count-levels``: as
+            ``spinect segment --levels --levels-by counting``, up from the sacrum or down from the last rib).
+    """
+
+    mirror: str = "auto"
+    level_model: Path | None = None
+    count_levels: bool = False
 
 
-def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | None = None) -> Prediction:
+def predict_model(source: Path | sitk.Image, model: Path, run: ModelRun = ModelRun()) -> Prediction:
     """A model through the public API (``spinect.api.segment``, CPU), labels reoriented to LPS.
 
-    Levels are labelled when the model has level classes or ``level_model`` is given."""
+    Levels are labelled when the model has level classes or ``run.level_model`` is given, else
+    counted with ``run.count_levels``."""
     from spinect.api import segment
     from spinect.model_file import load_plan
 
-    levels = level_model is not None or load_plan(model).has_levels
+    levels = run.level_model is not None or load_plan(model).has_levels
     start = time.perf_counter()
-    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=level_model, mirror=MIRROR)
+    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=run.level_model,
+                     mirror=run.mirror)
     seconds = time.perf_counter() - start
     as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
     labels = as_array(result.labels)
     level_map, source_name, refused = (as_array(result.levels), "level model", None) if levels else (None, None, None)
-    if COUNT_LEVELS and not levels:
+    if run.count_levels and not levels:
         # the same counting as segment --levels --levels-by counting, on the labels this run already has
         from spinect.postprocess.levels_counting import ALL_REFERENCES, LevelCountError, count_levels_image
 
@@ -289,8 +300,8 @@ def predict_model(source: Path | sitk.Image, model: Path, level_model: Path | No
                       levels=level_map, levels_source=source_name, levels_refused=refused)
 
 
-def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source, level_model: Path | None = None) -> Prediction:
-    return predict_threshold(ct_hu) if name == "threshold" else predict_model(source, models[name], level_model)
+def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source, run: ModelRun = ModelRun()) -> Prediction:
+    return predict_threshold(ct_hu) if name == "threshold" else predict_model(source, models[name], run)
 
 
 # -------------------------------------------------------------------------------------- scoring
@@ -448,8 +459,9 @@ def unsupported_keywords(kwargs: dict[str, Any], function: Callable) -> list[str
     return [k for k in kwargs if k not in params]
 
 
-def run_stress(methods: list[str], models: dict[str, Path], cases_per_variant: int) -> list[dict[str, Any]]:
-    """Score every method on the stress phantoms against their exact labels; returns one dict per row."""
+def run_stress(methods: list[str], models: dict[str, Path], cases_per_variant: int, mirror: str = "auto"
+               ) -> list[dict[str, Any]]:
+    """Score every method (with ``mirror``) on the stress phantoms against their exact labels; one dict per row."""
     from spinect.metrics.distance import surface_distances_mm
     from spinect.metrics.overlap import overlap_scores
     from spinect.phantom import generate_case
@@ -472,7 +484,7 @@ def run_stress(methods: list[str], models: dict[str, Path], cases_per_variant: i
                     truth = sitk.GetArrayFromImage(case.labels)
                     ct_hu = sitk.GetArrayFromImage(case.ct).astype(np.float32)
                     for method in methods:
-                        pred = run_method(method, models, ct_hu, case.ct)
+                        pred = run_method(method, models, ct_hu, case.ct, ModelRun(mirror=mirror))
                         numbers = {"seconds": pred.seconds}
                         for cls, value, mask in (("bone", 1, pred.bone), ("nerve", 2, pred.nerve)):
                             if mask is None:
@@ -606,9 +618,7 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError("nothing to do: no case selected and no --stress")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    global MIRROR, COUNT_LEVELS
-    MIRROR = args.mirror
-    COUNT_LEVELS = args.count_levels
+    run = ModelRun(mirror=args.mirror, level_model=args.level_model, count_levels=args.count_levels)
     methods = ["threshold", *models]
     env = environment(args.threads)
     env["mirror"] = args.mirror
@@ -629,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
     for name in cases:
         case = loaders[name]()
         canal = spinal_canal_mask(case.vertebra, case.spacing_zyx_mm, closing_mm=CANAL_CLOSING_MM)
-        preds = {m: run_method(m, models, case.ct_hu, case.source, args.level_model) for m in methods}
+        preds = {m: run_method(m, models, case.ct_hu, case.source, run) for m in methods}
         scores = {m: score_real(case, p, canal) for m, p in preds.items()}
         table = markdown_table(CASE_COLUMNS, [case_row(m, s) for m, s in scores.items()])
         header = (f"### {name}: {case.description}\ntruth: {case.truth_note}; truth bone "
@@ -657,7 +667,7 @@ def run(args: argparse.Namespace) -> int:
         tables.append("### summary: bone Dice per case\n\n" + summary)
     if args.stress:
         print("\n### stress suite (synthetic phantoms, exact labels)", flush=True)
-        rows = run_stress(methods, models, args.stress_cases)
+        rows = run_stress(methods, models, args.stress_cases, args.mirror)
         results["stress"] = rows
         table = stress_table(rows)
         print(table)

@@ -233,8 +233,8 @@ class InferenceSettings:
             "island_rules": None if self.island_rules is None else dict(self.island_rules),
             "skip_air": self.skip_air,
             "air_hu": AIR_HU if self.skip_air else None,
-            "tissue_min_hu": TISSUE_MIN_HU if plan.hu_window[0] < TISSUE_MIN_HU else None,
-            "air_neighbourhood_mm": AIR_NEIGHBOURHOOD_MM if plan.hu_window[0] < TISSUE_MIN_HU else None,
+            "tissue_min_hu": TISSUE_MIN_HU if _air_rule_applies(plan) else None,
+            "air_neighbourhood_mm": AIR_NEIGHBOURHOOD_MM if _air_rule_applies(plan) else None,
             "bone_margin_mm": self.bone_margin_mm if self.skip_air else None,
             "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
             "precision": self.precision,
@@ -513,12 +513,17 @@ def segment_network_input(
     return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members, levels=level_map)
 
 
+def _air_rule_applies(plan: ModelPlan) -> bool:
+    """Whether the plan's HU window keeps values below :data:`TISSUE_MIN_HU` apart (the air rule can run)."""
+    return plan.hu_window[0] < TISSUE_MIN_HU
+
+
 def _air_mask(volume, plan: ModelPlan) -> np.ndarray | None:
     """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) whose box of half-width
     :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`.
 
     None when the plan's HU window clips below that value away (nothing to tell apart)."""
-    if plan.hu_window[0] >= TISSUE_MIN_HU:
+    if not _air_rule_applies(plan):
         return None
     from scipy import ndimage as ndi
 

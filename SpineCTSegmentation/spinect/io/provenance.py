@@ -135,7 +135,7 @@ def _jsonable(value: Any) -> Any:
 
 def segment_settings(plan, *, smoothing_mm: float | None, blend: str | None, stride_zyx: Sequence[int] | None,
                      tta: bool, ensemble: Sequence[str | os.PathLike], keep_islands: bool, whole_volume: bool,
-                     levels: bool = False, precision: str = "auto", device=None) -> dict[str, Any]:
+                     levels: bool = False, precision: str = "auto", mirror: str = "auto", device=None) -> dict[str, Any]:
     """The label-changing settings of a ``segment`` call as applied: None resolved to the plan's defaults
     (:meth:`spinect.pipeline.InferenceSettings.record`, which :func:`spinect.api.segment` records).
 
@@ -144,13 +144,14 @@ def segment_settings(plan, *, smoothing_mm: float | None, blend: str | None, str
         ``patch_size_zyx``, ``spacing_zyx_mm``, ``hu_window`` (HU), ``tta``, ``ensemble_members``
         (model files), ``remove_islands`` and ``island_rules`` (thresholds; None when kept),
         ``skip_air``/``air_hu``, ``bone_margin_mm``/``bone_hu`` (None = every window run),
-        ``precision`` (and ``precision_applied`` with a ``device``) and ``levels``.
+        ``precision`` (and ``precision_applied`` with a ``device``), ``mirror`` (and ``mirror_axes_zyx``
+        with a ``device``) and ``levels``.
     """
     from spinect.pipeline import BONE_MARGIN_MM, InferenceSettings
 
     settings = InferenceSettings.from_plan(
         plan, smoothing_mm=smoothing_mm, blend=blend, stride_zyx=stride_zyx, tta=bool(tta), precision=precision,
-        remove_islands=not keep_islands, bone_margin_mm=None if whole_volume else BONE_MARGIN_MM, levels=bool(levels))
+        mirror=mirror, remove_islands=not keep_islands, bone_margin_mm=None if whole_volume else BONE_MARGIN_MM, levels=bool(levels))
     return settings.record(plan, ensemble_members=1 + len(ensemble), device=device)
 
 

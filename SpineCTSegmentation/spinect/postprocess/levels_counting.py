@@ -368,6 +368,18 @@ def _split_at_foramina(segs: list[list[int]], body: np.ndarray, pedicle: np.ndar
     return out, split
 
 
+def _sacral_run(wide: Sequence[bool], rib_on: Sequence[bool] | None = None) -> range:
+    """Indices of the run of wide segments that starts among the caudal three (empty without one),
+    ended below a segment that bears a rib (``rib_on``)."""
+    first = next((k for k in range(min(3, len(wide))) if wide[k]), None)
+    if first is None:
+        return range(0)
+    top = first
+    while top + 1 < len(wide) and wide[top + 1] and not (rib_on is not None and rib_on[top + 1]):
+        top += 1
+    return range(first, top + 1)
+
+
 def _wide_run_mm(straight: np.ndarray, u: np.ndarray, v: np.ndarray, seg) -> float:
     """How many mm of the segment have bone connected to the body wider than WIDE_MM (and massive)."""
     body_v = (v >= BODY_V_MM[0]) & (v <= BODY_V_MM[1])
@@ -474,15 +486,14 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
     # where the bone mask bridges discs (segments too tall for one vertebra), the foramina between
     # the pedicles still show where one vertebra ends; the sacrum's run is left whole
     smoothed = ndi.gaussian_filter1d(profile, 1.5 / STEP_MM, mode="nearest")
-    sacral_run = [False] * len(segs)
-    k0 = next((k for k in range(min(3, len(segs))) if wide[k]), None)
-    while k0 is not None and k0 < len(segs) and wide[k0]:
-        sacral_run[k0], k0 = True, k0 + 1
+    run = _sacral_run(wide)
+    old = {tuple(seg): (h, w) for seg, h, w in zip(segs, heights, wide)}
     segs, from_split = _split_at_foramina(segs, smoothed, _pedicle_profile(straight, v, u),
-                                          [not r for r in sacral_run])
-    if from_split:
-        heights = [_body_height(smoothed, s) for s in segs]
-        wide = [_wide_run_mm(straight, u, v, s) >= WIDE_RUN_MM for s in segs]
+                                          [k not in run for k in range(len(segs))])
+    if from_split:  # only the new pieces need measuring
+        measured = [old.get(tuple(seg)) or (_body_height(smoothed, seg), _wide_run_mm(straight, u, v, seg) >= WIDE_RUN_MM)
+                    for seg in segs]
+        heights, wide = [h for h, _ in measured], [w for _, w in measured]
     n = len(segs)
     rib_s = _rib_positions(straight, u)
     rib_on = [False] * n
@@ -495,15 +506,10 @@ def count_levels(bone: np.ndarray, spacing_zyx_mm: Sequence[float], *, to_world=
         notes.append(f"{len(from_split)} vertebrae were told apart at the foramina between their pedicles, where the "
                      f"bone mask bridges the discs in front of the canal")
     # the sacrum: the top of the run of wide segments at the caudal end (its first 3 segments)
-    sacrum = None
-    first_wide = next((k for k in range(min(3, n)) if wide[k]), None)
-    if first_wide is not None:
-        sacrum = first_wide
-        while sacrum + 1 < n and wide[sacrum + 1] and not rib_on[sacrum + 1]:
-            sacrum += 1
-        if sacrum == n - 1:  # the whole column is "wide": no lumbar spine above it to count
-            sacrum = None
-            notes.append("every segment of the column is wide; no sacrum could be told apart")
+    sacrum = max(_sacral_run(wide, rib_on), default=None)
+    if sacrum == n - 1:  # the whole column is "wide": no lumbar spine above it to count
+        sacrum = None
+        notes.append("every segment of the column is wide; no sacrum could be told apart")
     last_rib = None
     lowest = sacrum + 1 if sacrum is not None else 0
     ribbed = [k for k in range(lowest, n) if rib_on[k]]
