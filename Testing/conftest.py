@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,14 @@ def _cpu_threads():
     torch.set_num_threads(2)
 
 
-def load_script(name: str):
-    """The module of ``scripts/<name>.py`` (scripts are not a package), imported from its file."""
+def load_script(name: str, folder: str = "scripts"):
+    """The module of ``<folder>/<name>.py`` (scripts and benchmarks are not packages), imported from its file."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

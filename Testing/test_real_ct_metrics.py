@@ -199,3 +199,18 @@ def test_bone_scores_region_and_ignore():
     region = np.zeros_like(truth)
     region[:, :, :10] = True
     assert bone_scores(pred, truth, ct, (1.0, 1.0, 1.0), region=region)["surface_dice"] == pytest.approx(1.0)
+
+
+def test_the_real_ct_benchmark_reads_a_model_or_an_ensemble_of_model_files(tmp_path):
+    from conftest import load_script
+
+    bench = load_script("validate_real_ct", "benchmarks")
+    first, second, plus = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c+d.pt"
+    for path in (first, second, plus):
+        path.write_bytes(b"x")
+    models = bench.parse_models([f"one={first}", f"both={first}+{second}", f"plus={plus}"])
+    assert models == {"one": (first,), "both": (first, second), "plus": (plus,)}  # a file named with + stays whole
+    with pytest.raises(bench.BenchmarkError, match="does not exist"):
+        bench.parse_models([f"bad={first}+{tmp_path / 'missing.pt'}"])
+    with pytest.raises(bench.BenchmarkError, match="NAME=PATH"):
+        bench.parse_models([str(first)])

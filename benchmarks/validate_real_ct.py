@@ -17,7 +17,7 @@ Cases:
           (humerus, scapula, clavicle, ..., costal cartilage), grown by 3 mm, are left out of the score.
 
 Usage:
-  python benchmarks/validate_real_ct.py [--cases crop,dicom3,chest] [--model NAME=PATH ...]
+  python benchmarks/validate_real_ct.py [--cases crop,dicom3,chest] [--model NAME=PATH[+PATH...] ...]
       [--stress] [--out DIR] [--threads 2] [--cache DIR]
 
 See docs/real_ct_validation.md for what each column means.
@@ -270,18 +270,21 @@ class ModelRun:
     count_levels: bool = False
 
 
-def predict_model(source: Path | sitk.Image, model: Path, run: ModelRun = ModelRun()) -> Prediction:
-    """A model through the public API (``spinect.api.segment``, CPU), labels reoriented to LPS.
+def predict_model(source: Path | sitk.Image, model: Path | tuple[Path, ...], run: ModelRun = ModelRun()
+                  ) -> Prediction:
+    """A model (or an ensemble: several files, probabilities averaged as ``segment --ensemble``) through the
+    public API (``spinect.api.segment``, CPU), labels reoriented to LPS.
 
     Levels are labelled when the model has level classes or ``run.level_model`` is given, else
     counted with ``run.count_levels``."""
     from spinect.api import segment
     from spinect.model_file import load_plan
 
+    model, *others = (model,) if isinstance(model, Path) else model
     levels = run.level_model is not None or load_plan(model).has_levels
     start = time.perf_counter()
-    result = segment(source, None, model=model, device="cpu", levels=levels, level_model=run.level_model,
-                     mirror=run.mirror)
+    result = segment(source, None, model=model, ensemble=tuple(others), device="cpu", levels=levels,
+                     level_model=run.level_model, mirror=run.mirror)
     seconds = time.perf_counter() - start
     as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
     labels = as_array(result.labels)
@@ -300,7 +303,7 @@ def predict_model(source: Path | sitk.Image, model: Path, run: ModelRun = ModelR
                       levels=level_map, levels_source=source_name, levels_refused=refused)
 
 
-def run_method(name: str, models: dict[str, Path], ct_hu: np.ndarray, source, run: ModelRun = ModelRun()) -> Prediction:
+def run_method(name: str, models: dict[str, tuple[Path, ...]], ct_hu: np.ndarray, source, run: ModelRun = ModelRun()) -> Prediction:
     return predict_threshold(ct_hu) if name == "threshold" else predict_model(source, models[name], run)
 
 
@@ -459,7 +462,7 @@ def unsupported_keywords(kwargs: dict[str, Any], function: Callable) -> list[str
     return [k for k in kwargs if k not in params]
 
 
-def run_stress(methods: list[str], models: dict[str, Path], cases_per_variant: int, mirror: str = "auto"
+def run_stress(methods: list[str], models: dict[str, tuple[Path, ...]], cases_per_variant: int, mirror: str = "auto"
                ) -> list[dict[str, Any]]:
     """Score every method (with ``mirror``) on the stress phantoms against their exact labels; one dict per row."""
     from spinect.metrics.distance import surface_distances_mm
@@ -526,16 +529,18 @@ def stress_table(rows: list[dict[str, Any]]) -> str:
 # -------------------------------------------------------------------------------------- main
 
 
-def parse_models(specs: list[str] | None) -> dict[str, Path]:
-    """``NAME=PATH`` list -> ordered {name: path}; default ``shipped=<the package's default model>``."""
+def parse_models(specs: list[str] | None) -> dict[str, tuple[Path, ...]]:
+    """``NAME=PATH`` list -> ordered {name: (path,)}; ``NAME=A.pt+B.pt`` is an ensemble of both files
+    (probabilities averaged, as ``spinect segment --model A.pt --ensemble B.pt``); default
+    ``shipped=<the package's default model>``."""
     from spinect.model_file import default_model_path
 
     if not specs:
         path = default_model_path()
         if not path.is_file():
             raise BenchmarkError(f"the shipped default model is not installed at {path}; pass --model NAME=PATH")
-        return {"shipped": path}
-    models: dict[str, Path] = {}
+        return {"shipped": (path,)}
+    models: dict[str, tuple[Path, ...]] = {}
     for spec in specs:
         name, sep, path_text = spec.partition("=")
         name = name.strip()
@@ -543,10 +548,12 @@ def parse_models(specs: list[str] | None) -> dict[str, Path]:
             raise BenchmarkError(f"--model must be NAME=PATH, got {spec!r}")
         if name in models or name == "threshold":
             raise BenchmarkError(f"model name {name!r} is used twice or reserved")
-        path = Path(path_text).expanduser()
-        if not path.is_file():
-            raise BenchmarkError(f"model file for {name!r} does not exist: {path}")
-        models[name] = path
+        whole = Path(path_text).expanduser()
+        paths = (whole,) if whole.is_file() else tuple(Path(t).expanduser() for t in path_text.split("+"))
+        for path in paths:
+            if not path.is_file():
+                raise BenchmarkError(f"model file for {name!r} does not exist: {path}")
+        models[name] = paths
     return models
 
 
@@ -627,9 +634,9 @@ def run(args: argparse.Namespace) -> int:
           f"mirror {env['mirror']}{', levels by counting' if args.count_levels else ''}; "
           f"commit {env['commit']}; {env['date']}")
     print("methods: threshold (HU > 150, holes filled)" +
-          "".join(f", {n} = {p}" for n, p in models.items()), flush=True)
+          "".join(f", {n} = {' + '.join(map(str, p))}" for n, p in models.items()), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"environment": env, "models": {n: str(p) for n, p in models.items()},
+    results: dict[str, Any] = {"environment": env, "models": {n: [str(x) for x in p] for n, p in models.items()},
                                "settings": {"fp_margin_mm": FP_MARGIN_MM, "surface_tolerance_mm": SURFACE_TOLERANCE_MM,
                                             "nerve_near_mm": NERVE_NEAR_MM, "dicom3_box_mm": DICOM3_BOX_MM,
                                             "canal_closing_mm": CANAL_CLOSING_MM, "bone_threshold_hu": 150.0},
