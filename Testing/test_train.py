@@ -25,7 +25,6 @@ from spinect.train import (
     load_case,
     region_size_for,
     split_cases,
-    thin_slab,
     train,
     weighted_cross_entropy,
 )
@@ -175,35 +174,6 @@ def test_voxel_jitter_stays_within_0_2_mm_and_flips_are_fair():
     flip_pipeline = build_augmentation((8, 8, 8), max_jitter_mm=0.0, noise_std=0.0, seed=1)
     flipped = [float(augment_patch(flip_pipeline, asymmetric, asymmetric.astype(np.uint8))[0][0, :, -1].mean()) > 0 for _ in range(200)]
     assert 0.4 < np.mean(flipped) < 0.6
-
-
-def test_thin_slab_keeps_one_run_of_1_to_8_slices_and_airs_the_rest():
-    labels = torch.from_numpy(_synthetic_labels((32, 16, 16)).astype(np.int64))
-    image = labels[None].float() * 10.0 + 1.0  # every voxel differs from the pad value
-    rng = np.random.default_rng(0)
-    kept_lengths = set()
-    for _ in range(200):
-        out_image, out_labels = thin_slab(image, labels, rng, pad_value=-3.0)
-        kept = [z for z in range(32) if torch.equal(out_image[0, z], image[0, z])]
-        aired = [z for z in range(32) if bool((out_image[0, z] == -3.0).all()) and not out_labels[z].any()]
-        assert kept == list(range(kept[0], kept[0] + len(kept)))  # one contiguous run ...
-        assert 1 <= len(kept) <= 8 and len(kept) + len(aired) == 32  # ... and air with background elsewhere
-        assert torch.equal(out_labels[kept[0]:kept[-1] + 1], labels[kept[0]:kept[-1] + 1])
-        kept_lengths.add(len(kept))
-    assert kept_lengths == set(range(1, 9))
-    assert float(image.min()) == 1.0  # the input is left alone
-
-
-def test_thin_slab_fraction_is_an_option_of_train_and_recorded(tiny_dataset, tmp_path):
-    from spinect.model_file import load_plan
-    from spinect.requests import RequestInputError, TrainRequest
-
-    assert TrainRequest(data=tiny_dataset, out=tmp_path / "r").to_config().thin_slab_fraction == 0.0
-    with pytest.raises(RequestInputError, match="thin-slab-fraction"):
-        TrainRequest(data=tiny_dataset, out=tmp_path / "r", thin_slab_fraction=1.5)
-    result = train(_config(tiny_dataset, tmp_path / "run", thin_slab_fraction=0.5))
-    assert load_plan(result.last_model).provenance["thin_slab_fraction"] == 0.5
-    assert "thin_slab_fraction" not in load_plan(train(_config(tiny_dataset, tmp_path / "plain")).last_model).provenance
 
 
 # --- data loading -------------------------------------------------------------------------------

@@ -833,9 +833,6 @@ class TrainRequest(Request):
         help="sliding-window stride of the model's inference, voxels", default_text="20 40 40")
     early_nerve_weight: float = option(20.0, kind="float", bounds=(0.0, math.inf), describe="a finite number > 0",
                                        help="nerve class weight for the first 40 % of iterations (SPINECT's; then 2)")
-    thin_slab_fraction: float = option(0.0, kind="float", bounds=(0.0, 1.0), describe="a share within 0-1",
-                                       help="share of training patches cut to 1-8 axial slices in air, as inference "
-                                            "pads a CT of a few slices (0 = never, SPINECT's recipe)")
     stop_at: int | None = option(None, kind="int", bounds=(1, math.inf),
                                  help="pause after N iterations (checkpointed; continue later with --resume)")
     time_limit_min: float | None = option(None, kind="float", bounds=(0.0, math.inf), describe="minutes > 0",
@@ -904,7 +901,7 @@ class TrainRequest(Request):
             time_limit_s=None if self.time_limit_min is None else 60.0 * self.time_limit_min,
             seed=self.seed, batch_size=self.batch_size, lr=self.lr, num_threads=self.num_threads,
             show_progress=self.show_progress, amp=self.amp, init=init, classes=self.classes,
-            early_nerve_weight=self.early_nerve_weight, thin_slab_fraction=self.thin_slab_fraction, **grid, grid_from_init=not grid, command=command)
+            early_nerve_weight=self.early_nerve_weight, **grid, grid_from_init=not grid, command=command)
 
 
 def _per_case(name: str) -> Any:

@@ -1,6 +1,6 @@
 """Training SPINECT networks: data loading and splits, patch sampling, augmentation, loss, loop."""
 
-from spinect.train.augment import augment_patch, build_augmentation, region_size_for, thin_slab
+from spinect.train.augment import augment_patch, build_augmentation, region_size_for
 from spinect.train.dataset import DataSplit, LoadedCase, load_case, load_cases, split_cases
 from spinect.train.loss import WeightSchedule, weighted_cross_entropy
 from spinect.train.sampling import PatchSample, PatchSampler
@@ -22,7 +22,6 @@ __all__ = [
     "PatchSampler",
     "build_augmentation",
     "augment_patch",
-    "thin_slab",
     "region_size_for",
     "WeightSchedule",
     "weighted_cross_entropy",

@@ -22,14 +22,10 @@ import numpy as np
 import torch
 from monai.transforms import CenterSpatialCropd, Compose, RandFlipd, RandGaussianNoised, RandZoomd
 
-__all__ = ["build_augmentation", "region_size_for", "augment_patch", "thin_slab", "MAX_VOXEL_JITTER_MM",
-           "THIN_SLAB_MAX_SLICES"]
+__all__ = ["build_augmentation", "region_size_for", "augment_patch", "MAX_VOXEL_JITTER_MM"]
 
 #: SPINECT's voxel-size disturbance, mm (on a 1 mm grid: a zoom factor in [0.8, 1.2]).
 MAX_VOXEL_JITTER_MM = 0.2
-
-#: Thickest slab :func:`thin_slab` keeps, in slices of the network grid (1 mm: 8 mm).
-THIN_SLAB_MAX_SLICES = 8
 
 # torch's legacy "nearest" samples half a voxel off the trilinear grid; "nearest-exact" does not,
 # so labels zoomed with it stay on the trilinearly zoomed image.
@@ -112,34 +108,4 @@ def augment_patch(pipeline: Compose, image_zyx: np.ndarray, labels_zyx: np.ndarr
     data = pipeline({"image": image_zyx[None].astype(np.float32, copy=False), "label": labels_zyx[None].astype(np.float32)})
     image = torch.as_tensor(np.asarray(data["image"]), dtype=torch.float32)
     labels = torch.as_tensor(np.asarray(data["label"])[0]).round().to(torch.int64)
-    return image, labels
-
-
-def thin_slab(image: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, *, pad_value: float,
-              max_slices: int = THIN_SLAB_MAX_SLICES) -> tuple[torch.Tensor, torch.Tensor]:
-    """A patch as inference sees a CT of only a few axial slices: all but a random run of 1 to
-    ``max_slices`` z-slices set to air.
-
-    A CT thinner than the window (a few slices exported from PACS, a limited scan) is padded with
-    air up to the window along z (:mod:`spinect.inference.sliding_window`), a sight a network
-    trained on whole patches never had. The air gets the background label, as the padding's
-    prediction is cropped away anyway.
-
-    Args:
-        image: float32 (1, z, y, x) normalised patch (changed copy returned).
-        labels: int64 (z, y, x) labels of the same patch.
-        rng: draws the run's length and position.
-        pad_value: normalised value of air (-1024 HU), what inference pads with.
-        max_slices: thickest run kept.
-
-    Returns:
-        (image, labels) with the slices outside the run set to ``pad_value`` and 0.
-    """
-    depth = int(labels.shape[0])
-    keep = int(rng.integers(1, min(max_slices, depth) + 1))
-    start = int(rng.integers(0, depth - keep + 1))
-    image, labels = image.clone(), labels.clone()
-    for lo, hi in ((0, start), (start + keep, depth)):
-        image[:, lo:hi] = pad_value
-        labels[lo:hi] = 0
     return image, labels

@@ -119,7 +119,6 @@ def build_plan(config, data: RunData) -> ModelPlan:
         "fold": int(config.fold), "folds": int(config.folds), "seed": int(config.seed),
         "iterations": int(config.total_iterations), "batch_size": int(config.batch_size), "lr": float(config.lr),
         "loss": _loss_text(float(getattr(config, "early_nerve_weight", 20.0))),
-        **({"thin_slab_fraction": float(config.thin_slab_fraction)} if getattr(config, "thin_slab_fraction", 0) else {}),
         "spinect_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
     return ModelPlan(

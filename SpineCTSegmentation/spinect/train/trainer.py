@@ -28,7 +28,7 @@ import torch
 
 from spinect.errors import InputError
 from spinect.plan import CLASS_NAMES, ModelPlan
-from spinect.train.augment import augment_patch, build_augmentation, region_size_for, thin_slab
+from spinect.train.augment import augment_patch, build_augmentation, region_size_for
 from spinect.train.dataset import DataSplit, LoadedCase
 from spinect.train.history import TrainingLog
 from spinect.train.loss import SPINECT_EARLY_WEIGHTS, SPINECT_LATE_WEIGHTS, WeightSchedule, weighted_cross_entropy
@@ -107,9 +107,6 @@ class TrainingConfig:
     init: Path | None = None
     classes: str = "spinect"
     early_nerve_weight: float = 20.0
-    #: Share of patches cut to a thin slab of 1-8 slices in air (:func:`spinect.train.augment.thin_slab`):
-    #: teaches the network CTs of a few slices, which inference pads with air. 0 = never (SPINECT).
-    thin_slab_fraction: float = 0.0
     #: With ``init``: take the grid (spacing, patch) from the init model (True) or keep this config's
     #: ``spacing_zyx_mm``, ``patch_size_zyx`` and ``stride_zyx`` (False: e.g. a coarse level model
     #: with a large window, started from the 1 mm default model's weights).
@@ -320,9 +317,6 @@ class _Loop:
         for _ in range(self.config.batch_size):
             sample = self.sampler.sample(rng)
             image, label = augment_patch(self.augment, sample.image, sample.labels)
-            # drawn only when enabled, so runs without it sample exactly as before
-            if self.config.thin_slab_fraction > 0 and rng.random() < self.config.thin_slab_fraction:
-                image, label = thin_slab(image, label, rng, pad_value=self.data.pad_value)
             images.append(image)
             labels.append(label)
         x = torch.stack(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
