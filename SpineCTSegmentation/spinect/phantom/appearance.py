@@ -23,7 +23,7 @@ so its darkest voxel is -1024..-900 HU.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,6 +39,7 @@ from spinect.phantom.structures import (BONE_CODES, LEGACY_BONE_CODES, STRUCTURE
 __all__ = ["HU_RANGES", "APPEARANCE_MODES", "KERNELS", "OVERRIDE_KEYS", "ScannerSettings", "CTAppearance", "Look",
            "appearance_mode", "check_overrides", "sample_age", "marrow_mean_hu", "sample_ct", "ct_values",
            "kernel_mtf", "noise_power_spectrum", "nps_noise", "apply_ct_scanner", "sample_look", "physical_values",
+           "sample_canal_look",
            "random_values", "sample_scanner", "apply_scanner", "randomise_contrast", "to_int16"]
 
 #: Appearance modes of :func:`spinect.phantom.generate_case`.
@@ -349,7 +350,7 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
     overlap = rng.random() < 0.5
     thick = _draw(rng, ov, "slice_thickness_mm", sz * 1.2, sz * 2.5) if overlap or "slice_thickness_mm" in ov else sz
     iv = bool(ov.get("iv_contrast", False))
-    return CTAppearance(
+    app = CTAppearance(
         age_years=age, marrow_hu=marrow, marrow_by_bone_hu=per_bone,
         cortex_mm=_draw(rng, ov, "cortex_mm", 0.25, 0.6), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
@@ -373,6 +374,30 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         noise_centre=float(rng.uniform(0.8, 1.8)), bone_streak=float(rng.uniform(0.2, 0.8)),
         cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)),
     )
+    # drawn after everything above (version 8), so every earlier value is as in version 7
+    return replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
+
+
+#: Share of ``ct`` cases whose epidural fat is thin (partial-volumed with dura and epidural veins).
+THIN_EPIDURAL_FAT_SHARE = 0.5
+#: HU of thin epidural fat, and the rise of CSF in the bony canal (beam hardening, partial volume).
+THIN_EPIDURAL_FAT_HU = (-70.0, 25.0)
+CANAL_CSF_RISE_HU = (0.0, 25.0)
+
+
+def sample_canal_look(rng: np.random.Generator, tissue_hu: Mapping[str, float]) -> dict[str, float]:
+    """HU of the dural sac and the epidural fat, per structure name (they win over the tissue class).
+
+    In real CT the sac is often hard to tell from the rest of the canal: the real L3 crop's canal
+    reads median 33 HU (p10 -67, p90 157), where version 7 drew CSF at 5-20 HU in a ring of fat at
+    -85 to -115 HU. Here the CSF rises by 0-25 HU in the bony canal (beam hardening between the
+    pedicles, partial volume with the dura) and in half the cases the epidural fat is thin,
+    -70 to +25 HU; the foraminal fat stays fat. Labels are untouched.
+    """
+    values = {"dural_sac": float(tissue_hu["csf"] + rng.uniform(*CANAL_CSF_RISE_HU))}
+    if rng.random() < THIN_EPIDURAL_FAT_SHARE:
+        values["epidural_fat"] = float(rng.uniform(*THIN_EPIDURAL_FAT_HU))
+    return values
 
 
 def ct_values(app: CTAppearance) -> TissueValues:
