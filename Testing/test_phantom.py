@@ -274,3 +274,18 @@ def test_cli_writes_cases_and_rejects_bad_options(tmp_path, capsys):
     assert main(["phantom", str(tmp_path / "bad"), "--shape", "4", "24", "24"]) == 2
     assert "shape" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_timer_gets_the_seconds_of_each_generation_stage_and_changes_nothing():
+    from spinect.profiling import StageTimer
+
+    timer = StageTimer()
+    timed = generate_case(4, shape_zyx=(16, 24, 24), window_tables=False, timer=timer)
+    plain = generate_case(4, shape_zyx=(16, 24, 24), window_tables=False)
+    assert list(timer.seconds) == [
+        "anatomy", "appearance draw", "soft tissue: structures and displacement", "soft tissue: texture and edges",
+        "bone, disc, canal and nerves (partial volume, bone texture)", "ligamentum flavum",
+        "scanner: metal streaks, kernel, noise, offset, field of view", "labels and truth (triangles, tables, window)"]
+    assert all(s >= 0.0 for s in timer.seconds.values())
+    for image in ("ct", "labels", "structures"):
+        assert np.array_equal(sitk.GetArrayFromImage(getattr(timed, image)), sitk.GetArrayFromImage(getattr(plain, image)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -97,6 +98,7 @@ def generate_case(
     anatomy: str = "mesh",
     metal: bool | None = None,
     field: str = DEFAULT_FIELD,
+    timer=None,
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -129,6 +131,8 @@ def generate_case(
             add the thorax (T1-T12, ribs 1-12, costal cartilage, sternum, lungs, heart,
             mediastinum; :mod:`spinect.phantom.thorax`) from a random stream of its own, so the
             lumbosacral anatomy of a seed is the same in every field.
+        timer: optional :class:`spinect.profiling.StageTimer`: seconds per generation stage
+            (``benchmarks/bench_phantom.py`` prints them).
 
     Returns:
         The case, with CT, labels and structure map on the same grid and the truth dict.
@@ -150,42 +154,47 @@ def generate_case(
         supersampling_factors(spacing, supersample)
     except ValueError as exc:
         raise SpinectError(str(exc)) from exc
+    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
     # spawn(5)'s first three streams equal spawn(3)'s: geometry, appearance and noise as in version 1
     geo_ss, look_ss, noise_ss, sur_ss, tex_ss = np.random.SeedSequence(int(seed)).spawn(5)
     geo_rng, look_rng, noise_rng, sur_rng, tex_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss, tex_ss))
-    if anatomy_kind == "mesh":
-        params = sample_mesh_params(geo_rng, degeneration=degeneration)
-        anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
-    else:
-        params = sample_params(geo_rng, degeneration=degeneration)
-        anatomy = build_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
-    thorax = None
-    if field_name != DEFAULT_FIELD:
-        # a sixth stream (spawn(6)'s first five equal spawn(5)'s): the default case is unchanged
-        th_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
-        thorax = build_thorax(anatomy, field_name, th_rng)
-        attach_thorax(anatomy, thorax)
-    grid = make_grid(anatomy, shape, spacing, None if thorax is None else thorax.anchor())  # thorax: T12/L1 or T7/T8
+    with stage("anatomy"):
+        if anatomy_kind == "mesh":
+            params = sample_mesh_params(geo_rng, degeneration=degeneration)
+            anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
+        else:
+            params = sample_params(geo_rng, degeneration=degeneration)
+            anatomy = build_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
+        thorax = None
+        if field_name != DEFAULT_FIELD:
+            # a sixth stream (spawn(6)'s first five equal spawn(5)'s): the default case is unchanged
+            th_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
+            thorax = build_thorax(anatomy, field_name, th_rng)
+            attach_thorax(anatomy, thorax)
+        grid = make_grid(anatomy, shape, spacing, None if thorax is None else thorax.anchor())  # thorax: T12/L1 or T7/T8
     sur = anatomy.surroundings
     overrides = dict(appearance_overrides or {})
     if mode == "ct" and sur is not None and sur.iv_contrast:
         overrides.setdefault("iv_contrast", True)
-    look = A.sample_look(mode, look_rng, spacing, overrides or None)
-    if mode != "random" and sur is not None:
-        apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
-    if thorax is not None and mode != "random":
-        iv = bool(overrides.get("iv_contrast", False)) or (sur is not None and sur.iv_contrast)
-        thorax_values(th_rng, iv, look.values.table)
+    with stage("appearance draw"):
+        look = A.sample_look(mode, look_rng, spacing, overrides or None)
+        if mode != "random" and sur is not None:
+            apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
+        if thorax is not None and mode != "random":
+            iv = bool(overrides.get("iv_contrast", False)) or (sur is not None and sur.iv_contrast)
+            thorax_values(th_rng, iv, look.values.table)
     report = (lambda f: progress(0.8 * f)) if progress else None
     structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report,
-                               texture_rng=tex_rng)
-    if sur is not None and sur.metal_levels and noise:
-        add_metal_artefacts(hu, structures, spacing, sur_rng)
-    hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
-    if sur is not None and sur.fov_fraction is not None:
-        apply_circular_fov(hu, structures, spacing, sur.fov_fraction)
-    labels = labels_from_structures(structures)
-    truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise, thorax)
+                               texture_rng=tex_rng, timer=timer)
+    with stage("scanner: metal streaks, kernel, noise, offset, field of view"):
+        if sur is not None and sur.metal_levels and noise:
+            add_metal_artefacts(hu, structures, spacing, sur_rng)
+        hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
+        if sur is not None and sur.fov_fraction is not None:
+            apply_circular_fov(hu, structures, spacing, sur.fov_fraction)
+    with stage("labels and truth (triangles, tables, window)"):
+        labels = labels_from_structures(structures)
+        truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise, thorax)
     if progress:
         progress(1.0)
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)

@@ -20,6 +20,8 @@ dense bone), plus trabecular texture, marrow islands and sclerotic endplate band
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -506,30 +508,34 @@ def paint_ligamentum_flavum(hu: np.ndarray, structures: np.ndarray, root: GridBo
 
 def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random.Generator, *, supersample: int = 1,
               progress: Callable[[float], None] | None = None,
-              texture_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+              texture_rng: np.random.Generator | None = None, timer=None) -> tuple[np.ndarray, np.ndarray]:
     """Structure map (exact, at voxel centres) and partial-volume HU image on ``grid``.
 
     Soft tissues are painted first (sign only), displaced by ``anatomy.soft`` when set (phantom
     v2) and textured by ``values.soft`` from ``texture_rng`` when both are set (``ct`` mode);
-    fat parts, discs, bone and nerves are painted over them with partial volume.
+    fat parts, discs, bone and nerves are painted over them with partial volume. ``timer``: an
+    optional :class:`spinect.profiling.StageTimer` that gets the seconds of each of these steps.
 
     Returns:
         (structures (Z, Y, X) uint8, hu (Z, Y, X) float32) before scanner blur and noise.
     """
+    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
     factors = supersampling_factors(grid.spacing_zyx_mm, supersample)
     root = grid.body_box(factors)
     structures = np.zeros(root.shape, np.uint8)
-    _paint_background(anatomy.background, root, structures)
-    if getattr(anatomy, "soft", None) is not None:
-        deform_background(structures, root, anatomy.soft)
+    with stage("soft tissue: structures and displacement"):
+        _paint_background(anatomy.background, root, structures)
+        if getattr(anatomy, "soft", None) is not None:
+            deform_background(structures, root, anatomy.soft)
     hu = values.table[structures]
     spacing = np.asarray(grid.spacing_zyx_mm) / np.asarray(factors)
     flat = hu.copy() if values.edge_sigma_vox is not None else None
-    if values.soft is not None and texture_rng is not None:
-        apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng, root)
-    if flat is not None:
-        soften_edges(hu, flat, np.asarray(values.edge_sigma_vox, float) * np.asarray(factors))
-        del flat
+    with stage("soft tissue: texture and edges"):
+        if values.soft is not None and texture_rng is not None:
+            apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng, root)
+        if flat is not None:
+            soften_edges(hu, flat, np.asarray(values.edge_sigma_vox, float) * np.asarray(factors))
+            del flat
     h = float(np.prod(spacing) ** (1.0 / 3.0))
     uses: dict[int, list] = {}
     for part in anatomy.foreground:
@@ -539,13 +545,15 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     for cutter in cutters:  # the nerve union carves every bone: evaluate it once
         cutter.cache_on(root)
     try:
-        _paint_foreground(anatomy.foreground, root, structures, hu, values, h, rng, progress, anatomy)
+        with stage("bone, disc, canal and nerves (partial volume, bone texture)"):
+            _paint_foreground(anatomy.foreground, root, structures, hu, values, h, rng, progress, anatomy)
     finally:
         for cutter in cutters:
             cutter.clear_cache()
     if values.soft is not None and getattr(anatomy, "frames", None):
-        lf_hu = float(np.clip(values.table[STRUCTURE_CODES["ligamentum_flavum"]] + 10.0, 60.0, 100.0))
-        paint_ligamentum_flavum(hu, structures, root, anatomy, lf_hu)
+        with stage("ligamentum flavum"):
+            lf_hu = float(np.clip(values.table[STRUCTURE_CODES["ligamentum_flavum"]] + 10.0, 60.0, 100.0))
+            paint_ligamentum_flavum(hu, structures, root, anatomy, lf_hu)
     fz, fy, fx = factors
     if factors == (1, 1, 1):
         return structures, hu
