@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["StageTimer", "peak_rss_mb"]
+__all__ = ["StageTimer", "peak_rss_mb", "maybe_stage"]
 
 
 def cpu_model_name() -> str:
@@ -85,3 +85,8 @@ class StageTimer:
         lines = [f"  {name:<{width}}  {sec:8.3f} s" for name, sec in self.seconds.items()]
         lines.append(f"  {'total':<{width}}  {self.total_s:8.3f} s")
         return "\n".join(lines)
+
+
+def maybe_stage(timer: StageTimer | None, name: str):
+    """``timer.stage(name)``, or a context that does nothing when ``timer`` is None."""
+    return contextlib.nullcontext() if timer is None else timer.stage(name)

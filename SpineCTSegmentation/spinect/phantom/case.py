@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -10,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from spinect.errors import SpinectError
+from spinect.profiling import maybe_stage
 from spinect.phantom import appearance as A
 from spinect.phantom.anatomy import Anatomy, build_anatomy
 from spinect.phantom.mesh_anatomy import build_mesh_anatomy
@@ -154,11 +154,10 @@ def generate_case(
         supersampling_factors(spacing, supersample)
     except ValueError as exc:
         raise SpinectError(str(exc)) from exc
-    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
     # spawn(5)'s first three streams equal spawn(3)'s: geometry, appearance and noise as in version 1
     geo_ss, look_ss, noise_ss, sur_ss, tex_ss = np.random.SeedSequence(int(seed)).spawn(5)
     geo_rng, look_rng, noise_rng, sur_rng, tex_rng = (np.random.default_rng(s) for s in (geo_ss, look_ss, noise_ss, sur_ss, tex_ss))
-    with stage("anatomy"):
+    with maybe_stage(timer, "anatomy"):
         if anatomy_kind == "mesh":
             params = sample_mesh_params(geo_rng, degeneration=degeneration)
             anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
@@ -176,7 +175,7 @@ def generate_case(
     overrides = dict(appearance_overrides or {})
     if mode == "ct" and sur is not None and sur.iv_contrast:
         overrides.setdefault("iv_contrast", True)
-    with stage("appearance draw"):
+    with maybe_stage(timer, "appearance draw"):
         look = A.sample_look(mode, look_rng, spacing, overrides or None)
         if mode != "random" and sur is not None:
             apply_surrounding_values(look.values.table, surrounding_values(sur, sur_rng))
@@ -186,13 +185,13 @@ def generate_case(
     report = (lambda f: progress(0.8 * f)) if progress else None
     structures, hu = rasterise(anatomy, grid, look.values, noise_rng, supersample=supersample, progress=report,
                                texture_rng=tex_rng, timer=timer)
-    with stage("scanner: metal streaks, kernel, noise, offset, field of view"):
+    with maybe_stage(timer, "scanner: metal streaks, kernel, noise, offset, field of view"):
         if sur is not None and sur.metal_levels and noise:
             add_metal_artefacts(hu, structures, spacing, sur_rng)
         hu = look.finish(hu, structures, spacing, noise_rng, noise=noise)
         if sur is not None and sur.fov_fraction is not None:
             apply_circular_fov(hu, structures, spacing, sur.fov_fraction)
-    with stage("labels and truth (triangles, tables, window)"):
+    with maybe_stage(timer, "labels and truth (triangles, tables, window)"):
         labels = labels_from_structures(structures)
         truth = _truth(seed, anatomy, grid, labels if window_tables else None, look, noise, thorax)
     if progress:

@@ -20,8 +20,6 @@ dense bone), plus trabecular texture, marrow islands and sclerotic endplate band
 
 from __future__ import annotations
 
-import contextlib
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +31,7 @@ from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox
 from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
 from spinect.phantom.structures import STRUCTURE_CODES
+from spinect.profiling import maybe_stage
 
 __all__ = ["Grid", "pose_matrix", "make_grid", "supersampling_factors", "rasterise", "TissueValues", "BoneModel",
            "smooth_noise", "FAT_HU", "soften_edges"]
@@ -519,18 +518,17 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     Returns:
         (structures (Z, Y, X) uint8, hu (Z, Y, X) float32) before scanner blur and noise.
     """
-    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
     factors = supersampling_factors(grid.spacing_zyx_mm, supersample)
     root = grid.body_box(factors)
     structures = np.zeros(root.shape, np.uint8)
-    with stage("soft tissue: structures and displacement"):
+    with maybe_stage(timer, "soft tissue: structures and displacement"):
         _paint_background(anatomy.background, root, structures)
         if getattr(anatomy, "soft", None) is not None:
             deform_background(structures, root, anatomy.soft)
     hu = values.table[structures]
     spacing = np.asarray(grid.spacing_zyx_mm) / np.asarray(factors)
     flat = hu.copy() if values.edge_sigma_vox is not None else None
-    with stage("soft tissue: texture and edges"):
+    with maybe_stage(timer, "soft tissue: texture and edges"):
         if values.soft is not None and texture_rng is not None:
             apply_soft_texture(hu, structures, spacing, values.soft, values.table, texture_rng, root)
         if flat is not None:
@@ -545,13 +543,13 @@ def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random
     for cutter in cutters:  # the nerve union carves every bone: evaluate it once
         cutter.cache_on(root)
     try:
-        with stage("bone, disc, canal and nerves (partial volume, bone texture)"):
+        with maybe_stage(timer, "bone, disc, canal and nerves (partial volume, bone texture)"):
             _paint_foreground(anatomy.foreground, root, structures, hu, values, h, rng, progress, anatomy)
     finally:
         for cutter in cutters:
             cutter.clear_cache()
     if values.soft is not None and getattr(anatomy, "frames", None):
-        with stage("ligamentum flavum"):
+        with maybe_stage(timer, "ligamentum flavum"):
             lf_hu = float(np.clip(values.table[STRUCTURE_CODES["ligamentum_flavum"]] + 10.0, 60.0, 100.0))
             paint_ligamentum_flavum(hu, structures, root, anatomy, lf_hu)
     fz, fy, fx = factors
