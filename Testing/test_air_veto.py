@@ -1,5 +1,6 @@
 """Air is never bone or nerve: voxels whose neighbourhood lies below spinect.pipeline.TISSUE_MIN_HU are background
-whatever the network says; thin dark streaks (metal) through bone keep the network's label."""
+whatever the network says; thin dark streaks (metal) through bone keep the network's label. Thin pieces of tissue
+outside the body (a CT table) are background too; limbs are not."""
 
 from __future__ import annotations
 
@@ -65,3 +66,56 @@ def test_a_model_whose_window_clips_air_away_is_left_alone(tiny_model):
     plan = dataclasses.replace(load_plan(tiny_model), hu_window=(-200.0, 2000.0))
     labels, record = _segment(plan, _ct())
     assert (labels == 1).all() and record["tissue_min_hu"] is None
+
+
+def _ct_with_table(slices: int = 40) -> sitk.Image:
+    """1 mm CT: a body (soft tissue with bone inside) and, 6 mm below its back across air, a 3 mm
+    curved CT table at 450 HU; a 12 mm thick limb beside the body, apart from it, with bone inside."""
+    hu = np.full((slices, 72, 72), -1000.0, np.float32)
+    hu[:, 8:50, 10:50] = 40.0  # body
+    hu[:, 24:34, 24:36] = 700.0  # bone in the body
+    y, x = np.mgrid[0:72, 0:72]
+    table = (np.abs(y - (58 + 0.004 * (x - 36) ** 2)) < 1.5) & (x > 2) & (x < 70)
+    hu[:, table] = 450.0
+    hu[:, 14:26, 56:68] = 40.0  # a limb 12 mm thick, apart from the body
+    hu[:, 18:22, 60:64] = 700.0  # its bone
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((1.0, 1.0, 1.0))
+    return img
+
+
+def test_a_ct_table_outside_the_body_is_never_bone_but_a_limb_is_kept(tiny_model):
+    from spinect.pipeline import THIN_OBJECT_MAX_MM, thin_objects_mask
+
+    plan = load_plan(tiny_model)
+    for slices in (40, 3):  # a CT of 3 slices is judged in-plane alike
+        ct = _ct_with_table(slices)
+        labels, record = _segment(plan, ct)
+        hu = sitk.GetArrayFromImage(ct)
+        table = (hu == 450.0)
+        assert table.sum() > 3 * 68 * slices // 2 and not labels[table].any()
+        assert (labels[:, 24:34, 24:36] == 1).all() and (labels[:, 18:22, 60:64] == 1).all()  # body and limb bone
+        assert (labels[:, 12:46, 14:46] == 1).all()  # the body's soft tissue keeps the network's call
+        assert record["thin_object_max_mm"] == THIN_OBJECT_MAX_MM
+    # touching the body, the table is part of it and left to the network (and to island removal)
+    tissue = sitk.GetArrayFromImage(_ct_with_table()) > TISSUE_MIN_HU
+    apart = tissue.copy()
+    tissue[:, 49:60, 30:32] = True
+    assert not thin_objects_mask(tissue, (1.0, 1.0, 1.0)).any()
+    # pieces the network labelled nothing in are not measured (nothing to take away there)
+    nothing = np.zeros_like(apart)
+    assert thin_objects_mask(apart, (1.0, 1.0, 1.0)).any() and not thin_objects_mask(apart, (1.0, 1.0, 1.0), labelled=nothing).any()
+
+
+def test_the_phantom_table_is_a_thin_object_and_no_truth_label_is():
+    from spinect.phantom import STRUCTURE_CODES, generate_case
+    from spinect.pipeline import thin_objects_mask
+
+    case = generate_case(0, shape_zyx=(30, 400, 400), spacing_zyx_mm=(2.0, 1.0, 1.0), window_tables=False)
+    ct, labels = sitk.GetArrayFromImage(case.ct), sitk.GetArrayFromImage(case.labels)
+    table = sitk.GetArrayFromImage(case.structures) == STRUCTURE_CODES["ct_table"]
+    thin = thin_objects_mask(ct > TISSUE_MIN_HU, (2.0, 1.0, 1.0))
+    assert table.sum() > 10_000 and (thin & table).sum() > 0.9 * table.sum()  # the rest is its faint partial volume
+    assert not labels[thin].any()
+    other = sitk.GetArrayFromImage(case.structures)[thin & ~table]  # the table's partial volume, specks of skin
+    assert other.size < 0.01 * thin.sum() and set(np.unique(other)) <= {STRUCTURE_CODES["air"], STRUCTURE_CODES["skin"]}

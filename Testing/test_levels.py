@@ -119,7 +119,8 @@ class _HUClassifier(torch.nn.Module):
 
 
 def _block_ct() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
-    """CT (z, y, x) = (60, 64, 64) at 1 mm: L3, L4, L5 blocks stacked along z, a nerve bar beside them."""
+    """CT (z, y, x) = (60, 64, 64) at 1 mm: L3, L4, L5 blocks stacked along z, a nerve bar beside them
+    joined to them (spinect.pipeline.THIN_OBJECT_MAX_MM: a thin piece apart from the body is background)."""
     hu = np.full((60, 64, 64), -1000.0, np.float32)
     level = np.zeros(hu.shape, np.uint8)
     for k, name in enumerate(("L5", "L4", "L3")):  # LPS: z grows cranially
@@ -127,6 +128,7 @@ def _block_ct() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
         hu[z0:z0 + 16, 10:30, 10:30] = BLOCK_HU[name]
         level[z0:z0 + 16, 10:30, 10:30] = LEVEL_MAP_NAMES.index(name)
     hu[6:54, 12:20, 34:40] = BLOCK_HU["nerve_root"]
+    hu[6:54, 14:18, 30:34] = BLOCK_HU["nerve_root"]  # joined to the bone: a thin object in air is never labelled
     image = sitk.GetImageFromArray(hu)
     labels = np.where(level > 0, 1, 0).astype(np.uint8)
     labels[hu == BLOCK_HU["nerve_root"]] = 2

@@ -59,6 +59,7 @@ __all__ = [
     "AIR_MARGIN_MM",
     "TISSUE_MIN_HU",
     "AIR_NEIGHBOURHOOD_MM",
+    "THIN_OBJECT_MAX_MM",
     "BONE_HU",
     "BONE_MARGIN_MM",
 ]
@@ -78,6 +79,11 @@ TISSUE_MIN_HU = -300.0
 #: Half-width (mm) of the box that must be all below :data:`TISSUE_MIN_HU`: thin dark streaks from
 #: metal (photon starvation, a few mm wide) cross bone without taking its label away.
 AIR_NEIGHBOURHOOD_MM = 2.0
+#: A piece of tissue (above :data:`TISSUE_MIN_HU`, 6-connected) apart from the largest one (the
+#: body) that is nowhere thicker than this (mm) in an axial slice holds no bone or nerve: a CT table,
+#: a pad, a cable or a tube outside the patient (bone always lies in soft tissue; an adult finger is
+#: 15-20 mm thick). Measured in-plane, so a CT of a few slices is judged like a thick one.
+THIN_OBJECT_MAX_MM = 8.0
 #: CT values at or above this (HU) count as bone-dense when deciding which windows to run
 #: (cortical and cancellous bone; severely osteoporotic cancellous bone is lower, but its cortex is not).
 BONE_HU = 150.0
@@ -235,6 +241,7 @@ class InferenceSettings:
             "air_hu": AIR_HU if self.skip_air else None,
             "tissue_min_hu": TISSUE_MIN_HU if _air_rule_applies(plan) else None,
             "air_neighbourhood_mm": AIR_NEIGHBOURHOOD_MM if _air_rule_applies(plan) else None,
+            "thin_object_max_mm": THIN_OBJECT_MAX_MM if _air_rule_applies(plan) else None,
             "bone_margin_mm": self.bone_margin_mm if self.skip_air else None,
             "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
             "precision": self.precision,
@@ -465,7 +472,8 @@ def segment_network_input(
     if len(nets) == 1 and not tta:
         # Labels straight from the blended windows (timer stage "argmax" inside): no (C, Z, Y, X) scores.
         classes_grid = predict_labels(volume, nets[0], progress=window_progress, **options)
-        air = _air_mask(volume, plan)
+        with timer.stage("air and thin objects"):
+            air = _air_mask(volume, plan, thin_objects=True, labelled=classes_grid > 0)
         del volume
     else:
         from spinect.uncertainty import predict_ensemble
@@ -474,13 +482,14 @@ def segment_network_input(
         ensemble = predict_ensemble(volume, nets, tta=tta, progress=window_progress, **options)
         scores = torch.from_numpy(ensemble.probabilities)
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
-        air = _air_mask(volume, plan)
+        with timer.stage("air and thin objects"):
+            air = _air_mask(volume, plan, thin_objects=True)
         del volume
         with timer.stage("argmax"):
             classes_grid = argmax_labels(scores)
             del scores
     if air is not None:
-        classes_grid[air] = 0  # air is never bone or nerve (TISSUE_MIN_HU)
+        classes_grid[air] = 0  # air and thin objects outside the body are never bone or nerve
         del air
     with timer.stage("argmax"):
         labels_grid = _lookup(classes_grid, plan.spinect_lookup()) if plan.class_groups else classes_grid
@@ -518,9 +527,11 @@ def _air_rule_applies(plan: ModelPlan) -> bool:
     return plan.hu_window[0] < TISSUE_MIN_HU
 
 
-def _air_mask(volume, plan: ModelPlan) -> np.ndarray | None:
+def _air_mask(volume, plan: ModelPlan, *, thin_objects: bool = False, labelled: np.ndarray | None = None
+              ) -> np.ndarray | None:
     """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) whose box of half-width
-    :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`.
+    :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`, and with ``thin_objects``
+    also the voxels of :func:`thin_objects_mask` (of the pieces with ``labelled`` voxels, if given).
 
     None when the plan's HU window clips below that value away (nothing to tell apart)."""
     if not _air_rule_applies(plan):
@@ -528,9 +539,55 @@ def _air_mask(volume, plan: ModelPlan) -> np.ndarray | None:
     from scipy import ndimage as ndi
 
     values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-    air = (values < normalised_hu(plan, TISSUE_MIN_HU)).reshape(values.shape[-3:])
+    below = (values < normalised_hu(plan, TISSUE_MIN_HU)).reshape(values.shape[-3:])
     box = tuple(2 * int(round(AIR_NEIGHBOURHOOD_MM / s)) + 1 for s in plan.spacing_zyx_mm)
-    return ndi.binary_erosion(air, structure=np.ones(box, bool), border_value=1)
+    # erosion by a box = a minimum filter along each axis in turn (the image edge counts as air):
+    # the same voxels as ndi.binary_erosion with np.ones(box), about 4x faster
+    air = below.view(np.uint8)
+    for axis, size in enumerate(box):
+        air = ndi.minimum_filter1d(air, size, axis=axis, mode="constant", cval=1)
+    air = air.view(bool)
+    if thin_objects:
+        air |= thin_objects_mask(~below, plan.spacing_zyx_mm, labelled=labelled)
+    return air
+
+
+def thin_objects_mask(tissue_zyx: np.ndarray, spacing_zyx_mm: Sequence[float],
+                      max_thickness_mm: float = THIN_OBJECT_MAX_MM, *, labelled: np.ndarray | None = None) -> np.ndarray:
+    """Pieces of tissue outside the body too thin to hold bone (:data:`THIN_OBJECT_MAX_MM`).
+
+    Args:
+        tissue_zyx: (Z, Y, X) bool, voxels at or above :data:`TISSUE_MIN_HU`.
+        spacing_zyx_mm: voxel size (mm).
+        max_thickness_mm: a piece whose thickest point in any axial slice (twice its largest
+            in-plane distance to the outside) is at most this is marked.
+        labelled: optional (Z, Y, X) bool, the voxels the network labelled: pieces without any
+            are not measured (left unmarked; nothing there to take away).
+
+    Returns:
+        (Z, Y, X) bool: the voxels of every 6-connected piece of tissue other than the largest
+        (the body) that is that thin; all False when there is one piece or none.
+    """
+    from scipy import ndimage as ndi
+
+    pieces, count = ndi.label(tissue_zyx)
+    thin = np.zeros(tissue_zyx.shape, bool)
+    if count < 2:
+        return thin
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    body = int(np.argmax(sizes))
+    measured = np.ones(count + 1, bool) if labelled is None else np.bincount(pieces[labelled], minlength=count + 1) > 0
+    # a huge spacing along z makes the distance transform in-plane (per axial slice)
+    sampling = (1e9, float(spacing_zyx_mm[1]), float(spacing_zyx_mm[2]))
+    for index, box in enumerate(ndi.find_objects(pieces), start=1):
+        if box is None or index == body or not measured[index]:
+            continue
+        piece = pieces[box] == index
+        framed = np.pad(piece, ((0, 0), (1, 1), (1, 1)))  # the box's own edge is outside the piece
+        if 2.0 * float(ndi.distance_transform_edt(framed, sampling=sampling).max()) <= max_thickness_mm:
+            thin[box] |= piece
+    return thin
 
 
 def _lookup(values_zyx: np.ndarray, table: Sequence[int]) -> np.ndarray:
