@@ -590,7 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name the vertebrae of every model's bone by counting (spinect segment --levels "
                              "--levels-by counting) and check them against the labelled vertebrae (crop L2-L4, chest "
                              "T12-L3); models with level classes use their own")
-    parser.add_argument("--mirror", default="auto", choices=("auto", "none", "lr", "lr-ap"),
+    from spinect.requests import MIRRORS
+
+    parser.add_argument("--mirror", default="auto", choices=tuple(MIRRORS),
                         help="mirroring test-time augmentation of every model method (spinect segment --mirror; "
                              "auto = none on this CPU run)")
     return parser

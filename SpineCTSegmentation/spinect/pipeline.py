@@ -473,7 +473,7 @@ def segment_network_input(
         # Labels straight from the blended windows (timer stage "argmax" inside): no (C, Z, Y, X) scores.
         classes_grid = predict_labels(volume, nets[0], progress=window_progress, **options)
         with timer.stage("air and thin objects"):
-            air = _air_mask(volume, plan, thin_objects=True, labelled=classes_grid > 0)
+            air = _air_mask(volume, plan, labelled=classes_grid > 0)
         del volume
     else:
         from spinect.uncertainty import predict_ensemble
@@ -483,7 +483,7 @@ def segment_network_input(
         scores = torch.from_numpy(ensemble.probabilities)
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
         with timer.stage("air and thin objects"):
-            air = _air_mask(volume, plan, thin_objects=True)
+            air = _air_mask(volume, plan)
         del volume
         with timer.stage("argmax"):
             classes_grid = argmax_labels(scores)
@@ -527,11 +527,10 @@ def _air_rule_applies(plan: ModelPlan) -> bool:
     return plan.hu_window[0] < TISSUE_MIN_HU
 
 
-def _air_mask(volume, plan: ModelPlan, *, thin_objects: bool = False, labelled: np.ndarray | None = None
-              ) -> np.ndarray | None:
+def _air_mask(volume, plan: ModelPlan, *, labelled: np.ndarray | None = None) -> np.ndarray | None:
     """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) whose box of half-width
-    :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`, and with ``thin_objects``
-    also the voxels of :func:`thin_objects_mask` (of the pieces with ``labelled`` voxels, if given).
+    :data:`AIR_NEIGHBOURHOOD_MM` lies wholly below :data:`TISSUE_MIN_HU`, and the voxels of
+    :func:`thin_objects_mask` (of the pieces with ``labelled`` voxels, if given).
 
     None when the plan's HU window clips below that value away (nothing to tell apart)."""
     if not _air_rule_applies(plan):
@@ -541,14 +540,10 @@ def _air_mask(volume, plan: ModelPlan, *, thin_objects: bool = False, labelled: 
     values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     below = (values < normalised_hu(plan, TISSUE_MIN_HU)).reshape(values.shape[-3:])
     box = tuple(2 * int(round(AIR_NEIGHBOURHOOD_MM / s)) + 1 for s in plan.spacing_zyx_mm)
-    # erosion by a box = a minimum filter along each axis in turn (the image edge counts as air):
-    # the same voxels as ndi.binary_erosion with np.ones(box), about 4x faster
-    air = below.view(np.uint8)
-    for axis, size in enumerate(box):
-        air = ndi.minimum_filter1d(air, size, axis=axis, mode="constant", cval=1)
-    air = air.view(bool)
-    if thin_objects:
-        air |= thin_objects_mask(~below, plan.spacing_zyx_mm, labelled=labelled)
+    # erosion by a box as a (separable) minimum filter, the image edge counting as air: the same
+    # voxels as ndi.binary_erosion with np.ones(box), about 4x faster
+    air = ndi.minimum_filter(below.view(np.uint8), size=box, mode="constant", cval=1).view(bool)
+    air |= thin_objects_mask(~below, plan.spacing_zyx_mm, labelled=labelled)
     return air
 
 
