@@ -839,6 +839,13 @@ class TrainRequest(Request):
                                           help="pause once this many minutes of training have passed (checkpointed "
                                                "at that step; continue later with --resume): for a lent GPU's budget")
     seed: int = option(0, kind="int", help="seed of the split, the network and the sampling")
+    rerender: float = option(0.0, kind="float", bounds=(0.0, 1.0), describe="a share in 0..1",
+                             help="share of training patches painted anew from their phantom structure map (SynthSeg-"
+                                  "style: new tissue values, bone sub-regions, blur, slice thickness, noise; "
+                                  "spinect.phantom.rerender); cases without a structure map keep their CT")
+    rerender_mode: str = option("mixed", choices=("ct", "random", "mixed"),
+                                help="ct: physical HU and a CT scanner; random: any contrast, bias field and gamma; "
+                                     "mixed: either, half each")
     batch_size: int = option(4, kind="int", bounds=(1, math.inf), help="patches per iteration and process")
     lr: float = option(5e-4, kind="float", bounds=(0.0, math.inf), help="Adam learning rate")
     num_threads: int | None = option(None, kind="int", flag="--threads", bounds=(1, math.inf),
@@ -901,7 +908,8 @@ class TrainRequest(Request):
             time_limit_s=None if self.time_limit_min is None else 60.0 * self.time_limit_min,
             seed=self.seed, batch_size=self.batch_size, lr=self.lr, num_threads=self.num_threads,
             show_progress=self.show_progress, amp=self.amp, init=init, classes=self.classes,
-            early_nerve_weight=self.early_nerve_weight, **grid, grid_from_init=not grid, command=command)
+            early_nerve_weight=self.early_nerve_weight, **grid, grid_from_init=not grid, command=command,
+            rerender=self.rerender, rerender_mode=self.rerender_mode)
 
 
 def _per_case(name: str) -> Any:

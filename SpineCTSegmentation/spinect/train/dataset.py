@@ -40,12 +40,16 @@ class LoadedCase:
         image_hu: float32 (z, y, x) CT in HU on the plan's grid (1 mm).
         labels: uint8 (z, y, x) class indices on the same grid.
         spacing_zyx_mm: voxel size of that grid, mm.
+        structures: uint8 (z, y, x) phantom structure codes on the same grid, when asked for
+            and the case has a structure map (training re-renders images from it,
+            :mod:`spinect.phantom.rerender`); else None.
     """
 
     id: str
     image_hu: np.ndarray
     labels: np.ndarray
     spacing_zyx_mm: tuple[float, float, float]
+    structures: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,12 @@ def load_case(
     spacing_zyx_mm: Sequence[float] = (1.0, 1.0, 1.0),
     image_interpolation: str = "linear",
     class_names: Sequence[str] = CLASS_NAMES,
+    with_structures: bool = False,
 ) -> LoadedCase:
     """Read one case and put CT and labels on the same ``spacing_zyx_mm`` grid.
+
+    ``with_structures``: also read a phantom case's structure map (manifest field ``structures``),
+    resampled with nearest neighbour like the labels.
 
     The labels are read by class name (Slicer ``.seg.nrrd`` segments included) and resampled
     with nearest neighbour onto the resampled CT's grid, so a label file cropped from the CT's
@@ -90,12 +98,31 @@ def load_case(
     label_array = sitk.GetArrayFromImage(label_grid).astype(np.uint8, copy=False)
     if not label_array.any() and sitk.GetArrayViewFromImage(labels).any():
         raise InputError(f"case {case.id}: label {case.label} does not overlap its CT {case.image}; check that both come from the same scan")
+    structures = None
+    if with_structures and case.extra.get("structures"):
+        codes = sitk.ReadImage(str(_structures_path(case)))  # written by the generator on its CT's grid
+        codes_grid = resample_to_reference(codes, ct_grid, interpolation="nearest", default_value=0)
+        structures = sitk.GetArrayFromImage(codes_grid).astype(np.uint8, copy=False)
     return LoadedCase(
         id=case.id,
         image_hu=sitk.GetArrayFromImage(ct_grid).astype(np.float32, copy=False),
         labels=label_array,
         spacing_zyx_mm=tuple(float(s) for s in spacing_zyx_mm),
+        structures=structures,
     )
+
+
+def _structures_path(case: DatasetCase) -> Path:
+    """The case's structure map (manifest field ``structures``, relative to its label file's folder).
+
+    Raises:
+        InputError: the manifest names a file that is not there.
+    """
+    structures = str(case.extra["structures"])
+    path = Path(structures) if Path(structures).is_absolute() else (case.label.parent / structures).resolve()
+    if not path.is_file():
+        raise InputError(f"case {case.id}: structure map {path} (manifest field 'structures') is missing")
+    return path
 
 
 def _read_case_labels(case: DatasetCase, class_names: tuple[str, ...]) -> sitk.Image:
@@ -113,10 +140,7 @@ def _read_case_labels(case: DatasetCase, class_names: tuple[str, ...]) -> sitk.I
     if class_names == LEVEL_CLASS_NAMES and structures:
         from spinect.phantom.structures import level_classes_from_structures
 
-        path = Path(structures) if Path(structures).is_absolute() else (case.label.parent / str(structures)).resolve()
-        if not path.is_file():
-            raise InputError(f"case {case.id}: structure map {path} (manifest field 'structures') is missing")
-        codes = sitk.ReadImage(str(path))
+        codes = sitk.ReadImage(str(_structures_path(case)))
         image = sitk.GetImageFromArray(level_classes_from_structures(sitk.GetArrayFromImage(codes).astype(np.uint8)))
         image.CopyInformation(codes)
         return image

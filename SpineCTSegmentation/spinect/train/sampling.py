@@ -32,6 +32,7 @@ class PatchSample:
         case_index: index of the case it came from.
         centre_zyx: voxel of the case at the box centre (``region_size // 2``).
         centre_class: class the centre was drawn from, or -1 for a uniformly random centre.
+        structures: uint8 (z, y, x) box of the case's phantom structure map, or None.
     """
 
     image: np.ndarray
@@ -39,6 +40,7 @@ class PatchSample:
     case_index: int
     centre_zyx: tuple[int, int, int]
     centre_class: int
+    structures: np.ndarray | None = None
 
 
 class PatchSampler:
@@ -51,6 +53,8 @@ class PatchSampler:
         class_fractions: label value -> share of boxes centred on that class; shares sum <= 1.
             A class absent from every case falls back to a random centre.
         pad_image_value: image value outside the volume (normalised air).
+        structures: per case, a uint8 structure map of the same shape or None (boxes of it come
+            with the samples, code 0 = air outside the volume).
     """
 
     def __init__(
@@ -61,9 +65,13 @@ class PatchSampler:
         region_size_zyx: Sequence[int],
         class_fractions: Mapping[int, float] = DEFAULT_CLASS_FRACTIONS,
         pad_image_value: float = 0.0,
+        structures: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         if len(images) != len(labels) or not images:
             raise ValueError("need the same, non-zero number of images and label maps")
+        structures = list(structures) if structures is not None else [None] * len(images)
+        if len(structures) != len(images) or any(c is not None and c.shape != i.shape for c, i in zip(structures, images)):
+            raise ValueError("structure maps must be given per case, each of its image's shape (or None)")
         for image, label in zip(images, labels):
             if image.shape != label.shape or image.ndim != 3:
                 raise ValueError(f"image {image.shape} and labels {label.shape} must be equal 3D shapes")
@@ -71,6 +79,7 @@ class PatchSampler:
             raise ValueError(f"class fractions must be >= 0 and sum to <= 1, got {dict(class_fractions)}")
         self.images = list(images)
         self.labels = list(labels)
+        self.structures = structures
         self.region_size_zyx = tuple(int(s) for s in region_size_zyx)
         self.class_fractions = dict(class_fractions)
         self.pad_image_value = float(pad_image_value)
@@ -90,7 +99,10 @@ class PatchSampler:
             centre = tuple(int(rng.integers(n)) for n in self.images[case].shape)
         image = extract_box(self.images[case], centre, self.region_size_zyx, fill=self.pad_image_value)
         labels = extract_box(self.labels[case], centre, self.region_size_zyx, fill=0)
-        return PatchSample(image=image, labels=labels, case_index=case, centre_zyx=centre, centre_class=wanted)
+        codes = self.structures[case]
+        codes = None if codes is None else extract_box(codes, centre, self.region_size_zyx, fill=0)
+        return PatchSample(image=image, labels=labels, case_index=case, centre_zyx=centre, centre_class=wanted,
+                           structures=codes)
 
     def _draw_class(self, rng: np.random.Generator) -> int:
         u = float(rng.random())

@@ -82,8 +82,13 @@ def prepare_run_data(config, *, saved: dict[str, Any] | None = None, intensity: 
     by_id = {c.id: c for c in cases}
     val_ids = split.val[: config.max_val_cases] if config.max_val_cases else split.val
     options = dict(spacing_zyx_mm=config.spacing_zyx_mm, image_interpolation=config.image_interpolation, class_names=run_class_names(config))
+    rerender = float(getattr(config, "rerender", 0.0))
     log.info("loading %d training and %d validation cases from %s", len(split.train), len(val_ids), config.data)
-    train = load_cases([by_id[i] for i in split.train], **options)
+    train = load_cases([by_id[i] for i in split.train], with_structures=rerender > 0, **options)
+    if rerender > 0 and not any(c.structures is not None for c in train):
+        raise InputError(f"--rerender {rerender:g} paints new images from phantom structure maps, but none of the "
+                         f"{len(train)} training cases in {config.data} has one (manifest field 'structures'); "
+                         "train on cases written by `spinect phantom`, or leave out --rerender")
     val = load_cases([by_id[i] for i in val_ids], **options)
     if saved is not None:
         mean, std = (float(v) for v in saved["intensity"])
@@ -93,7 +98,8 @@ def prepare_run_data(config, *, saved: dict[str, Any] | None = None, intensity: 
         mean, std = intensity_statistics([c.image_hu for c in train], hu_window=config.hu_window)
     window = dict(hu_window=config.hu_window, mean=mean, std=std)
     normalised = [
-        [LoadedCase(c.id, normalise_hu(c.image_hu, **window), c.labels, c.spacing_zyx_mm) for c in group] for group in (train, val)
+        [LoadedCase(c.id, normalise_hu(c.image_hu, **window), c.labels, c.spacing_zyx_mm, c.structures) for c in group]
+        for group in (train, val)
     ]
     pad_value = float(normalise_hu(np.array([-1024.0], np.float32), **window)[0])
     sources = tuple(sorted({by_id[i].source for i in split.train if by_id[i].source}))
@@ -119,6 +125,7 @@ def build_plan(config, data: RunData) -> ModelPlan:
         "fold": int(config.fold), "folds": int(config.folds), "seed": int(config.seed),
         "iterations": int(config.total_iterations), "batch_size": int(config.batch_size), "lr": float(config.lr),
         "loss": _loss_text(float(getattr(config, "early_nerve_weight", 20.0))),
+        "rerender": _rerender_text(config, data),
         "spinect_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
     return ModelPlan(
@@ -137,6 +144,16 @@ def write_run_files(config, data: RunData) -> None:
     payload = {"fold": config.fold, "folds": config.folds, "seed": config.seed, **data.split.as_dict(), "argv": sys.argv}
     with atomic_output(config.out / SPLIT_FILE_NAME) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _rerender_text(config, data: RunData) -> str:
+    """How the training images were re-rendered (:mod:`spinect.phantom.rerender`), for the provenance."""
+    share = float(getattr(config, "rerender", 0.0))
+    if share <= 0:
+        return "none: every patch shows its case's own CT"
+    with_maps = sum(c.structures is not None for c in data.train)
+    return (f"{share:.0%} of the patches of the {with_maps} phantom cases with structure maps painted anew from the "
+            f"structure map ({getattr(config, 'rerender_mode', 'mixed')} mode, SynthSeg-style)")
 
 
 def _loss_text(early_nerve_weight: float) -> str:

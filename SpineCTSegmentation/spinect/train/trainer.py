@@ -111,6 +111,10 @@ class TrainingConfig:
     #: ``spacing_zyx_mm``, ``patch_size_zyx`` and ``stride_zyx`` (False: e.g. a coarse level model
     #: with a large window, started from the 1 mm default model's weights).
     grid_from_init: bool = True
+    #: Share of the training patches whose image is painted anew from the case's phantom structure
+    #: map (:mod:`spinect.phantom.rerender`; cases without one keep their CT), and the painting's mode.
+    rerender: float = 0.0
+    rerender_mode: str = "mixed"
 
     @property
     def total_iterations(self) -> int:
@@ -138,6 +142,7 @@ def train(config: TrainingConfig) -> TrainingResult:
 
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
+    _check_rerender(config)
     device = resolve_device(config.device)
     context = init_distributed(device)
     if context.enabled and device.type == "cuda":
@@ -175,6 +180,17 @@ def train(config: TrainingConfig) -> TrainingResult:
     finally:
         if context.enabled:
             torch.distributed.destroy_process_group()
+
+
+def _check_rerender(config: TrainingConfig) -> None:
+    """Refuse a re-rendering share outside [0, 1] or an unknown mode before anything is read."""
+    from spinect.phantom.rerender import RERENDER_MODES
+
+    share = float(config.rerender)
+    if not 0.0 <= share <= 1.0:
+        raise InputError(f"--rerender is the share of patches painted anew, a number in 0..1; got {config.rerender!r}")
+    if config.rerender_mode not in RERENDER_MODES:
+        raise InputError(f"--rerender-mode must be one of {', '.join(RERENDER_MODES)}, got {config.rerender_mode!r}")
 
 
 def _apply_init_model(config: TrainingConfig) -> tuple[dict[str, torch.Tensor], tuple[float, float]]:
@@ -250,7 +266,9 @@ class _Loop:
         self.sampler = PatchSampler(
             [c.image_hu for c in data.train], [c.labels for c in data.train], region_size_zyx=region,
             class_fractions=class_fractions_for(plan, config.class_fractions), pad_image_value=data.pad_value,
+            structures=[c.structures for c in data.train] if config.rerender > 0 else None,
         )
+        self.window = dict(hu_window=plan.hu_window, mean=plan.intensity_mean, std=plan.intensity_std)
         self.augment = build_augmentation(
             config.patch_size_zyx, image_interpolation=config.image_interpolation, max_jitter_mm=config.max_jitter_mm,
             spacing_mm=min(config.spacing_zyx_mm), noise_std=config.noise_std,
@@ -316,7 +334,10 @@ class _Loop:
         images, labels = [], []
         for _ in range(self.config.batch_size):
             sample = self.sampler.sample(rng)
-            image, label = augment_patch(self.augment, sample.image, sample.labels)
+            box = sample.image
+            if self.config.rerender > 0 and sample.structures is not None and rng.random() < self.config.rerender:
+                box = self._rerender(sample.structures, rng)
+            image, label = augment_patch(self.augment, box, sample.labels)
             images.append(image)
             labels.append(label)
         x = torch.stack(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -335,6 +356,14 @@ class _Loop:
             return float(loss.detach())
         self.optimizer.step()
         return float(loss.detach())
+
+    def _rerender(self, structures: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A new normalised image of one box, painted from its structure codes (CPU, seeded from ``rng``)."""
+        from spinect.phantom.rerender import rerender_ct
+        from spinect.preprocess import normalise_hu
+
+        hu, _ = rerender_ct(structures, self.config.spacing_zyx_mm, int(rng.integers(2**63 - 1)), mode=self.config.rerender_mode)
+        return normalise_hu(hu, **self.window)
 
     def _checkpoint(self, steps_done: int, history: TrainingLog | None) -> None:
         """Validate, keep the best weights, write last.pt / last_state.pt and the curves (process 0)."""
