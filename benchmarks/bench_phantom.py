@@ -3,7 +3,10 @@
 Target (issue): <= 5 s per case for 200 x 300 x 300 at 1 mm on one core, writing excluded.
 Run ``python benchmarks/bench_phantom.py [--shape D H W] [--spacing Z Y X] [--repeats N]``;
 it prints the time of each stage of the best run (``generate_case(..., timer=StageTimer())``:
-the default case's own stages) and the writing time (compressed NIfTI).
+the default case's own stages), the writing time (compressed NIfTI), and the time to paint a new
+image of the last case from its structure map (:mod:`spinect.phantom.rerender`, ``ct`` and
+``random`` modes, whole case and one training box), with its ratio to generating the case, in
+the same process.
 Pin to one core with ``taskset -c 0`` for a strict single-core figure; the code itself is
 single-threaded NumPy/SciPy and the thread pools are limited to 1 below.
 """
@@ -56,6 +59,36 @@ def main() -> None:
     for name, seconds in stages.items():
         print(f"    {name:<62s} {seconds:6.2f} s")
     print(f"  writing CT + labels + structures + truth (compressed NIfTI): {write_s:.2f} s")
+    _bench_rerender(case, spacing, min(totals), args.repeats)
+
+
+def _bench_rerender(case, spacing, generate_s: float, repeats: int) -> None:
+    """Seconds to re-render the case from its structure map (one torch thread, CPU)."""
+    import SimpleITK as sitk
+    import torch
+
+    from spinect.phantom.rerender import rerender_ct
+    from spinect.train.augment import region_size_for
+
+    torch.set_num_threads(1)
+    codes = sitk.GetArrayFromImage(case.structures)
+    box = tuple(region_size_for((32, 64, 64)))
+    centre = [n // 2 for n in codes.shape]
+    patch = codes[tuple(slice(c - b // 2, c - b // 2 + b) for c, b in zip(centre, box))]
+    rerender_ct(patch, spacing, 0)  # warm-up
+    print(f"  re-rendering from the structure map (torch, 1 thread, {torch.device('cpu')}):")
+    for mode in ("ct", "random"):
+        whole, small = [], []
+        for seed in range(max(repeats, 2)):
+            t = time.perf_counter()
+            rerender_ct(codes, spacing, seed, mode=mode)
+            whole.append(time.perf_counter() - t)
+        for seed in range(20):
+            t = time.perf_counter()
+            rerender_ct(patch, spacing, seed, mode=mode)
+            small.append(time.perf_counter() - t)
+        print(f"    {mode:<6s} whole case best {min(whole):.2f} s (generate_case / re-render = {generate_s / min(whole):.1f}x); "
+              f"one {box[0]}x{box[1]}x{box[2]} training box median {1000 * float(np.median(small)):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 # INIT (default; "none" trains from scratch with BASE_WIDTH), BASE_WIDTH (16), ITERATIONS (20000: the
 # schedule's length, the budget stops it earlier), BATCH (8), LR (1e-4 from a model, 1e-3 from scratch),
 # VAL_EVERY (250), PRECISION (fp32: bfloat16 gave non-finite steps with the small network), DEVICE (cuda;
-# cpu for a dry run), WORKERS (every core).
+# cpu for a dry run), WORKERS (every core), RERENDER (0: off; e.g. 0.5 paints half the patches anew from their
+# structure maps on the GPU, docs/phantom.md "Re-rendering from the structure map").
 set -euo pipefail
 OUT=${OUT:-runs/device_out}
 DATA=${DATA:-/tmp/spinect_device_data}
@@ -32,7 +33,7 @@ run_dir=runs/device_run
 python3 -m spinect train "$DATA" --out "$run_dir" "${model[@]}" "${resume[@]}" --device "$DEVICE" \
   --iterations "${ITERATIONS:-20000}" --time-limit-min "${TRAIN_MIN:-6}" --val-every "${VAL_EVERY:-250}" \
   --max-val-cases 4 --batch-size "${BATCH:-8}" --lr "$lr" --precision "${PRECISION:-fp32}" --early-nerve-weight 2 \
-  --seed "${SEED:-9600}" --no-progress
+  --seed "${SEED:-9600}" --rerender "${RERENDER:-0}" --no-progress
 mkdir -p "$OUT"
 cp -r "$run_dir" "$OUT/"
 echo "done after $(( $(date +%s) - started )) s; run folder in $OUT/$(basename "$run_dir")"

@@ -113,7 +113,8 @@ def load_case(
 
 
 def _structures_path(case: DatasetCase) -> Path:
-    """The case's structure map (manifest field ``structures``, relative to its label file's folder).
+    """The case's structure map (manifest field ``structures``: :func:`spinect.manifest.read_manifest`
+    makes it absolute; a relative path in a hand-made :class:`DatasetCase` is taken from its label's folder).
 
     Raises:
         InputError: the manifest names a file that is not there.

@@ -152,8 +152,9 @@ def _rerender_text(config, data: RunData) -> str:
     if share <= 0:
         return "none: every patch shows its case's own CT"
     with_maps = sum(c.structures is not None for c in data.train)
-    return (f"{share:.0%} of the patches of the {with_maps} phantom cases with structure maps painted anew from the "
-            f"structure map ({getattr(config, 'rerender_mode', 'mixed')} mode, SynthSeg-style)")
+    cases = "1 training case" if with_maps == 1 else f"{with_maps} training cases"
+    return (f"{share:.0%} of the patches of the {cases} with a phantom structure map painted anew from it "
+            f"({getattr(config, 'rerender_mode', 'mixed')} mode, SynthSeg-style)")
 
 
 def _loss_text(early_nerve_weight: float) -> str:

@@ -358,11 +358,13 @@ class _Loop:
         return float(loss.detach())
 
     def _rerender(self, structures: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A new normalised image of one box, painted from its structure codes (CPU, seeded from ``rng``)."""
+        """A new normalised image of one box, painted from its structure codes on the training device
+        (a GPU paints a box in about a millisecond; one CPU thread in 13-20 ms), seeded from ``rng``."""
         from spinect.phantom.rerender import rerender_ct
         from spinect.preprocess import normalise_hu
 
-        hu, _ = rerender_ct(structures, self.config.spacing_zyx_mm, int(rng.integers(2**63 - 1)), mode=self.config.rerender_mode)
+        hu, _ = rerender_ct(structures, self.config.spacing_zyx_mm, int(rng.integers(2**63 - 1)),
+                            mode=self.config.rerender_mode, device=self.device)
         return normalise_hu(hu, **self.window)
 
     def _checkpoint(self, steps_done: int, history: TrainingLog | None) -> None:
