@@ -532,6 +532,10 @@ class SegmentRequest(Request):
     whole_volume: bool = option(False, kind="bool",
                                 help="run the network on every window in the body (default: skip windows > 30 mm "
                                      "from bone-dense tissue)")
+    nearest_labels: bool = option(False, kind="bool",
+                                  help="put the labels back on the CT's grid by copying the nearest 1 mm label (the "
+                                       "behaviour before December 2026; default: interpolate the class probabilities "
+                                       "and take the argmax there, nnU-Net's way, 0.004-0.007 more bone Dice on real CT)")
     levels: bool = option(False, kind="bool",
                           help="also label vertebral levels L1-L5 and sacrum (from a level model, or by counting "
                                "from the sacrum or the last rib: see --levels-by): "
@@ -961,6 +965,7 @@ class SegmentBatchRequest(Request):
     ensemble: tuple[Path, ...] = _per_case("ensemble")
     keep_islands: bool = _per_case("keep_islands")
     whole_volume: bool = _per_case("whole_volume")
+    nearest_labels: bool = _per_case("nearest_labels")
     levels: bool = _per_case("levels")
     level_model: Path | None = _per_case("level_model")
     levels_by: str = _per_case("levels_by")

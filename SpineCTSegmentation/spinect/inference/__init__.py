@@ -11,7 +11,9 @@ from spinect.inference.sliding_window import (
     mirror_flip_dims,
     monai_overlap,
     predict_labels,
+    predict_labels_and_probabilities,
     predict_probabilities,
+    quantise_probabilities,
     run_with_cpu_fallback,
 )
 
@@ -25,6 +27,8 @@ __all__ = [
     "monai_overlap",
     "predict_probabilities",
     "predict_labels",
+    "predict_labels_and_probabilities",
+    "quantise_probabilities",
     "argmax_labels",
     "run_with_cpu_fallback",
     "is_out_of_memory",

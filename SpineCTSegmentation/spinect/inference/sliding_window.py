@@ -71,6 +71,8 @@ __all__ = [
     "monai_overlap",
     "predict_probabilities",
     "predict_labels",
+    "predict_labels_and_probabilities",
+    "quantise_probabilities",
     "argmax_labels",
     "run_with_cpu_fallback",
     "mirror_flip_dims",
@@ -203,8 +205,10 @@ def _predict(
     cpu_workers: int | None = None,
     mirror_axes_zyx: Sequence[int] = (),
     timer=None,
-) -> torch.Tensor | np.ndarray:
-    """:func:`predict_probabilities` (``labels_only=False``) or :func:`predict_labels` (True)."""
+    keep_probabilities: bool = False,
+) -> torch.Tensor | np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_probabilities` (``labels_only=False``) or :func:`predict_labels` (True;
+    with ``keep_probabilities`` also the uint8 probabilities, :func:`predict_labels_and_probabilities`)."""
     mode = _blend_mode(blend)
     mirror_flips = mirror_flip_dims(mirror_axes_zyx)
     if batch_size < 1:
@@ -238,6 +242,7 @@ def _predict(
             inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
             batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid, channels_last=channels_last,
             timer=timer, cpu_workers=cpu_workers, labels_only=labels_only, mirror_flips=mirror_flips,
+            keep_probabilities=keep_probabilities,
         )
 
     return run_with_cpu_fallback(attempt, compute_device)
@@ -271,6 +276,18 @@ def predict_labels(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Modu
     With a ``timer`` the argmax time of the slabs is the stage ``argmax``.
     """
     return _predict(volume_zyx, network, labels_only=True, **options)
+
+
+def predict_labels_and_probabilities(volume_zyx: np.ndarray | torch.Tensor, network: torch.nn.Module,
+                                     **options) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_labels` (the same labels, bit for bit) and the blended probabilities of every
+    class, quantised to uint8 (:func:`quantise_probabilities`), kept slab by slab as the labels are:
+    (C, Z, Y, X) uint8 (1 byte per class and voxel instead of 4). They let the pipeline put the
+    segmentation back on the CT's grid by interpolating probabilities instead of copying the
+    nearest label (:func:`spinect.pipeline.probabilities_to_input_grid`). The probabilities are
+    None only when no window ran and the network does not name its number of classes.
+    """
+    return _predict(volume_zyx, network, labels_only=True, keep_probabilities=True, **options)
 
 
 def argmax_labels(scores: torch.Tensor) -> np.ndarray:
@@ -360,7 +377,8 @@ def _predict_on_device(
     host_blend: bool = False,
     labels_only: bool = False,
     mirror_flips: tuple[tuple[int, ...], ...] = (),
-) -> torch.Tensor | np.ndarray:
+    keep_probabilities: bool = False,
+) -> torch.Tensor | np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """One complete sliding-window pass with the network on ``compute_device`` (see predict_probabilities).
 
     ``host_blend`` keeps the blending buffers in host memory even on a GPU; ``labels_only``
@@ -385,7 +403,8 @@ def _predict_on_device(
     argmax_s = [0.0]
     try:
         with torch.inference_mode():
-            stitch = functools.partial(_stitch_labels, argmax_s=argmax_s) if labels_only else _stitch_windows
+            stitch = (functools.partial(_stitch_labels, argmax_s=argmax_s, keep_probabilities=keep_probabilities)
+                      if labels_only else _stitch_windows)
             result = stitch(
                 inputs.to(out_device), predictor, grid, mode=mode, cval=cval, num_classes=num_classes,
                 batch_size=batch_size, progress=progress, workers=_worker_count(compute_device, cpu_workers),
@@ -404,7 +423,7 @@ def _predict_on_device(
                 inputs, network, compute_device, patch_size_zyx=patch_size_zyx, stride_zyx=stride_zyx, mode=mode,
                 batch_size=batch_size, amp=amp, cval=cval, progress=progress, grid=grid,
                 channels_last=channels_last, timer=timer, cpu_workers=cpu_workers, host_blend=True,
-                labels_only=labels_only, mirror_flips=mirror_flips,
+                labels_only=labels_only, mirror_flips=mirror_flips, keep_probabilities=keep_probabilities,
             )
         raise DeviceOutOfMemory(f"{compute_device} out of memory outside the network ({exc})") from exc
     if timer is not None:
@@ -503,7 +522,8 @@ def _stitch_labels(
     progress: WindowProgress | None,
     workers: tuple[int, int] = (1, 0),
     argmax_s: list[float] | None = None,
-) -> np.ndarray:
+    keep_probabilities: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """The labels of :func:`_stitch_windows`' scores, blended slab by slab along z (see :func:`predict_labels`).
 
     The slab holds ``patch[0]`` z-slices of the box around the windows that run, from ``z0`` on.
@@ -516,21 +536,36 @@ def _stitch_labels(
 
     Args:
         argmax_s: when given, ``argmax_s[0]`` gets the seconds spent in the argmax.
+        keep_probabilities: also keep each finished slab's probabilities, quantised to uint8
+            (:func:`quantise_probabilities`).
 
     Returns:
-        (Z, Y, X) uint8 labels (CPU), 0 outside the box.
+        (Z, Y, X) uint8 labels (CPU), 0 outside the box; with ``keep_probabilities`` the pair
+        (labels, (C, Z, Y, X) uint8 probabilities, background 255 outside the box; None when no
+        window ran and the network does not say its number of classes).
     """
     device = inputs.device
     padded = F.pad(inputs, [side for before, after in reversed(list(zip(grid.pad_before, grid.pad_after)))
                             for side in (before, after)], value=cval) if any(grid.pad_after) else inputs
     run = grid.run_indices()
     labels = np.zeros(grid.padded_shape, dtype=np.uint8)
+    kept: list[np.ndarray] = []  # the uint8 probabilities, made once the number of classes is known
+
+    def probabilities_array() -> np.ndarray:
+        if not kept:
+            out = np.zeros((num_classes, *grid.padded_shape), dtype=np.uint8)
+            out[0] = 255  # windows that do not run are certain background
+            kept.append(out)
+        return kept[0]
+
     done = 0
     if run:
         starts_z = [grid.slices[i][0].start for i in run]
         if any(b < a for a, b in zip(starts_z, starts_z[1:])):  # not MONAI's z-slowest order: blend it whole
             scores = _stitch_windows(inputs, predictor, grid, mode=mode, cval=cval, num_classes=num_classes,
                                      batch_size=batch_size, progress=progress, workers=workers)
+            if keep_probabilities:
+                return argmax_labels(scores), quantise_probabilities(scores)
             return argmax_labels(scores)
         if num_classes is None:
             num_classes = int(predictor(padded[(slice(0, 1), slice(None), *grid.slices[run[0]])]).shape[1])
@@ -564,6 +599,8 @@ def _stitch_labels(
             _refuse_nonfinite(part)
             started = time.perf_counter()
             labels[slab] = argmax_labels(part)
+            if keep_probabilities:
+                probabilities_array()[(slice(None), *slab)] = quantise_probabilities(part)
             if argmax_s is not None:
                 argmax_s[0] += time.perf_counter() - started
             if n < depth:
@@ -600,7 +637,21 @@ def _stitch_labels(
     if progress is not None and done < grid.total:
         progress(grid.total, grid.total)
     crop = tuple(slice(before, before + n) for before, n in zip(grid.pad_before, grid.shape))
-    return labels if labels.shape == grid.shape else np.ascontiguousarray(labels[crop])
+    labels = labels if labels.shape == grid.shape else np.ascontiguousarray(labels[crop])
+    if not keep_probabilities:
+        return labels
+    if not kept and num_classes is None:
+        return labels, None
+    probabilities = probabilities_array()
+    if probabilities.shape[1:] != grid.shape:
+        probabilities = np.ascontiguousarray(probabilities[(slice(None), *crop)])
+    return labels, probabilities
+
+
+def quantise_probabilities(scores: torch.Tensor) -> np.ndarray:
+    """(C, ...) probabilities in [0, 1] as uint8 (round(255 p)): a quarter of float32's memory,
+    steps of 0.004 (ample for where a boundary lies between voxel centres)."""
+    return (scores * 255.0 + 0.5).clamp_(0.0, 255.0).to(torch.uint8).cpu().numpy()
 
 
 def _refuse_nonfinite(scores: torch.Tensor) -> None:
