@@ -263,11 +263,14 @@ class ModelRun:
         level_model: label levels with this level model (``--level-model``).
         count_levels: without level classes, name the vertebrae by counting (``--count-levels``: as
             ``spinect segment --levels --levels-by counting``, up from the sacrum or down from the last rib).
+        nearest_labels: put labels back on the CT's grid by the nearest 1 mm label (``--nearest-labels``)
+            instead of the interpolated probabilities.
     """
 
     mirror: str = "auto"
     level_model: Path | None = None
     count_levels: bool = False
+    nearest_labels: bool = False
 
 
 def predict_model(source: Path | sitk.Image, model: Path | tuple[Path, ...], run: ModelRun = ModelRun()
@@ -284,7 +287,7 @@ def predict_model(source: Path | sitk.Image, model: Path | tuple[Path, ...], run
     levels = run.level_model is not None or load_plan(model).has_levels
     start = time.perf_counter()
     result = segment(source, None, model=model, ensemble=tuple(others), device="cpu", levels=levels,
-                     level_model=run.level_model, mirror=run.mirror)
+                     level_model=run.level_model, mirror=run.mirror, nearest_labels=run.nearest_labels)
     seconds = time.perf_counter() - start
     as_array = lps_array if isinstance(source, Path) else sitk.GetArrayFromImage
     labels = as_array(result.labels)
@@ -462,8 +465,8 @@ def unsupported_keywords(kwargs: dict[str, Any], function: Callable) -> list[str
     return [k for k in kwargs if k not in params]
 
 
-def run_stress(methods: list[str], models: dict[str, tuple[Path, ...]], cases_per_variant: int, mirror: str = "auto"
-               ) -> list[dict[str, Any]]:
+def run_stress(methods: list[str], models: dict[str, tuple[Path, ...]], cases_per_variant: int, mirror: str = "auto",
+               nearest_labels: bool = False) -> list[dict[str, Any]]:
     """Score every method (with ``mirror``) on the stress phantoms against their exact labels; one dict per row."""
     from spinect.metrics.distance import surface_distances_mm
     from spinect.metrics.overlap import overlap_scores
@@ -487,7 +490,7 @@ def run_stress(methods: list[str], models: dict[str, tuple[Path, ...]], cases_pe
                     truth = sitk.GetArrayFromImage(case.labels)
                     ct_hu = sitk.GetArrayFromImage(case.ct).astype(np.float32)
                     for method in methods:
-                        pred = run_method(method, models, ct_hu, case.ct, ModelRun(mirror=mirror))
+                        pred = run_method(method, models, ct_hu, case.ct, ModelRun(mirror=mirror, nearest_labels=nearest_labels))
                         numbers = {"seconds": pred.seconds}
                         for cls, value, mask in (("bone", 1, pred.bone), ("nerve", 2, pred.nerve)):
                             if mask is None:
@@ -590,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name the vertebrae of every model's bone by counting (spinect segment --levels "
                              "--levels-by counting) and check them against the labelled vertebrae (crop L2-L4, chest "
                              "T12-L3); models with level classes use their own")
+    parser.add_argument("--nearest-labels", action="store_true",
+                        help="labels back on the CT's grid by the nearest 1 mm label (spinect segment --nearest-labels; "
+                             "default: interpolated class probabilities)")
     from spinect.requests import MIRRORS
 
     parser.add_argument("--mirror", default="auto", choices=tuple(MIRRORS),
@@ -627,13 +633,16 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError("nothing to do: no case selected and no --stress")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    run = ModelRun(mirror=args.mirror, level_model=args.level_model, count_levels=args.count_levels)
+    run = ModelRun(mirror=args.mirror, level_model=args.level_model, count_levels=args.count_levels,
+                   nearest_labels=args.nearest_labels)
     methods = ["threshold", *models]
     env = environment(args.threads)
     env["mirror"] = args.mirror
+    env["labels_back"] = "nearest 1 mm label" if args.nearest_labels else "interpolated probabilities"
     env["count_levels"] = args.count_levels
     print(f"CPU: {env['cpu']}; torch {env['torch']}, {env['threads']} threads, {env['precision']}, "
-          f"mirror {env['mirror']}{', levels by counting' if args.count_levels else ''}; "
+          f"mirror {env['mirror']}{', levels by counting' if args.count_levels else ''}, labels back by "
+          f"{env['labels_back']}; "
           f"commit {env['commit']}; {env['date']}")
     print("methods: threshold (HU > 150, holes filled)" +
           "".join(f", {n} = {' + '.join(map(str, p))}" for n, p in models.items()), flush=True)
@@ -676,7 +685,7 @@ def run(args: argparse.Namespace) -> int:
         tables.append("### summary: bone Dice per case\n\n" + summary)
     if args.stress:
         print("\n### stress suite (synthetic phantoms, exact labels)", flush=True)
-        rows = run_stress(methods, models, args.stress_cases, args.mirror)
+        rows = run_stress(methods, models, args.stress_cases, args.mirror, args.nearest_labels)
         results["stress"] = rows
         table = stress_table(rows)
         print(table)
