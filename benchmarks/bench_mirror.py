@@ -7,6 +7,10 @@ measured on real CT by ``benchmarks/validate_real_ct.py --mirror lr`` (docs/real
 
     python benchmarks/bench_mirror.py                      # generated 512x512x300 phantom CT
     python benchmarks/bench_mirror.py --input CT.nii.gz --modes none lr lr-ap --runs 3
+    python benchmarks/bench_mirror.py --modes none:nearest none --runs 3   # the two ways back (--nearest-labels)
+
+A mode ``M:nearest`` runs mirror mode ``M`` with ``--nearest-labels`` (labels back on the CT's grid by
+the nearest 1 mm label instead of the interpolated probabilities).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.7, 0.7), metavar=("Z", "Y", "X"))
     parser.add_argument("--model", type=Path, help="model file (default: the shipped default model)")
-    parser.add_argument("--modes", nargs="+", default=["none", "lr"], help="mirror modes; the first is the baseline")
+    parser.add_argument("--modes", nargs="+", default=["none", "lr"],
+                        help="mirror modes (M or M:nearest for --nearest-labels); the first is the baseline")
     parser.add_argument("--runs", type=int, default=2, help="timed runs per mode (median reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     return parser.parse_args(argv)
@@ -62,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"input: phantom seed 0, {tuple(args.shape)} voxels (z y x) at {tuple(args.spacing)} mm")
         else:
             print(f"input: {source}")
-        segment(source, None, model=args.model, mirror=args.modes[0])  # warm-up: imports, model load, caches
+        segment(source, None, model=args.model, **_options(args.modes[0]))  # warm-up: imports, model load, caches
         seconds: dict[str, list[tuple[float, float]]] = {m: [] for m in args.modes}
         labels: dict[str, np.ndarray] = {}
         for _ in range(args.runs):
             for mode in args.modes:
                 started = time.perf_counter()
-                result = segment(source, None, model=args.model, mirror=mode)
+                result = segment(source, None, model=args.model, **_options(mode))
                 seconds[mode].append((time.perf_counter() - started, result.timings_s.get("network", float("nan"))))
                 labels[mode] = sitk.GetArrayFromImage(result.labels)
     base = args.modes[0]
@@ -81,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         changed = float(np.mean(labels[mode] != labels[base])) * 100.0
         print(f"| {mode} | {total:.2f} | {network:.2f} | {total / base_total:.2f} | {changed:.3f} % |")
     return 0
+
+
+def _options(mode: str) -> dict:
+    """``segment`` keywords of a mode ``MIRROR`` or ``MIRROR:nearest``."""
+    mirror, _, way = mode.partition(":")
+    if way not in ("", "nearest"):
+        raise SystemExit(f"bench_mirror: mode {mode!r}: use MIRROR or MIRROR:nearest")
+    return {"mirror": mirror, "nearest_labels": way == "nearest"}
 
 
 if __name__ == "__main__":
