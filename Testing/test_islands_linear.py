@@ -98,3 +98,30 @@ def test_bone_island_distances_are_to_the_kept_bone():
     assert (cleaned == 1).sum() == 27
     assert sorted((r.voxels, round(r.distance_mm, 9)) for r in removed) == [
         (8, round(float(np.sqrt(4**2 + 9**2 + 9**2)), 9)), (8, round(float(np.sqrt(12**2 + 17**2 + 17**2)), 9))]
+
+
+def test_a_bone_island_without_bone_dense_voxels_is_removed_and_the_largest_bone_is_always_kept():
+    """The density rule: a contrast-filled organ taken for bone has no cortex (no voxel at bone density)."""
+    labels = np.zeros((30, 40, 60), np.uint8)
+    labels[5:25, 5:35, 5:25] = 1  # the "vertebra": its outer layer is dense (a cortex)
+    labels[8:20, 10:25, 35:50] = 1  # the "kidney": 2.7 mL of labelled "bone", none of it dense
+    labels[2:5, 2:5, 55:58] = 1  # a small dense piece, removed by volume as before
+    dense = np.zeros(labels.shape, bool)
+    dense[5:25, 5:35, 5:25] = True
+    dense[7:23, 7:33, 7:23] = False  # hollow: a 2-voxel cortex around marrow
+    dense[2:5, 2:5, 55:58] = True
+    spacing = (1.0, 1.0, 1.0)
+    cleaned, removed = suppress_islands(labels, spacing, dense_zyx=dense)
+    assert cleaned[10, 15, 40] == 0 and cleaned[10, 15, 10] == 1
+    reasons = {round(r.volume_mm3): r.reason for r in removed}
+    assert "bone-dense" in reasons[12 * 15 * 15] and "<" in reasons[27]
+    # without the CT's density, or with the kidney dense enough, it stays
+    assert suppress_islands(labels, spacing)[0][10, 15, 40] == 1
+    dense[8:20, 10:25, 35:37] = True  # 2 of its 15 columns dense: 13 % >= 1 %
+    assert suppress_islands(labels, spacing, dense_zyx=dense)[0][10, 15, 40] == 1
+    # the largest bone component is kept even with no dense voxel at all
+    only = np.zeros_like(labels)
+    only[8:20, 10:25, 35:50] = 1
+    assert suppress_islands(only, spacing, dense_zyx=np.zeros(labels.shape, bool))[0].sum() == only.sum()
+    with pytest.raises(ValueError, match="must have the label map's shape"):
+        suppress_islands(labels, spacing, dense_zyx=dense[:-1])

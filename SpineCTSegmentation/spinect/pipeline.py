@@ -92,6 +92,11 @@ BONE_HU = 150.0
 #: A window runs only if a bone-dense voxel lies within this distance (mm) of it (default).
 BONE_MARGIN_MM = 30.0
 
+#: Bone-dense voxels for the island rules (:func:`spinect.postprocess.suppress_islands`,
+#: ``min_dense_share``): a bone component with almost none of its voxels at or above this (HU) has
+#: no cortex, e.g. a contrast-filled kidney (150-400 HU) taken for bone.
+DENSE_BONE_HU = 350.0
+
 #: ``progress(done_windows, total_windows)`` as the inference reports it.
 WindowProgress = Callable[[int, int], None]
 
@@ -244,6 +249,7 @@ class InferenceSettings:
             "ensemble_members": int(ensemble_members),
             "remove_islands": self.remove_islands,
             "island_rules": None if self.island_rules is None else dict(self.island_rules),
+            "dense_bone_hu": DENSE_BONE_HU if self.island_rules is not None and plan.hu_window[1] > DENSE_BONE_HU else None,
             "skip_air": self.skip_air,
             "air_hu": AIR_HU if self.skip_air else None,
             "tissue_min_hu": TISSUE_MIN_HU if _air_rule_applies(plan) else None,
@@ -565,6 +571,7 @@ def segment_network_input(
             classes_grid = predict_labels(volume, nets[0], progress=window_progress, **options)
         with timer.stage("air and thin objects"):
             air = _air_mask(volume, plan, labelled=classes_grid > 0)
+            dense = _dense_mask(volume, plan) if settings.island_rules is not None else None
         del volume
     else:
         from spinect.uncertainty import predict_ensemble
@@ -575,6 +582,7 @@ def segment_network_input(
         timer.add("ensemble fusion", max(0.0, time.perf_counter() - started - (timer.total_s - before)))
         with timer.stage("air and thin objects"):
             air = _air_mask(volume, plan)
+            dense = _dense_mask(volume, plan) if settings.island_rules is not None else None
         del volume
         with timer.stage("argmax"):
             classes_grid = argmax_labels(scores)
@@ -591,7 +599,9 @@ def segment_network_input(
     removed: list[RemovedIsland] = []
     if settings.island_rules is not None:
         with timer.stage("islands"):
-            labels_grid, removed = suppress_islands(labels_grid, plan.spacing_zyx_mm, **settings.island_rules)
+            labels_grid, removed = suppress_islands(labels_grid, plan.spacing_zyx_mm, dense_zyx=dense,
+                                                    **settings.island_rules)
+    dense = None
     with timer.stage("resample back"):
         if probabilities is not None:
             labels = probabilities_to_input_grid(probabilities, labels_grid, network_grid, ct,
@@ -618,6 +628,15 @@ def segment_network_input(
     uncertainty = labels_to_input_grid(ensemble.vote_entropy, network_grid, ct)
     vvc = {plan.class_names[k]: v for k, v in ensemble.vvc.items()}
     return PipelineOutput(result, removed, islands_lps, uncertainty, vvc, ensemble.members, levels=level_map)
+
+
+def _dense_mask(volume, plan: ModelPlan) -> np.ndarray | None:
+    """Voxels of the network input (normalised, (Z, Y, X) or (1, Z, Y, X)) at or above
+    :data:`DENSE_BONE_HU`; None when the plan's HU window clips below that value."""
+    if plan.hu_window[1] <= DENSE_BONE_HU:
+        return None
+    values = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    return (values >= normalised_hu(plan, DENSE_BONE_HU)).reshape(values.shape[-3:])
 
 
 def _air_rule_applies(plan: ModelPlan) -> bool:
