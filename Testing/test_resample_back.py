@@ -115,3 +115,16 @@ def test_pipeline_setting_is_checked_and_recorded(tiny_model):
     assert nearest.GetSize() == default.GetSize() == ct.GetSize()
     with pytest.raises(SpinectError, match="resample_back must be one of probabilities, nearest"):
         segment_image(ct, network, plan, resample_back="cubic")
+
+
+def test_a_level_model_goes_back_by_the_nearest_label_and_says_so():
+    from spinect.plan import LEVEL_CLASS_GROUPS, LEVEL_CLASS_NAMES, ModelPlan
+
+    plan = ModelPlan(architecture={}, class_names=LEVEL_CLASS_NAMES, class_groups=LEVEL_CLASS_GROUPS)
+    assert InferenceSettings.from_plan(plan).record(plan)["resample_back"] == "nearest"
+
+
+def test_probabilities_with_fewer_channels_than_labels_still_give_the_labels():
+    probs, labels, network_grid = _sphere_case()
+    back = probabilities_to_input_grid(probs[:2], labels, network_grid, network_grid)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)

@@ -160,7 +160,8 @@ class InferenceSettings:
         levels: also return the level map (needs a level model).
         resample_back: how the labels go from the network's grid to the CT's: ``probabilities``
             (default; nnU-Net's way: each class's probability interpolated linearly onto the CT's
-            grid, then the argmax) or ``nearest`` (the nearest 1 mm label, as before December 2026).
+            grid, then the argmax) or ``nearest`` (the nearest 1 mm label, as before December 2026;
+            always for a level model, whose many classes would cost a byte each per voxel).
     """
 
     patch_size_zyx: tuple[int, int, int]
@@ -259,7 +260,7 @@ class InferenceSettings:
             "bone_hu": BONE_HU if self.skip_air and self.bone_margin_mm is not None else None,
             "precision": self.precision,
             "levels": self.levels,
-            "resample_back": self.resample_back,
+            "resample_back": "nearest" if plan.class_groups else self.resample_back,
         }
         if device is not None:
             from spinect.inference.device import autocast_dtype
@@ -398,7 +399,7 @@ def probabilities_to_input_grid(probabilities_czyx: np.ndarray, labels_zyx: np.n
     centres the classes cross. Each foreground class's probability is resampled linearly onto the
     CT's grid and the argmax taken there (background = 1 - the foreground sum, which linear
     interpolation keeps; ties go to background, then to the lower class, as ``argmax``). On the
-    real cases of ``benchmarks/validate_real_ct.py`` this lifted bone Dice by 0.004-0.007 on each
+    real cases of ``benchmarks/validate_real_ct.py`` this lifted bone Dice by 0.003-0.009 on each
     (docs/real_ct_validation.md).
 
     The rules applied on the network's grid stay applied: wherever ``labels_zyx`` (the labels
@@ -416,7 +417,8 @@ def probabilities_to_input_grid(probabilities_czyx: np.ndarray, labels_zyx: np.n
         uint8 label image on ``ct``'s grid.
     """
     labels = np.asarray(labels_zyx, np.uint8)
-    num_labels = max(int(labels.max()) + 1, 3 if class_lookup is None else int(np.max(class_lookup)) + 1)
+    classes = int(probabilities_czyx.shape[0]) if class_lookup is None else int(np.max(class_lookup)) + 1
+    num_labels = max(int(labels.max()) + 1, classes)
     if class_lookup is not None:  # a level model: sum its classes into background, bone and nerve
         lookup = np.asarray(class_lookup)
         grouped = np.zeros((num_labels, *labels.shape), np.uint16)
@@ -425,7 +427,8 @@ def probabilities_to_input_grid(probabilities_czyx: np.ndarray, labels_zyx: np.n
         probs = np.minimum(grouped, 255).astype(np.uint8)
         del grouped
     else:
-        probs = np.array(probabilities_czyx[:num_labels], dtype=np.uint8)
+        probs = np.zeros((num_labels, *labels.shape), np.uint8)
+        probs[: probabilities_czyx.shape[0]] = probabilities_czyx
     differs = argmax_labels(torch.from_numpy(probs)) != labels
     if differs.any():
         probs[:, differs] = 0
@@ -560,7 +563,8 @@ def segment_network_input(
     air = None
     if settings.resample_back not in RESAMPLE_BACK:
         raise SpinectError(f"resample_back must be one of {', '.join(RESAMPLE_BACK)}; got {settings.resample_back!r}")
-    keep = settings.resample_back == "probabilities"
+    # a level model's many classes would cost a byte each per voxel: its labels go back by nearest
+    keep = settings.resample_back == "probabilities" and not plan.class_groups
     probabilities = None  # (C, Z, Y, X) uint8 on the network's grid, for the way back
     if len(nets) == 1 and not tta:
         # Labels straight from the blended windows (timer stage "argmax" inside): no (C, Z, Y, X) float scores.

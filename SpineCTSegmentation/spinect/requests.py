@@ -535,7 +535,7 @@ class SegmentRequest(Request):
     nearest_labels: bool = option(False, kind="bool",
                                   help="put the labels back on the CT's grid by copying the nearest 1 mm label (the "
                                        "behaviour before December 2026; default: interpolate the class probabilities "
-                                       "and take the argmax there, nnU-Net's way, 0.004-0.007 more bone Dice on real CT)")
+                                       "and take the argmax there, nnU-Net's way, 0.003-0.009 more bone Dice on real CT)")
     levels: bool = option(False, kind="bool",
                           help="also label vertebral levels L1-L5 and sacrum (from a level model, or by counting "
                                "from the sacrum or the last rib: see --levels-by): "
