@@ -429,11 +429,9 @@ def probabilities_to_input_grid(probabilities_czyx: np.ndarray, labels_zyx: np.n
     else:
         probs = np.zeros((num_labels, *labels.shape), np.uint8)
         probs[: probabilities_czyx.shape[0]] = probabilities_czyx
-    differs = argmax_labels(torch.from_numpy(probs)) != labels
-    if differs.any():
-        probs[:, differs] = 0
-        for k in range(num_labels):
-            probs[k][differs & (labels == k)] = 255
+    differs = np.nonzero(argmax_labels(torch.from_numpy(probs)) != labels)
+    probs[(slice(None), *differs)] = 0
+    probs[(labels[differs], *differs)] = 255
     del differs
     grid_in, grid_out = ImageGrid.of(network_grid), ImageGrid.of(ct)
     channels = [grid_in.stamp(sitk.GetImageFromArray(probs[k])) for k in range(1, num_labels)]
@@ -608,8 +606,7 @@ def segment_network_input(
     dense = None
     with timer.stage("resample back"):
         if probabilities is not None:
-            labels = probabilities_to_input_grid(probabilities, labels_grid, network_grid, ct,
-                                                 class_lookup=plan.spinect_lookup() if plan.class_groups else None)
+            labels = probabilities_to_input_grid(probabilities, labels_grid, network_grid, ct)
             del probabilities
         else:
             labels = labels_to_input_grid(labels_grid, network_grid, ct)
@@ -723,9 +720,8 @@ def _count_per_piece(pieces_zyx: np.ndarray, count: int, where_zyx: np.ndarray |
 
 def _thinner_than(piece_zyx: np.ndarray, sampling_yx: tuple[float, float], max_thickness_mm: float) -> bool:
     """Whether a piece is nowhere thicker than ``max_thickness_mm`` in any of its axial slices
-    (twice its largest in-plane distance to the outside). Slice by slice, stopping at the first
-    thick one: a 3-D distance transform of a CT table's box (the whole z range, the CT's width)
-    needed about 20 bytes per box voxel, over 1 GB on a 512 x 512 x 600 CT."""
+    (twice its largest in-plane distance to the outside), measured slice by slice (2-D distance
+    transforms) and stopping at the first thick one."""
     from scipy import ndimage as ndi
 
     for section in piece_zyx:

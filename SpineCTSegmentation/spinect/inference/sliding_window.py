@@ -549,15 +549,7 @@ def _stitch_labels(
                             for side in (before, after)], value=cval) if any(grid.pad_after) else inputs
     run = grid.run_indices()
     labels = np.zeros(grid.padded_shape, dtype=np.uint8)
-    kept: list[np.ndarray] = []  # the uint8 probabilities, made once the number of classes is known
-
-    def probabilities_array() -> np.ndarray:
-        if not kept:
-            out = np.zeros((num_classes, *grid.padded_shape), dtype=np.uint8)
-            out[0] = 255  # windows that do not run are certain background
-            kept.append(out)
-        return kept[0]
-
+    kept = None  # with keep_probabilities: the uint8 probabilities, once the number of classes is known
     done = 0
     if run:
         starts_z = [grid.slices[i][0].start for i in run]
@@ -569,6 +561,8 @@ def _stitch_labels(
             return argmax_labels(scores)
         if num_classes is None:
             num_classes = int(predictor(padded[(slice(0, 1), slice(None), *grid.slices[run[0]])]).shape[1])
+        if keep_probabilities:
+            kept = _certain_background(num_classes, grid.padded_shape)
         box = grid.run_box()
         depth = grid.patch[0]
         rows = tuple(box[1:])
@@ -599,8 +593,8 @@ def _stitch_labels(
             _refuse_nonfinite(part)
             started = time.perf_counter()
             labels[slab] = argmax_labels(part)
-            if keep_probabilities:
-                probabilities_array()[(slice(None), *slab)] = quantise_probabilities(part)
+            if kept is not None:
+                kept[(slice(None), *slab)] = quantise_probabilities(part)
             if argmax_s is not None:
                 argmax_s[0] += time.perf_counter() - started
             if n < depth:
@@ -640,12 +634,18 @@ def _stitch_labels(
     labels = labels if labels.shape == grid.shape else np.ascontiguousarray(labels[crop])
     if not keep_probabilities:
         return labels
-    if not kept and num_classes is None:
-        return labels, None
-    probabilities = probabilities_array()
-    if probabilities.shape[1:] != grid.shape:
-        probabilities = np.ascontiguousarray(probabilities[(slice(None), *crop)])
-    return labels, probabilities
+    if kept is None and num_classes is not None:  # no window ran
+        kept = _certain_background(num_classes, grid.padded_shape)
+    if kept is not None and kept.shape[1:] != grid.shape:
+        kept = np.ascontiguousarray(kept[(slice(None), *crop)])
+    return labels, kept
+
+
+def _certain_background(num_classes: int, shape_zyx: Sequence[int]) -> np.ndarray:
+    """(C, Z, Y, X) uint8 probabilities of certain background (where no window runs)."""
+    out = np.zeros((num_classes, *shape_zyx), dtype=np.uint8)
+    out[0] = 255
+    return out
 
 
 def quantise_probabilities(scores: torch.Tensor) -> np.ndarray:

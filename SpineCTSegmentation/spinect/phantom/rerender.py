@@ -33,15 +33,15 @@ Arrays are (Z, Y, X); spacing is (z, y, x) mm.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from spinect.errors import SpinectError
-from spinect.phantom.appearance import HU_RANGES, MARROW_LIMITS_HU, RANDOM_PRIORS, marrow_mean_hu, sample_age
+from spinect.phantom.appearance import HU_RANGES, MARROW_LIMITS_HU, _random_prior, marrow_mean_hu, sample_age
 from spinect.phantom.structures import BONE_CODES, STRUCTURE_TISSUE, TISSUE_FALLBACK
 from spinect.phantom.surroundings import SURROUNDING_HU_RANGES
 from spinect.phantom.thorax import THORAX_HU_RANGES
@@ -75,7 +75,7 @@ _CONTRAST = {"blood": "blood_contrast", "kidney": "kidney_contrast", "liver": "l
 
 @dataclass(frozen=True)
 class RenderDraw:
-    """What one re-rendering draws (the record of an image; :meth:`to_dict` for JSON).
+    """What one re-rendering draws (the record of an image).
 
     Attributes:
         mode: ``ct`` or ``random``.
@@ -112,14 +112,6 @@ class RenderDraw:
     bias_mm: float = 60.0
     gamma: float = 1.0
     range_hu: tuple[float, float] = (-1024.0, 3000.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the per-code tables as lists of the codes in use)."""
-        out = asdict(self)
-        used = sorted(STRUCTURE_TISSUE)
-        out["table_hu"] = {int(c): round(float(self.table_hu[c]), 1) for c in used}
-        out["texture_sd_hu"] = {int(c): round(float(self.texture_sd_hu[c]), 1) for c in used}
-        return out
 
 
 def _check_mode(mode: str) -> str:
@@ -178,8 +170,7 @@ def draw_render(rng: np.random.Generator, mode: str = "ct") -> RenderDraw:
     ct_aware = bool(rng.random() < 0.5)
     for code in codes:
         tissue = STRUCTURE_TISSUE[code]
-        prior = RANDOM_PRIORS.get(tissue) or RANDOM_PRIORS.get(TISSUE_FALLBACK.get(tissue, ""), (-950.0, 1600.0))
-        table[code] = rng.uniform(*(prior if ct_aware else (-950.0, 1600.0)))
+        table[code] = rng.uniform(*(_random_prior(tissue) if ct_aware else (-950.0, 1600.0)))
         sd[code] = rng.uniform(0.0, 60.0)
     for code in BONE_CODES:
         table[code] = rng.uniform(-250.0, 600.0) if ct_aware else rng.uniform(-950.0, 1600.0)
@@ -278,7 +269,7 @@ def render_structures(
     Returns:
         (Z, Y, X) float32 tensor in HU, clipped to [-1024, 3071].
     """
-    codes = torch.as_tensor(np.asarray(structures_zyx) if not torch.is_tensor(structures_zyx) else structures_zyx)
+    codes = torch.as_tensor(structures_zyx)
     if codes.ndim != 3 or min(codes.shape) < 1:
         raise SpinectError(f"a structure map must be a non-empty (Z, Y, X) array, got shape {tuple(codes.shape)}")
     spacing = np.asarray(spacing_zyx_mm, float)

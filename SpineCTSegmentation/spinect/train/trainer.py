@@ -359,7 +359,7 @@ class _Loop:
 
     def _rerender(self, structures: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A new normalised image of one box, painted from its structure codes on the training device
-        (a GPU paints a box in about a millisecond; one CPU thread in 13-20 ms), seeded from ``rng``."""
+        (one CPU thread: 13-20 ms per box, ``benchmarks/bench_phantom.py``), seeded from ``rng``."""
         from spinect.phantom.rerender import rerender_ct
         from spinect.preprocess import normalise_hu
 
