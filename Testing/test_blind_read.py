@@ -62,3 +62,30 @@ def test_scoring_counts_answers_against_the_key(bench, tmp_path, capsys):
     answers_path.write_text(json.dumps({"tile_01": "real", "tile_02": "maybe", "tile_03": "real"}))
     with pytest.raises(SystemExit, match="'real' or 'phantom'"):
         bench.score(key_path, answers_path)
+
+
+def test_pairs_hold_one_real_and_one_phantom_tile_of_the_same_grid_and_plane(bench, tmp_path, capsys):
+    items = [{"source": src, "plane": plane, "image": np.full((2, 3), i, np.uint8)}
+             for i, (src, plane) in enumerate([("real lumbar crop", "axial"), ("real chest CT", "axial"),
+                                               ("real lumbar crop", "sagittal"),
+                                               ("phantom v2 (seed 1, chest grid)", "axial"),
+                                               ("phantom v2 (seed 2, crop grid)", "sagittal"),
+                                               ("phantom v2 (seed 2, crop grid)", "axial")])]
+    pairs = bench.pair_up(items, np.random.default_rng(0))
+    assert sorted((r["source"], f["source"], r["plane"]) for r, f in pairs) == [
+        ("real chest CT", "phantom v2 (seed 1, chest grid)", "axial"),
+        ("real lumbar crop", "phantom v2 (seed 2, crop grid)", "axial"),
+        ("real lumbar crop", "phantom v2 (seed 2, crop grid)", "sagittal")]
+    assert all(r["plane"] == f["plane"] for r, f in pairs)
+    picture = bench.stack_pair(items[0]["image"], items[3]["image"])
+    assert picture.shape == (2 + 6 * bench.ZOOM + 2, 3)
+    assert (picture[:2] == 0).all() and (picture[-2:] == 3).all() and (picture[2:-2] == 255).all()
+    key_path, answers_path = tmp_path / "key.json", tmp_path / "answers.json"
+    key_path.write_text(json.dumps({"pair_01": {"truth": "A", "source": "s", "plane": "axial"},
+                                    "pair_02": {"truth": "B", "source": "s", "plane": "axial"}}))
+    answers_path.write_text(json.dumps({"pair_01": {"answer": "A"}, "pair_02": "A"}))
+    bench.score(key_path, answers_path)
+    assert "1 of 2 right" in capsys.readouterr().out
+    answers_path.write_text(json.dumps({"pair_01": "real", "pair_02": "A"}))
+    with pytest.raises(SystemExit, match="'A' or 'B'"):
+        bench.score(key_path, answers_path)

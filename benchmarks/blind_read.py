@@ -13,6 +13,9 @@ Run::
     python benchmarks/blind_read.py make TILES_DIR KEY.json [--chest ~/.cache/spinect/real_ct/chest]
     # give TILES_DIR (only) to a reader; they write ANSWERS.json: {"tile_01": "real" | "phantom", ...}
     python benchmarks/blind_read.py score KEY.json ANSWERS.json
+    # forced choice: each picture holds a real tile (A or B) and a phantom tile; answers "A" | "B",
+    # the letter the reader takes for the phantom
+    python benchmarks/blind_read.py make --pairs PAIRS_DIR KEY.json --chest ...
 
 Each tile is one slice (axial or sagittal) shown in a bone window (W 1500 / L 300) on the left and
 a soft-tissue window (W 400 / L 40) on the right, 90 x 90 mm (sagittal: 66 x 90 mm, the crop's
@@ -137,8 +140,28 @@ def phantom_volume(seed: int, grid: str):
     return ct, bone, spacing, note
 
 
-def make(tiles_dir: Path, key_path: Path, chest_dir: Path | None, *, seed: int, n_phantom: int) -> None:
-    """Write the shuffled tiles and the key (tile name -> source, plane, note)."""
+def pair_up(items: list[dict], rng: np.random.Generator) -> list[tuple[dict, dict]]:
+    """(real, phantom) tile pairs, each phantom with a real tile of the same plane from the real
+    case whose grid the phantom was rendered on, in random order."""
+    out = []
+    for real_source, grid in (("real lumbar crop", "crop grid"), ("real chest CT", "chest grid")):
+        for plane in ("axial", "sagittal"):
+            reals = [t for t in items if t["source"] == real_source and t["plane"] == plane]
+            fakes = [t for t in items if grid in t["source"] and t["plane"] == plane]
+            out += list(zip(reals, fakes))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def stack_pair(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """One picture: ``top`` (A) above ``bottom`` (B), a white band between them."""
+    band = np.full((6 * ZOOM, top.shape[1]), 255, np.uint8)
+    return np.concatenate([top, band, bottom], axis=0)
+
+
+def make(tiles_dir: Path, key_path: Path, chest_dir: Path | None, *, seed: int, n_phantom: int, pairs: bool = False) -> None:
+    """Write the shuffled tiles and the key (tile name -> truth, source, plane). ``pairs``: each
+    picture holds a real tile and a phantom tile of the same grid and plane, A above B, and the
+    truth is the letter of the phantom."""
     from PIL import Image
 
     if tiles_dir.exists() and any(tiles_dir.iterdir()):
@@ -154,22 +177,31 @@ def make(tiles_dir: Path, key_path: Path, chest_dir: Path | None, *, seed: int, 
     n_phantom = n_phantom or n_real
     for k in range(n_phantom // 2):
         grid = "crop" if k % 2 == 0 else "chest"
-        ct, bone, spacing, note = phantom_volume(1000 + k, grid)
+        ct, bone, spacing, note = phantom_volume(1000 + 100 * seed + k, grid)
         for item in slices_of(ct, bone, spacing, rng, n_axial=1, n_sagittal=1, source=f"phantom v2 ({note})"):
             items.append(item)
         print(f"phantom {k + 1}/{n_phantom // 2}: {note}", flush=True)
-    order = rng.permutation(len(items))
     tiles_dir.mkdir(parents=True, exist_ok=True)
     key = {}
-    for rank, i in enumerate(order, start=1):
-        name = f"tile_{rank:02d}"
-        Image.fromarray(items[i]["image"]).save(tiles_dir / f"{name}.png")
-        key[name] = {"truth": "phantom" if items[i]["source"].startswith("phantom") else "real",
-                     "source": items[i]["source"], "plane": items[i]["plane"]}
+    if pairs:
+        for rank, (real, fake) in enumerate(pair_up(items, rng), start=1):
+            name = f"pair_{rank:02d}"
+            phantom_on_top = bool(rng.random() < 0.5)
+            top, bottom = (fake, real) if phantom_on_top else (real, fake)
+            Image.fromarray(stack_pair(top["image"], bottom["image"])).save(tiles_dir / f"{name}.png")
+            key[name] = {"truth": "A" if phantom_on_top else "B", "source": f"{real['source']} vs {fake['source']}",
+                         "plane": real["plane"]}
+    else:
+        for rank, i in enumerate(rng.permutation(len(items)), start=1):
+            name = f"tile_{rank:02d}"
+            Image.fromarray(items[i]["image"]).save(tiles_dir / f"{name}.png")
+            key[name] = {"truth": "phantom" if items[i]["source"].startswith("phantom") else "real",
+                         "source": items[i]["source"], "plane": items[i]["plane"]}
     tmp = key_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(key, indent=1))
     tmp.replace(key_path)
-    print(f"{len(items)} tiles ({n_real} real) in {tiles_dir}; key in {key_path}")
+    what = f"{len(key)} pairs" if pairs else f"{len(key)} tiles ({n_real} real)"
+    print(f"{what} in {tiles_dir}; key in {key_path}")
 
 
 def binomial_p(correct: int, n: int) -> float:
@@ -183,9 +215,10 @@ def score(key_path: Path, answers_path: Path) -> None:
     missing = sorted(set(key) - set(answers))
     if missing:
         sys.exit(f"error: {answers_path} has no answer for {', '.join(missing)}")
-    bad = {k: v for k, v in answers.items() if k in key and str(v.get("answer", v) if isinstance(v, dict) else v) not in ("real", "phantom")}
+    allowed = ("A", "B") if all(k["truth"] in ("A", "B") for k in key.values()) else ("real", "phantom")
+    bad = {k: v for k, v in answers.items() if k in key and str(v.get("answer", v) if isinstance(v, dict) else v) not in allowed}
     if bad:
-        sys.exit(f"error: answers must be 'real' or 'phantom'; got {bad}")
+        sys.exit(f"error: answers must be {' or '.join(repr(a) for a in allowed)}; got {bad}")
 
     def answer(name):
         v = answers[name]
@@ -199,7 +232,9 @@ def score(key_path: Path, answers_path: Path) -> None:
     for n in sorted(key):
         k = key[n]
         print(f"| {n} | {k['truth']} | {k['source']} | {k['plane']} | {answer(n)} | {'yes' if answer(n) == k['truth'] else 'no'} |")
-    for truth in ("real", "phantom"):
+    if allowed == ("A", "B"):
+        return
+    for truth in allowed:
         names = [n for n in key if key[n]["truth"] == truth]
         ok = sum(answer(n) == truth for n in names)
         print(f"{truth} tiles called {truth}: {ok} of {len(names)}")
@@ -214,12 +249,14 @@ def main() -> None:
     m.add_argument("--chest", type=Path, default=None, help="folder with the real chest CT (validate_real_ct.py's cache)")
     m.add_argument("--seed", type=int, default=0, help="draw of slices and order")
     m.add_argument("--phantom-tiles", type=int, default=0, help="phantom tiles (default: as many as real ones)")
+    m.add_argument("--pairs", action="store_true",
+                   help="forced choice: each picture a real and a phantom tile (same grid and plane), A above B; the reader names the phantom")
     s = sub.add_parser("score", help="score a reader's answers against the key")
     s.add_argument("key", type=Path)
     s.add_argument("answers", type=Path)
     args = parser.parse_args()
     if args.cmd == "make":
-        make(args.tiles_dir, args.key, args.chest, seed=args.seed, n_phantom=args.phantom_tiles)
+        make(args.tiles_dir, args.key, args.chest, seed=args.seed, n_phantom=args.phantom_tiles, pairs=args.pairs)
     else:
         score(args.key, args.answers)
 

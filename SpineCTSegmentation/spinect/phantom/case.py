@@ -25,7 +25,7 @@ from spinect.phantom.truth import build_truth
 __all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION", "FIELDS"]
 
 #: Bumped whenever the same seed would give a different case.
-PHANTOM_VERSION = "8"
+PHANTOM_VERSION = "9"
 #: Default grid: 200 x 300 x 300 voxels at 1 mm hold L2-S3, both iliac crests and most of the body.
 DEFAULT_SHAPE_ZYX = (200, 300, 300)
 
@@ -160,6 +160,7 @@ def generate_case(
     with maybe_stage(timer, "anatomy"):
         if anatomy_kind == "mesh":
             params = sample_mesh_params(geo_rng, degeneration=degeneration)
+            params = _with_marginal_osteophytes(params, seed, look_ss)
             anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
         else:
             params = sample_params(geo_rng, degeneration=degeneration)
@@ -197,6 +198,22 @@ def generate_case(
     if progress:
         progress(1.0)
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
+
+
+def _with_marginal_osteophytes(params, seed: int, look_ss: np.random.SeedSequence):
+    """``params`` with the case's marginal osteophytes (``extras['osteophytes']``), drawn from a
+    seventh stream (``spawn(7)``'s first six are the streams above and the thorax's), so every
+    other draw of the case is unchanged. Their prevalence follows the patient's age: the age the
+    ``ct`` appearance draws first from the appearance stream (read from a copy of it). The
+    anatomy does not depend on the appearance: every mode, and an ``age_years`` override (which
+    changes the look only), gives the same osteophytes."""
+    from dataclasses import replace
+
+    from spinect.phantom.osteophytes import sample_marginal
+
+    ost_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(7)[6])
+    age = A.sample_age(np.random.default_rng(look_ss))
+    return replace(params, extras={**params.extras, "osteophytes": sample_marginal(ost_rng, age)})
 
 
 def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool, thorax=None) -> dict[str, Any]:

@@ -9,12 +9,15 @@ carved 1.5 mm from the sacrum (the sacroiliac joint).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from spinect.phantom import anatomy as A
 from spinect.phantom.bones import SIDE_SIGN, FacetJoint
 from spinect.phantom.meshes import MeshPart, load_library, mesh_placement, rotate_axially
 from spinect.phantom.nerves import relax_roots, root_centreline
+from spinect.phantom.osteophytes import add_osteophytes
 from spinect.phantom.params import PhantomParams
 from spinect.phantom.parts import Part
 from spinect.phantom.skeleton import build_column
@@ -82,6 +85,10 @@ def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surro
     for name, angle in params.extras.get("axial_rotation_deg", {}).items():
         frames[name] = rotate_axially(frames[name], angle)
     bones = _bone_parts(frames, params, lib)
+    # osteophytes before the roots are relaxed off the bone and the joints carved: both see them
+    placed = add_osteophytes({p.name: p for p in bones if p.name in VERTEBRA_NAMES}, frames, params)
+    if "osteophytes" in params.extras:
+        params = replace(params, extras={**params.extras, "osteophytes": placed})
     facets = _facets(frames, params)
     roots = {(n, s): root_centreline(frames, params, n, s) for n in ROOT_NAMES for s in SIDES}
     relax_roots(list(roots.values()), bones)

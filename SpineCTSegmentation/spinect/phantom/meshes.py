@@ -28,7 +28,7 @@ from scipy import ndimage
 from spinect.errors import SpinectError
 from spinect.phantom.params import PhantomParams, VertebraParams, sample_params
 from spinect.phantom.parts import Part
-from spinect.phantom.primitives import GridBox
+from spinect.phantom.primitives import GridBox, Primitive, smooth_min
 from spinect.phantom.skeleton import VertebraFrame
 from spinect.phantom.structures import SIDES, VERTEBRA_NAMES
 
@@ -42,6 +42,8 @@ _PAD_MM = 3.0
 _LUMBAR = VERTEBRA_NAMES[:-1]
 #: Steepness of splitting planes (distance x this): the cortex band along a cut is 1.2 / 40 mm.
 _PLANE_STEEP = 40.0
+#: Fillet (mm) where added bone (osteophytes) meets a bone grid's surface.
+ADDED_FILLET_MM = 1.0
 
 
 def check_anatomy(kind: str) -> str:
@@ -106,18 +108,20 @@ class MeshPart(Part):
     ``dist_scale`` converts source distances to (a lower bound of) body mm; ``planes`` keep only
     the half-spaces ``(p - point) . normal <= 0`` (body mm), e.g. S1 above the S1/S2 plane. A plane
     splits one bone between two codes, so its distance is steepened (``_PLANE_STEEP``): the sign
-    stays exact but no cortical shell or partial-volume band is drawn along the cut.
+    stays exact but no cortical shell or partial-volume band is drawn along the cut. ``added``:
+    bone united with the grid's shape (osteophytes), with a fillet of ``ADDED_FILLET_MM``.
     """
 
     grid: BoneGrid | None = None
     source_from_body: np.ndarray | None = None
     dist_scale: float = 1.0
     planes: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    added: list[Primitive] = field(default_factory=list)
 
     def raw(self, name: str) -> "MeshPart":
         """The same shape without cutters (a cutter for other parts)."""
         return MeshPart(name, 0, [], grid=self.grid, source_from_body=self.source_from_body,
-                        dist_scale=self.dist_scale, planes=list(self.planes))
+                        dist_scale=self.dist_scale, planes=list(self.planes), added=list(self.added))
 
     def _index_map(self) -> tuple[np.ndarray, np.ndarray]:
         """(A (3, 3), a0 (3,)): grid index (z, y, x) = A @ body + a0."""
@@ -132,9 +136,21 @@ class MeshPart(Part):
             corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
             m, c = self.source_from_body[:, :3], self.source_from_body[:, 3]
             body = (corners - c) @ np.linalg.inv(m).T
-            cached = (body.min(axis=0) - _PAD_MM, body.max(axis=0) + _PAD_MM)
+            lo, hi = body.min(axis=0) - _PAD_MM, body.max(axis=0) + _PAD_MM
+            for prim in self.added:
+                plo, phi = prim.body_bounds(_PAD_MM + ADDED_FILLET_MM)
+                lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
+            cached = (lo, hi)
             self.__dict__["_mesh_bounds"] = cached
         return cached
+
+    def _add_bone_box(self, d: np.ndarray, box: GridBox) -> None:
+        """Unite ``added`` with the distances ``d`` on ``box`` (in place)."""
+        for prim in self.added:
+            sub = box.sub(*prim.body_bounds(_PAD_MM + ADDED_FILLET_MM))
+            if sub is not None:
+                view = d[sub.slices_in(box)]
+                view[...] = smooth_min(view, prim.local_sdf(*sub.local(prim)), ADDED_FILLET_MM)
 
     def _interp(self, coords: np.ndarray) -> np.ndarray:
         """Trilinear signed distance (body mm) at grid indices ``coords`` (3, ...)."""
@@ -159,6 +175,7 @@ class MeshPart(Part):
             coords[r] += (coef[0] * idx[0] + off).astype(np.float32)[:, None, None]
         d = self._interp(coords)
         del coords
+        self._add_bone_box(d, box)
         for point, normal in self.planes:
             coef = box.step @ normal * _PLANE_STEEP
             off = float(normal @ (box.origin - point)) * _PLANE_STEEP
@@ -172,6 +189,8 @@ class MeshPart(Part):
         points = np.asarray(points, float).reshape(-1, 3)
         a, a0 = self._index_map()
         d = self._interp((points @ a.T + a0).T).astype(np.float64)
+        for prim in self.added:
+            d = smooth_min(d, prim.sdf_points(points), ADDED_FILLET_MM)
         for point, normal in self.planes:
             d = np.maximum(d, _PLANE_STEEP * ((points - point) @ normal))
         for cutter, margin in self.cutters if cut else ():
@@ -243,8 +262,9 @@ def sample_mesh_params(rng: np.random.Generator, *, degeneration: bool | None = 
     """Draw one mesh phantom: the primitive parameters (roots, discs, pose, body...), then a source
     and scale per level and for the pelvis, with the vertebrae fitted to the chosen meshes.
 
-    Degeneration keeps disc height loss and bulge; osteophytes and SAP hypertrophy are not
-    modelled on meshes (set to 0).
+    Degeneration keeps disc height loss, bulge and the posterolateral osteophyte (added to the
+    placed bone by :mod:`spinect.phantom.osteophytes`); SAP hypertrophy is not modelled on meshes
+    (set to 0): it would move the SAP face the Kambin triangle is measured from.
     """
     from spinect.phantom.nerves import DURA_SEMI_AXES
 
@@ -252,7 +272,7 @@ def sample_mesh_params(rng: np.random.Generator, *, degeneration: bool | None = 
     base = sample_params(rng, degeneration=degeneration)
     degen = base.degeneration
     if degen is not None:
-        degen = replace(degen, osteophyte_mm=0.0, sap_hypertrophy_mm=0.0)
+        degen = replace(degen, sap_hypertrophy_mm=0.0)
     case_scale = float(rng.uniform(0.92, 1.08))
     sources, scales = {}, {}
     for name in _LUMBAR:

@@ -303,7 +303,9 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
         np.clip(pattern * np.float32(2.0), 0.0, 1.0, out=pattern)  # soft-edged islands
         field += pattern * np.float32(model.island_hu)
     if model.posterior_hu is not None and arch is not None:
-        field += arch * (np.float32(model.posterior_hu) - field)
+        # the arch's mean moves to posterior_hu; its texture and islands stay (version 9: readers of
+        # blinded pairs named the flat, texture-less arch inside a bright rim as the phantom's tell)
+        field += arch * (np.float32(model.posterior_hu) - marrow)
     depth = np.maximum(-d - cortex_mm, 0.0)
     depth *= np.float32(-1.0 / model.depth_mm)
     np.exp(depth, out=depth)
