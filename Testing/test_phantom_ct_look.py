@@ -10,10 +10,10 @@ changed on purpose, so the structure map is hashed restricted to the codes below
 discs 20-24, dural sac 30, nerve roots 31-59), recorded with version 4 before the change; the
 label map and the truth are still compared whole.
 
-Version 9 added marginal osteophytes, drawn from a stream of their own (``extras['osteophytes']``
-in the truth's parameters): the truth is hashed without that entry, and the labels and structures
-of these seeds are unchanged because their osteophytes lie outside these small grids (every other
-draw of a case is as before; the osteophytes' own labels are tested in test_phantom_osteophytes.py).
+Version 9 added marginal osteophytes and warped vertebral arches, drawn from a stream of their
+own (``extras['osteophytes']`` and ``extras['arch_warp']`` in the truth's parameters). With that
+draw switched off (monkeypatched), labels, structures and truth are still those of version 3/4, so
+nothing else changed; with it, only vertebra, nerve and canal/foraminal fat codes move (test below).
 """
 
 from __future__ import annotations
@@ -51,18 +51,36 @@ def _sha(array: np.ndarray) -> str:
 
 
 @pytest.mark.parametrize("key", list(FROZEN))
-def test_labels_structures_and_truth_are_unchanged(key):
+def test_labels_structures_and_truth_are_unchanged(key, monkeypatch):
+    from spinect.phantom import case as case_module
+
+    monkeypatch.setattr(case_module, "_with_marginal_osteophytes", lambda params, seed, look_ss: params)
     seed, shape, spacing = key
     case = generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing)
     truth = {k: v for k, v in case.truth.items() if k not in ("appearance", "phantom_version")}
-    truth["parameters"] = {**truth["parameters"], "extras": {k: v for k, v in truth["parameters"]["extras"].items()
-                                                             if k != "osteophytes"}}
     structures = sitk.GetArrayFromImage(case.structures)
     kept = np.where(structures < FROZEN_CODES_BELOW, structures, 0).astype(np.uint8)
     got = (_sha(sitk.GetArrayFromImage(case.labels)), _sha(kept),
            hashlib.sha256(json.dumps(truth, sort_keys=True).encode()).hexdigest()[:16])
     assert got == FROZEN[key]
     assert case.truth["phantom_version"] == PHANTOM_VERSION == "9"
+
+
+def test_version_9_anatomy_moves_only_vertebrae_and_nerves(monkeypatch):
+    from spinect.phantom import STRUCTURE_CODES
+    from spinect.phantom import case as case_module
+
+    seed, shape, spacing = next(iter(FROZEN))
+    with_extras = sitk.GetArrayFromImage(generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing).structures)
+    monkeypatch.setattr(case_module, "_with_marginal_osteophytes", lambda params, seed, look_ss: params)
+    without = sitk.GetArrayFromImage(generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing).structures)
+    changed = with_extras != without
+    assert changed.sum() > 100  # the arches of L3-L5 in this grid are warped
+    moving = [STRUCTURE_CODES[n] for n in ("L1", "L2", "L3", "L4", "L5")]
+    # nerves, and the fat drawn round them in the canal and foramina, are placed relative to the bone
+    moving += [c for n, c in STRUCTURE_CODES.items() if n.startswith("root_") or n in ("dural_sac", "foraminal_fat", "epidural_fat")]
+    involved = np.isin(with_extras[changed], moving) | np.isin(without[changed], moving)
+    assert involved.all()
 
 
 def test_soften_edges_blurs_the_tissue_steps_and_keeps_the_texture():

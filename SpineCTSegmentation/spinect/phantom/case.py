@@ -201,7 +201,8 @@ def generate_case(
 
 
 def _with_marginal_osteophytes(params, seed: int, look_ss: np.random.SeedSequence):
-    """``params`` with the case's marginal osteophytes (``extras['osteophytes']``), drawn from a
+    """``params`` with the case's marginal osteophytes (``extras['osteophytes']``) and the warps of
+    its L1-L5 arches (``extras['arch_warp']``, :mod:`spinect.phantom.warps`), drawn from a
     seventh stream (``spawn(7)``'s first six are the streams above and the thorax's), so every
     other draw of the case is unchanged. Their prevalence follows the patient's age: the age the
     ``ct`` appearance draws first from the appearance stream (read from a copy of it). The
@@ -210,10 +211,14 @@ def _with_marginal_osteophytes(params, seed: int, look_ss: np.random.SeedSequenc
     from dataclasses import replace
 
     from spinect.phantom.osteophytes import sample_marginal
+    from spinect.phantom.structures import VERTEBRA_NAMES
+    from spinect.phantom.warps import sample_arch_warps
 
     ost_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(7)[6])
     age = A.sample_age(np.random.default_rng(look_ss))
-    return replace(params, extras={**params.extras, "osteophytes": sample_marginal(ost_rng, age)})
+    osteophytes = sample_marginal(ost_rng, age)
+    warps = sample_arch_warps(ost_rng, [n for n in VERTEBRA_NAMES if n != "S1"])  # drawn after the osteophytes
+    return replace(params, extras={**params.extras, "osteophytes": osteophytes, "arch_warp": warps})
 
 
 def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool, thorax=None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from spinect.phantom.bones import SIDE_SIGN, FacetJoint
 from spinect.phantom.meshes import MeshPart, load_library, mesh_placement, rotate_axially
 from spinect.phantom.nerves import relax_roots, root_centreline
 from spinect.phantom.osteophytes import add_osteophytes
+from spinect.phantom.warps import make_arch_warp
 from spinect.phantom.params import PhantomParams
 from spinect.phantom.parts import Part
 from spinect.phantom.skeleton import build_column
@@ -44,7 +45,9 @@ def _bone_parts(frames, params: PhantomParams, lib) -> list[MeshPart]:
         vp = params.vertebrae[name]
         grid = lib[vp.source]
         m, k = mesh_placement(frames[name], grid.measured, vp.scale)
-        parts.append(MeshPart(name, C[name], [], cortex_mm=1.2, grid=grid, source_from_body=m, dist_scale=k))
+        spec = (params.extras.get("arch_warp") or {}).get(name)
+        warp = make_arch_warp(grid, spec["amplitude_mm"], spec["seed"]) if spec else None
+        parts.append(MeshPart(name, C[name], [], cortex_mm=1.2, grid=grid, source_from_body=m, dist_scale=k, warp=warp))
     s1, vp = frames["S1"], params.vertebrae["S1"]
     pelvis = params.extras["pelvis"]
     grid = lib[vp.source]

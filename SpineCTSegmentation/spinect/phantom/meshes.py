@@ -31,6 +31,7 @@ from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox, Primitive, smooth_min
 from spinect.phantom.skeleton import VertebraFrame
 from spinect.phantom.structures import SIDES, VERTEBRA_NAMES
+from spinect.phantom.warps import ArchWarp
 
 __all__ = ["ANATOMY_KINDS", "DATA_DIR", "BoneGrid", "MeshPart", "MeshVertebraParams", "load_library", "check_anatomy",
            "sample_mesh_params", "mesh_placement", "rotate_axially"]
@@ -117,11 +118,33 @@ class MeshPart(Part):
     dist_scale: float = 1.0
     planes: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     added: list[Primitive] = field(default_factory=list)
+    warp: "ArchWarp | None" = None
 
     def raw(self, name: str) -> "MeshPart":
         """The same shape without cutters (a cutter for other parts)."""
         return MeshPart(name, 0, [], grid=self.grid, source_from_body=self.source_from_body,
-                        dist_scale=self.dist_scale, planes=list(self.planes), added=list(self.added))
+                        dist_scale=self.dist_scale, planes=list(self.planes), added=list(self.added), warp=self.warp)
+
+    #: Bound on how much the signed distance can change per mm of displacement: the trilinear
+    #: interpolant of distance samples changes by at most 1 per axis (sqrt 3 along a diagonal),
+    #: times the largest per-axis scale (1.15), plus the int8 step.
+    _WARP_LIPSCHITZ = 1.15 * 1.8
+
+    def _apply_warp(self, coords: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``d`` (body mm at grid indices ``coords`` (3, ...)) re-read at the warped indices where
+        the warp can change it: within the displacement bound (times the Lipschitz bound, plus
+        0.2 mm) of the surface (in place; returns ``d``). Elsewhere the sign cannot change."""
+        if self.warp is None:
+            return d
+        flat = d.reshape(-1)
+        near = np.flatnonzero(np.abs(flat) < np.float32(self._WARP_LIPSCHITZ * self.warp.max_mm + 0.2))
+        if near.size:
+            c = coords.reshape(3, -1)[:, near]
+            keep = np.abs(flat[near]) < self._WARP_LIPSCHITZ * self.warp.bound_at(c) + np.float32(0.2)
+            near, c = near[keep], c[:, keep]
+            if near.size:
+                flat[near] = self._interp(c + self.warp.displacement(c).astype(c.dtype))
+        return d
 
     def _index_map(self) -> tuple[np.ndarray, np.ndarray]:
         """(A (3, 3), a0 (3,)): grid index (z, y, x) = A @ body + a0."""
@@ -136,7 +159,8 @@ class MeshPart(Part):
             corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
             m, c = self.source_from_body[:, :3], self.source_from_body[:, 3]
             body = (corners - c) @ np.linalg.inv(m).T
-            lo, hi = body.min(axis=0) - _PAD_MM, body.max(axis=0) + _PAD_MM
+            pad = _PAD_MM + (self._WARP_LIPSCHITZ * self.warp.max_mm if self.warp is not None else 0.0)
+            lo, hi = body.min(axis=0) - pad, body.max(axis=0) + pad
             for prim in self.added:
                 plo, phi = prim.body_bounds(_PAD_MM + ADDED_FILLET_MM)
                 lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
@@ -173,7 +197,7 @@ class MeshPart(Part):
             off = float(a[r] @ box.origin + a0[r])
             coords[r] = ((coef[1] * idx[1])[:, None] + (coef[2] * idx[2])[None, :])[None].astype(np.float32)
             coords[r] += (coef[0] * idx[0] + off).astype(np.float32)[:, None, None]
-        d = self._interp(coords)
+        d = self._apply_warp(coords, self._interp(coords))
         del coords
         self._add_bone_box(d, box)
         for point, normal in self.planes:
@@ -188,7 +212,8 @@ class MeshPart(Part):
         """Signed distance (mm, float64) at (N, 3) body points (``cut=False``: before carving)."""
         points = np.asarray(points, float).reshape(-1, 3)
         a, a0 = self._index_map()
-        d = self._interp((points @ a.T + a0).T).astype(np.float64)
+        coords = (points @ a.T + a0).T
+        d = self._apply_warp(coords, self._interp(coords)).astype(np.float64)
         for prim in self.added:
             d = smooth_min(d, prim.sdf_points(points), ADDED_FILLET_MM)
         for point, normal in self.planes:

@@ -1,0 +1,132 @@
+"""Smooth per-case deformation of a vertebra's arch (phantom v2 on real bone shapes).
+
+Phantom v2 has few source bones (the Visible Human Male's L1-L5 and the mean L2-L5 of 87
+patients); scaled per axis, every case's spinous and transverse processes were the same straight,
+symmetric shapes, which is what blinded readers named first when they told phantom tiles from
+real ones (docs/phantom.md, "Blinded reading"). An :class:`ArchWarp` bends them per case: the bone
+grid is read at ``index + W(index)``, where ``W`` is a smooth random displacement (Gaussian-
+correlated, about 9 mm) weighted to 0 over the vertebral body, the pedicles and the superior
+articular processes, so the landmarks the triangles' truth is measured from (endplates, pedicles,
+SAP faces, the body's lateral border) do not move, and 1 over the laminae, the spinous process and
+the transverse processes.
+
+The warped shape is the sign of the warped distance everywhere (labels, level map and the truth's
+reference distances read the same function), so labels stay exact. Away from the surface the
+distance is left unwarped (the sign cannot change there); near it, the warp changes distances by
+at most its gradient (below 0.25), which only the cortex and partial-volume rendering read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["ArchWarp", "sample_arch_warps", "make_arch_warp", "arch_weight", "LATTICE_MM", "CORRELATION_MM"]
+
+#: Node spacing (source mm) of the displacement lattice; W is trilinear between nodes.
+LATTICE_MM = 3.0
+#: Gaussian correlation length (sigma, source mm) of the displacement.
+CORRELATION_MM = 9.0
+#: Amplitude range (SD of each displacement component, mm) drawn per vertebra.
+AMPLITUDE_MM = (0.8, 2.0)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def arch_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
+    """Deformation weight (0-1) at points given in a bone's measured local frame.
+
+    Args:
+        local_mm: (..., 3) (lateral, posterior, cranial) mm in the source bone's measured frame.
+        measured: the bone's ``measured`` dict (``a``, ``b``, ``sides`` with ``pedicle.mid``,
+            ``sap_face``, ``sap_centroid``).
+
+    Returns:
+        (...) weights: 0 over the body (posterior < b + 14 mm and lateral < max(a + 3, pedicle
+        + 8) mm), within 10 mm of a pedicle's centre and within 8 mm of an SAP's face or
+        centroid; rising over 10 mm to 1 behind the pedicles and beyond them laterally.
+    """
+    lat, post = np.abs(local_mm[..., 0]), local_mm[..., 1]
+    a, b = float(measured["a"]), float(measured["b"])
+    sides = measured["sides"].values()
+    ped_lat = max(abs(float(s["pedicle"]["mid"][0])) for s in sides)
+    w = np.maximum(_smoothstep((post - (b + 14.0)) / 10.0),
+                   _smoothstep((lat - max(a + 3.0, ped_lat + 8.0)) / 10.0))
+    for s in sides:
+        for point, r0, r1 in ((s["pedicle"]["mid"], 10.0, 16.0), (s["sap_face"], 8.0, 14.0), (s["sap_centroid"], 8.0, 14.0)):
+            dist = np.linalg.norm(local_mm - np.asarray(point, float), axis=-1)
+            w = w * _smoothstep((dist - r0) / (r1 - r0))
+    return w
+
+
+@dataclass
+class ArchWarp:
+    """A displacement field in a bone grid's index space.
+
+    Attributes:
+        lattice: (3, Nz, Ny, Nx) float32 displacement (grid index units, components z, y, x) at
+            lattice nodes; node k sits at grid index ``k * step``.
+        step: lattice node spacing in grid index units.
+        bound_mm: (Nz, Ny, Nx) float32: the largest displacement (source mm) of any point whose
+            nearest lattice node this is (the largest node norm within one node).
+        max_mm: the largest displacement anywhere (source mm).
+    """
+
+    lattice: np.ndarray
+    step: float
+    bound_mm: np.ndarray
+    max_mm: float
+
+    def displacement(self, coords: np.ndarray) -> np.ndarray:
+        """W (grid index units) at grid indices ``coords`` (3, ...), trilinear between nodes."""
+        c = np.asarray(coords, np.float32) / np.float32(self.step)
+        return np.stack([ndimage.map_coordinates(self.lattice[k], c, order=1, mode="nearest", output=np.float32)
+                         for k in range(3)])
+
+    def bound_at(self, coords: np.ndarray) -> np.ndarray:
+        """The displacement bound (source mm) at grid indices ``coords`` (3, N), by nearest node."""
+        c = np.asarray(coords, np.float32) * np.float32(1.0 / self.step)
+        c += np.float32(0.5)
+        k = np.floor(c, out=c).astype(np.intp)  # the nearest node; out-of-grid points take the edge's
+        return self.bound_mm.ravel()[np.ravel_multi_index(tuple(k), self.bound_mm.shape, mode="clip")]
+
+
+def make_arch_warp(grid, amplitude_mm: float, seed: int) -> ArchWarp:
+    """The warp of one placed bone grid (``grid``: a :class:`meshes.BoneGrid` with ``measured``).
+
+    Args:
+        amplitude_mm: SD (source mm) of each displacement component before weighting.
+        seed: seed of its random lattice (recorded in the case's parameters).
+    """
+    rng = np.random.default_rng(int(seed))
+    extent = (np.asarray(grid.values.shape) - 1) * grid.spacing_mm  # (z, y, x) source mm
+    step_mm = LATTICE_MM
+    nodes = np.ceil(extent / step_mm).astype(int) + 2
+    noise = rng.standard_normal((3, *nodes)).astype(np.float32)
+    for k in range(3):
+        ndimage.gaussian_filter(noise[k], CORRELATION_MM / step_mm, output=noise[k], mode="reflect", truncate=3.0)
+        noise[k] /= max(float(noise[k].std()), 1e-6)
+    # node positions in source LPS (x, y, z) -> measured local frame (lateral, posterior, cranial)
+    m = grid.measured
+    iz, iy, ix = (np.arange(n) * step_mm for n in nodes)
+    zz, yy, xx = np.meshgrid(iz, iy, ix, indexing="ij")
+    src = np.stack([xx, yy, zz], axis=-1) + np.asarray(grid.origin_xyz_mm, float)
+    local = (src - np.asarray(m["origin_xyz_mm"], float)) @ np.asarray(m["axes"], float).T
+    weight = arch_weight(local, m).astype(np.float32)
+    lattice = noise * weight[None] * np.float32(amplitude_mm / grid.spacing_mm)
+    norm_mm = np.sqrt((lattice ** 2).sum(axis=0)) * np.float32(grid.spacing_mm)
+    bound = ndimage.maximum_filter(norm_mm, size=3, mode="nearest")  # a point's cell corners lie within one node
+    return ArchWarp(lattice, step_mm / grid.spacing_mm, bound.astype(np.float32), float(norm_mm.max()))
+
+
+def sample_arch_warps(rng: np.random.Generator, names) -> dict[str, dict[str, Any]]:
+    """Per vertebra in ``names``: ``amplitude_mm`` and the lattice ``seed`` (recorded in the
+    case's parameters, ``extras['arch_warp']``)."""
+    return {name: {"amplitude_mm": round(float(rng.uniform(*AMPLITUDE_MM)), 3), "seed": int(rng.integers(0, 2**31))}
+            for name in names}

@@ -1,0 +1,94 @@
+"""Warped vertebral arches of phantom v2 (spinect.phantom.warps, phantom version 9)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from spinect.phantom import generate_case
+from spinect.phantom.meshes import load_library
+from spinect.phantom.warps import arch_weight, make_arch_warp, sample_arch_warps
+
+
+@pytest.fixture(scope="module")
+def library():
+    return load_library()
+
+
+def _source_index(grid, local_mm: np.ndarray) -> np.ndarray:
+    """Grid indices (3, N) (z, y, x) of points given in the bone's measured local frame (N, 3)."""
+    m = grid.measured
+    src = np.asarray(m["origin_xyz_mm"], float) + local_mm @ np.asarray(m["axes"], float)
+    return ((src - np.asarray(grid.origin_xyz_mm, float)) / grid.spacing_mm)[:, ::-1].T
+
+
+@pytest.mark.parametrize("name", ["vhm__L3", "mean__L4", "vhm__L5"])
+def test_landmarks_do_not_move_and_the_processes_do(library, name):
+    grid = library[name]
+    m = grid.measured
+    landmarks = [np.zeros(3)]  # the body's centre
+    for s in m["sides"].values():
+        landmarks += [np.asarray(s["pedicle"]["mid"], float), np.asarray(s["sap_face"], float),
+                      np.asarray(s["sap_centroid"], float)]
+    a, b = float(m["a"]), float(m["b"])
+    # the body's lateral borders and front, the posterior wall at the pedicles' height
+    landmarks += [np.array([sign * a, 0.0, 0.0]) for sign in (1, -1)] + [np.array([0.0, -b, 0.0]), np.array([0.0, b, 0.0])]
+    landmarks = np.array(landmarks)
+    assert np.all(arch_weight(landmarks, m) == 0.0)
+    warp = make_arch_warp(grid, 2.0, seed=7)
+    assert np.all(warp.displacement(_source_index(grid, landmarks)) == 0.0)
+    # the spinous process (behind the canal) and the transverse processes' tips move
+    tips = np.array([[0.0, b + 40.0, 0.0], [a + 25.0, b + 8.0, 0.0], [-(a + 25.0), b + 8.0, 0.0]])
+    assert np.all(arch_weight(tips, m) == 1.0)
+    moved = np.linalg.norm(warp.displacement(_source_index(grid, tips)), axis=0) * grid.spacing_mm
+    assert np.all(moved > 0.0) and np.all(moved <= warp.max_mm + 1e-6)
+    # the nearest-node bound holds everywhere (random points over the grid)
+    pts = np.random.default_rng(0).uniform(0, np.array(grid.values.shape) - 1, size=(2000, 3)).T
+    norm = np.linalg.norm(warp.displacement(pts), axis=0) * grid.spacing_mm
+    assert np.all(norm <= warp.bound_at(pts) + 1e-5)
+
+
+def test_warp_draws_are_recorded_and_reproducible():
+    a = sample_arch_warps(np.random.default_rng(3), ["L1", "L2"])
+    b = sample_arch_warps(np.random.default_rng(3), ["L1", "L2"])
+    assert a == b and set(a) == {"L1", "L2"}
+    assert all(0.8 <= v["amplitude_mm"] <= 2.0 for v in a.values())
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
+
+
+def test_labels_are_the_sign_of_the_warped_distance(case):
+    """Every voxel of a warped vertebra's box is that vertebra's code exactly where its warped,
+    carved signed distance is negative, and the warp changed the shape there."""
+    structures = sitk.GetArrayFromImage(case.structures)
+    g = case.grid
+    parts = [p for p in case.anatomy.bones if p.warp is not None]
+    assert {p.name for p in parts} >= {"L4", "L5"}
+    total_changed = 0
+    for part in parts:
+        lo, hi = part.body_bounds()
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        idx = (corners @ g.rotation.T + g.translation - np.asarray(g.origin_xyz_mm)) / np.asarray(g.spacing_zyx_mm)[::-1]
+        shape = np.array(structures.shape)
+        ilo = np.clip(np.floor(idx.min(axis=0)[::-1]).astype(int), 0, shape)
+        ihi = np.clip(np.ceil(idx.max(axis=0)[::-1]).astype(int) + 1, 0, shape)
+        if np.any(ihi - ilo < 2):
+            continue
+        vox = np.stack(np.meshgrid(*(np.arange(a, b, 2) for a, b in zip(ilo, ihi)), indexing="ij"), -1).reshape(-1, 3)
+        world = np.asarray(g.origin_xyz_mm, float) + vox[:, ::-1] * np.asarray(g.spacing_zyx_mm, float)[::-1]
+        body = (world - g.translation) @ g.rotation
+        d = part.sdf_points(body)
+        sure = np.abs(d) > 1e-3
+        codes = structures[tuple(vox.T)]
+        assert np.all(codes[sure & (d < 0)] == part.code), part.name
+        assert not np.any(codes[sure & (d > 0)] == part.code), part.name
+        plain = replace(part, warp=None)
+        plain.__dict__.pop("_mesh_bounds", None)
+        total_changed += int(np.sum(np.sign(plain.sdf_points(body)) != np.sign(d)))
+    assert total_changed > 100
