@@ -20,8 +20,8 @@ Run::
 Each tile is one slice (axial or sagittal) shown in a bone window (W 1500 / L 300) on the left and
 a soft-tissue window (W 400 / L 40) on the right, 90 x 90 mm (sagittal: 66 x 90 mm, the crop's
 height), resampled by linear interpolation to 1 mm pixels and enlarged 4x for viewing. Real tiles:
-axial slices at random heights through the labelled lumbar vertebrae and sagittal slices within
-6 mm of the bone's midline; phantom tiles likewise through L1-L4, half on the crop's grid
+axial slices at random heights through the labelled lumbar vertebrae and sagittal slices spread
+over 6 mm either side of the bone's midline; phantom tiles likewise through L1-L4, half on the crop's grid
 (1.5 mm, no IV contrast, like the crop) and half on the chest CT's (0.70 x 0.70 x 2.5 mm, IV
 contrast, like the chest CT). A benchmark, not a test: the reader is a person (or a model) and
 the result is theirs.
@@ -114,8 +114,12 @@ def slices_of(ct, bone, spacing, rng, *, n_axial: int, n_sagittal: int, source: 
         out.append({"source": source, "plane": "axial",
                     "image": tile_image(resample_plane(ct, spacing, centre, (1, 2), AXIAL_MM), sagittal=False)})
     cz, cy, cx = idx.mean(axis=0)
-    for _ in range(n_sagittal):
-        x_mm = cx * spacing[2] + float(rng.uniform(-6.0, 6.0))
+    # several sagittal planes of one case spread over +-6 mm (random draws could fall within a
+    # voxel of each other and show one slice twice)
+    spread = np.linspace(-6.0, 6.0, n_sagittal) + rng.uniform(-1.0, 1.0, n_sagittal) if n_sagittal > 1 \
+        else rng.uniform(-6.0, 6.0, n_sagittal)
+    for offset in rng.permutation(spread):
+        x_mm = cx * spacing[2] + float(offset)
         centre = _clamped_centre(ct.shape, spacing, (cz * spacing[0], cy * spacing[1], x_mm), (0, 1), SAGITTAL_MM)
         out.append({"source": source, "plane": "sagittal",
                     "image": tile_image(resample_plane(ct, spacing, centre, (0, 1), SAGITTAL_MM), sagittal=True)})

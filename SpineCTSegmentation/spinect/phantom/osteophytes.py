@@ -5,9 +5,9 @@ label, the level map and every distance the truth is computed from include them:
 
 * **Marginal (spondylotic) osteophytes**: lips of bone at the anterior and anterolateral rims of
   the endplates, pointing outwards and a little towards the disc. Their prevalence and size grow
-  with age: lumbar osteophytes are rare under 30 and found in most people over 60 (O'Neill et al.,
-  Ann Rheum Dis 1999; Kalichman et al., Spine 2009, CT study: 63 % of 40-49, 86 % over 60 had
-  at least a small one). Drawn per case by :func:`sample_marginal` from a stream of their own
+  with age (population surveys find lumbar osteophytes uncommon under 30 and in most people over
+  60, e.g. O'Neill et al., J Rheumatol 1999; the linear curve of :func:`marginal_probability` is
+  this phantom's assumption). Drawn per case by :func:`sample_marginal` from a stream of their own
   and the patient's age, so every other draw of a case stays as it was.
 * **The degenerated level's posterolateral osteophyte** (``Degeneration.osteophyte_mm``, as in
   the primitive phantom): at the lower vertebra's superior endplate, on the degenerated side,

@@ -408,12 +408,16 @@ def _muscle(hu, st, look: SoftLook, fields: _Fields, fat_hu, spacing) -> None:
         share[C[name]] = min(look.muscle_fat_fraction * rel, 0.6)
     from scipy.special import ndtri
 
-    q = np.full(256, 9.0, np.float32)
-    q[list(MUSCLE_CODES)] = ndtri(1.0 - np.clip(share[list(MUSCLE_CODES)], 1e-4, 0.99))
-    fib = fields.sample((7.0, 1.8, 1.8), box)
-    w = -fib
-    w -= q[s]
-    w *= np.float32(1.5)
+    # version 9: the fat lies in thin sheets between fascicles (the zero set of a field elongated
+    # along z: streaks in axial slices), not in blobs (a one-sided threshold: dots in axial
+    # slices, which blinded readers named as a phantom tell); |X| < t has probability 2 Phi(t) - 1
+    t = np.zeros(256, np.float32)
+    t[list(MUSCLE_CODES)] = ndtri(0.5 + 0.5 * np.clip(share[list(MUSCLE_CODES)], 1e-4, 0.99))
+    fib = fields.sample((7.0, 3.0, 3.0), box)
+    w = np.abs(fib)
+    w *= np.float32(-1.0)
+    w += t[s]
+    w *= np.float32(4.0)
     np.clip(w, 0.0, 0.75, out=w)
     # fat septa and fascia: thin sheets (zero set of a field elongated along z)
     sep = fields.sample((2.0 * look.septa_mm, look.septa_mm, look.septa_mm), box)
