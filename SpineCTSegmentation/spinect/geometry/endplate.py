@@ -174,20 +174,26 @@ def endplate_frame_from_clicks(
     if key not in surfaces:
         surfaces[key] = cranial_surface_points(mask, affine, max_tilt_deg=STEEP_TILT_DEG, return_normals=True)
     points, normals = surfaces[key]
+    link = 2.5 * _voxel_size(affine)
     if triangle == "kambin":  # B and C on the endplate, A above it
-        start, seed = _plane_below(points, normals, pts, above=pts[:1], through=pts[1:], band_mm=band_mm,
+        start, seed = _plane_below(points, normals, pts, above=pts[:1], through=pts[1:], band_mm=band_mm, link_mm=link,
                                    min_support=min_support, what="through the Kambin triangle's B and C")
     else:  # every vertex of the safe triangle lies on the upper vertebra, above the endplate
-        start, seed = _plane_below(points, normals, pts, above=pts, band_mm=band_mm, min_support=min_support,
+        start, seed = _plane_below(points, normals, pts, above=pts, band_mm=band_mm, link_mm=link, min_support=min_support,
                                    what="below the safe triangle's points")
     origin, normal = start.centre_lps_mm, start.normal
-    link = 2.5 * _voxel_size(affine)
     patch = None
     for reach in GROWTH_REACH_MM:
         keep = (np.abs((points - origin) @ normal) <= band_mm) & (normals @ normal >= np.cos(np.radians(30.0)))
         keep &= np.linalg.norm(points - seed, axis=1) <= reach
-        grown = _cluster_nearest(points[keep], seed, link_mm=link)
-        if len(grown) < min_support:
+        # the first pass grows from the seed; wider passes keep the largest piece in the refitted band
+        # (the endplate is the largest flat cranially facing surface; the seed's own piece can be a
+        # rim corner that the refitted band cut off)
+        grown = _cluster_nearest(points[keep], seed, link_mm=link) if patch is None else \
+            (_largest_cluster(points[keep], link_mm=link) if keep.any() else points[keep])
+        if len(grown) < min_support or (patch is not None and len(grown) < len(patch)):
+            # a wider pass that finds less surface has lost the endplate (the refitted band split it
+            # and the seed's piece is a rim fragment, e.g. beside an osteophyte): keep the last plane
             break
         centroid, fitted, _ = fit_plane(grown)
         fitted = fitted if fitted @ normal >= 0 else -fitted
@@ -276,13 +282,18 @@ def _lateral_from_symmetry(mask_zyx: np.ndarray, index_to_lps: np.ndarray, frame
 
 def _plane_below(points: np.ndarray, normals: np.ndarray, triangle_lps_mm: np.ndarray, *, above: np.ndarray,
                  through: np.ndarray | None = None, through_mm: float = 3.0, above_mm: float = 2.0,
-                 band_mm: float, min_support: int, what: str) -> tuple[EndplateFrame, np.ndarray]:
+                 band_mm: float, link_mm: float, min_support: int, what: str) -> tuple[EndplateFrame, np.ndarray]:
     """Best-supported cranially facing plane under the clicked vertices, and a surface point on it.
 
     Candidates: cranially facing bone surface within ``ENDPLATE_REACH_MM`` of the triangle. RANSAC
     keeps the plane with the most facing support among those that leave every point of ``above``
     at least ``above_mm`` on the plane's cranial side and pass within ``through_mm`` of every point
-    of ``through``: the endplate is the largest flat cranially facing surface there.
+    of ``through``: the endplate is the largest flat cranially facing surface there. The returned
+    point, where the fit over the whole endplate grows from, is the support's point nearest the
+    triangle (Kambin: nearest the middle of B and C, which lie on the endplate) within the support's
+    largest connected piece (``link_mm``): the nearest support point
+    overall can lie on a pedicle's or articular process's top that happens to be in the band, and
+    growing from there fits that patch (13-27 deg off on warped phantom arches, December 2026).
     """
     centroid = triangle_lps_mm.mean(axis=0)
     # under the highest vertex that must stay above (world superior): the surfaces of the processes
@@ -314,7 +325,9 @@ def _plane_below(points: np.ndarray, normals: np.ndarray, triangle_lps_mm: np.nd
         raise InputError(message[0].upper() + message[1:])
     a, n = best
     on_plane = (np.abs((cand - a) @ n) <= band_mm) & (cand_normals @ n >= facing_cos)
-    seed = cand[on_plane][np.argmin(np.linalg.norm(cand[on_plane] - centroid, axis=1))]
+    main = _largest_cluster(cand[on_plane], link_mm=link_mm)
+    anchor = through.mean(axis=0) if through is not None else centroid  # Kambin: B and C lie on the endplate
+    seed = main[np.argmin(np.linalg.norm(main - anchor, axis=1))]
     return frame_from_plane(a, n), seed
 
 
