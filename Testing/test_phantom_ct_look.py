@@ -54,7 +54,7 @@ def _sha(array: np.ndarray) -> str:
 def test_labels_structures_and_truth_are_unchanged(key, monkeypatch):
     from spinect.phantom import case as case_module
 
-    monkeypatch.setattr(case_module, "_with_marginal_osteophytes", lambda params, seed, look_ss: params)
+    monkeypatch.setattr(case_module, "_with_osteophytes_and_arch_warps", lambda params, seed, look_ss: params)
     seed, shape, spacing = key
     case = generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing)
     truth = {k: v for k, v in case.truth.items() if k not in ("appearance", "phantom_version")}
@@ -72,7 +72,7 @@ def test_version_9_anatomy_moves_only_vertebrae_and_nerves(monkeypatch):
 
     seed, shape, spacing = next(iter(FROZEN))
     with_extras = sitk.GetArrayFromImage(generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing).structures)
-    monkeypatch.setattr(case_module, "_with_marginal_osteophytes", lambda params, seed, look_ss: params)
+    monkeypatch.setattr(case_module, "_with_osteophytes_and_arch_warps", lambda params, seed, look_ss: params)
     without = sitk.GetArrayFromImage(generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing).structures)
     changed = with_extras != without
     assert changed.sum() > 100  # the arches of L3-L5 in this grid are warped

@@ -160,7 +160,7 @@ def generate_case(
     with maybe_stage(timer, "anatomy"):
         if anatomy_kind == "mesh":
             params = sample_mesh_params(geo_rng, degeneration=degeneration)
-            params = _with_marginal_osteophytes(params, seed, look_ss)
+            params = _with_osteophytes_and_arch_warps(params, seed, look_ss)
             anatomy = build_mesh_anatomy(params, geo_rng, surroundings=surroundings, metal=metal)
         else:
             params = sample_params(geo_rng, degeneration=degeneration)
@@ -200,7 +200,7 @@ def generate_case(
     return PhantomCase(int(seed), _image(A.to_int16(hu), grid), _image(labels, grid), _image(structures, grid), truth, anatomy, grid)
 
 
-def _with_marginal_osteophytes(params, seed: int, look_ss: np.random.SeedSequence):
+def _with_osteophytes_and_arch_warps(params, seed: int, look_ss: np.random.SeedSequence):
     """``params`` with the case's marginal osteophytes (``extras['osteophytes']``) and the warps of
     its L1-L5 arches (``extras['arch_warp']``, :mod:`spinect.phantom.warps`), drawn from a
     seventh stream (``spawn(7)``'s first six are the streams above and the thorax's), so every
