@@ -146,6 +146,20 @@ class MeshPart(Part):
                 flat[near] = self._interp(c + self.warp.displacement(c).astype(c.dtype))
         return d
 
+    def _warp_body_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) body-coordinate AABB outside which the warp's displacement is 0, padded by the
+        distance band (a point outside it cannot change sign)."""
+        cached = self.__dict__.get("_warp_box")
+        if cached is None:
+            lo, hi = self.warp.active_index  # grid index (z, y, x)
+            corners = np.array([[z, y, x] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])])
+            a, a0 = self._index_map()
+            body = (corners - a0) @ np.linalg.inv(a).T
+            pad = self._WARP_LIPSCHITZ * self.warp.max_mm + 1.0
+            cached = (body.min(axis=0) - pad, body.max(axis=0) + pad)
+            self.__dict__["_warp_box"] = cached
+        return cached
+
     def _index_map(self) -> tuple[np.ndarray, np.ndarray]:
         """(A (3, 3), a0 (3,)): grid index (z, y, x) = A @ body + a0."""
         g = self.grid
@@ -197,7 +211,13 @@ class MeshPart(Part):
             off = float(a[r] @ box.origin + a0[r])
             coords[r] = ((coef[1] * idx[1])[:, None] + (coef[2] * idx[2])[None, :])[None].astype(np.float32)
             coords[r] += (coef[0] * idx[0] + off).astype(np.float32)[:, None, None]
-        d = self._apply_warp(coords, self._interp(coords))
+        d = self._interp(coords)
+        if self.warp is not None:  # only where the displacement is not 0
+            sub = box.sub(*self._warp_body_box())
+            if sub is not None:
+                inner = sub.slices_in(box)
+                d[inner] = self._apply_warp(np.ascontiguousarray(coords[(slice(None), *inner)]),
+                                            np.ascontiguousarray(d[inner]))
         del coords
         self._add_bone_box(d, box)
         for point, normal in self.planes:
@@ -213,7 +233,13 @@ class MeshPart(Part):
         points = np.asarray(points, float).reshape(-1, 3)
         a, a0 = self._index_map()
         coords = (points @ a.T + a0).T
-        d = self._apply_warp(coords, self._interp(coords)).astype(np.float64)
+        d = self._interp(coords)
+        if self.warp is not None:  # only where the displacement is not 0
+            lo, hi = self._warp_body_box()
+            inside = np.flatnonzero(np.all((points >= lo) & (points <= hi), axis=1))
+            if inside.size:
+                d[inside] = self._apply_warp(np.ascontiguousarray(coords[:, inside]), d[inside])
+        d = d.astype(np.float64)
         for prim in self.added:
             d = smooth_min(d, prim.sdf_points(points), ADDED_FILLET_MM)
         for point, normal in self.planes:

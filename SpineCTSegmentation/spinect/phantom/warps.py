@@ -76,12 +76,15 @@ class ArchWarp:
         bound_mm: (Nz, Ny, Nx) float32: the largest displacement (source mm) of any point whose
             nearest lattice node this is (the largest node norm within one node).
         max_mm: the largest displacement anywhere (source mm).
+        active_index: (2, 3) lo and hi grid indices (z, y, x) outside which the displacement is
+            exactly 0 (the box of the nodes with a non-zero bound, one node wider).
     """
 
     lattice: np.ndarray
     step: float
     bound_mm: np.ndarray
     max_mm: float
+    active_index: np.ndarray
 
     def displacement(self, coords: np.ndarray) -> np.ndarray:
         """W (grid index units) at grid indices ``coords`` (3, ...), trilinear between nodes."""
@@ -122,7 +125,13 @@ def make_arch_warp(grid, amplitude_mm: float, seed: int) -> ArchWarp:
     lattice = noise * weight[None] * np.float32(amplitude_mm / grid.spacing_mm)
     norm_mm = np.sqrt((lattice ** 2).sum(axis=0)) * np.float32(grid.spacing_mm)
     bound = ndimage.maximum_filter(norm_mm, size=3, mode="nearest")  # a point's cell corners lie within one node
-    return ArchWarp(lattice, step_mm / grid.spacing_mm, bound.astype(np.float32), float(norm_mm.max()))
+    step = step_mm / grid.spacing_mm
+    nodes_on = np.argwhere(norm_mm > 0)
+    if len(nodes_on):
+        active = np.stack([(nodes_on.min(axis=0) - 1) * step, (nodes_on.max(axis=0) + 1) * step]).astype(float)
+    else:
+        active = np.zeros((2, 3))
+    return ArchWarp(lattice, step, bound.astype(np.float32), float(norm_mm.max()), active)
 
 
 def sample_arch_warps(rng: np.random.Generator, names) -> dict[str, dict[str, Any]]:
