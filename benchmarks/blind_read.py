@@ -21,9 +21,10 @@ Each tile is one slice (axial or sagittal) shown in a bone window (W 1500 / L 30
 a soft-tissue window (W 400 / L 40) on the right, 90 x 90 mm (sagittal: 66 x 90 mm, the crop's
 height), resampled by linear interpolation to 1 mm pixels and enlarged 4x for viewing. Real tiles:
 axial slices at random heights through the labelled lumbar vertebrae and sagittal slices spread
-over 6 mm either side of the bone's midline; phantom tiles likewise through L1-L4, half on the crop's grid
-(1.5 mm, no IV contrast, like the crop) and half on the chest CT's (0.70 x 0.70 x 2.5 mm, IV
-contrast, like the chest CT). A benchmark, not a test: the reader is a person (or a model) and
+over 6 mm either side of the bone's midline; phantom tiles likewise, half on the crop's grid
+(1.5 mm, no IV contrast, lumbosacral field, through L1-L4, like the crop) and half on the chest
+CT's (0.70 x 0.70 x 2.5 mm, IV contrast, thoracolumbar field with the thorax, through L1-L3, like
+the chest CT). A benchmark, not a test: the reader is a person (or a model) and
 the result is theirs.
 """
 
@@ -127,7 +128,11 @@ def slices_of(ct, bone, spacing, rng, *, n_axial: int, n_sagittal: int, source: 
 
 
 def phantom_volume(seed: int, grid: str):
-    """(ct, L1-L4 bone mask, spacing, note) of a phantom v2 case on the crop's or the chest CT's grid."""
+    """(ct, bone mask, spacing, note) of a phantom v2 case on the crop's or the chest CT's grid.
+
+    Like the real case it stands beside: on the crop's grid the default (lumbosacral) field and
+    L1-L4 (the crop holds L2-L4); on the chest CT's grid the thoracolumbar field (thorax, lungs,
+    diaphragm; centred on T12/L1) and L1-L3 (the chest CT's labels are T12-L3)."""
     import SimpleITK as sitk
     from spinect.phantom import STRUCTURE_CODES, generate_case
 
@@ -135,10 +140,12 @@ def phantom_volume(seed: int, grid: str):
     extent_mm = (165.0, 150.0, 150.0)
     shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing))
     case = generate_case(seed, shape_zyx=shape, spacing_zyx_mm=spacing, window_tables=False,
-                         appearance_overrides={"iv_contrast": grid == "chest"})
+                         appearance_overrides={"iv_contrast": grid == "chest"},
+                         field="lumbosacral" if grid == "crop" else "thoracolumbar")
     ct = sitk.GetArrayFromImage(case.ct).astype(np.float32)
     st = sitk.GetArrayFromImage(case.structures)
-    bone = np.isin(st, [STRUCTURE_CODES[n] for n in ("L1", "L2", "L3", "L4")])
+    levels = ("L1", "L2", "L3", "L4") if grid == "crop" else ("L1", "L2", "L3")
+    bone = np.isin(st, [STRUCTURE_CODES[n] for n in levels])
     a = case.truth["appearance"]["ct"]
     note = f"seed {seed}, {grid} grid, age {a['age_years']:.0f}, {a['kernel']} kernel, noise {a['noise_sd_hu']:.0f} HU"
     return ct, bone, spacing, note

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from spinect.errors import SpinectError
 from spinect.phantom.render import BoneModel, TissueValues
-from spinect.phantom.soft_detail import SoftLook, sample_soft_look
+from spinect.phantom.soft_detail import SoftLook, sample_disc_vacuum, sample_soft_look
 from spinect.phantom.structures import (BONE_CODES, LEGACY_BONE_CODES, STRUCTURE_CODES, STRUCTURE_NAMES, STRUCTURE_TISSUE,
                                         THORAX_STRUCTURES, structure_lookup)
 
@@ -383,7 +383,9 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)),
     )
     # drawn after everything above (version 8), so every earlier value is as in version 7
-    return replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
+    app = replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
+    # version 9, drawn last: the vacuum phenomenon of degenerated lower discs (older patients)
+    return replace(app, soft_tissue=replace(app.soft_tissue, disc_vacuum=sample_disc_vacuum(rng, age)))
 
 
 #: Share of ``ct`` cases whose epidural fat is thin (partial-volumed with dura and epidural veins).

@@ -398,6 +398,36 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
     view += canc
 
 
+#: HU of the gas in a disc's vacuum clefts (before partial volume).
+VACUUM_GAS_HU = -850.0
+
+
+def _disc_vacuum(value: np.ndarray, d: np.ndarray, sub: GridBox, spacing: np.ndarray, strength: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Gas clefts of a degenerated disc's nucleus blended into its HU (float32 (Z, Y, X), returned).
+
+    The clefts are the zero set of a field that varies fast along z (0.8 mm) and slowly in the
+    plane (4 mm): thin, roughly horizontal sheets, kept where a second, coarse field is high (about
+    ``strength`` x 40 % of the nucleus) and more than 2.5 mm inside the disc, with a soft edge
+    (partial volume)."""
+    sheet = smooth_noise(sub.shape, np.array([0.8, 4.0, 4.0]) / spacing, rng)
+    np.abs(sheet, out=sheet)
+    width = np.float32(0.3 + 0.3 * strength)  # in SDs of the field
+    sheet *= np.float32(-2.0) / width
+    sheet += np.float32(2.0)  # 1 within half the width, falling to 0 at the width
+    np.clip(sheet, 0.0, 1.0, out=sheet)
+    where = smooth_noise(sub.shape, np.array([3.0, 6.0, 6.0]) / spacing, rng)
+    from scipy.special import ndtri
+
+    where -= np.float32(ndtri(1.0 - 0.4 * strength))
+    where *= np.float32(3.0)
+    np.clip(where, 0.0, 1.0, out=where)
+    sheet *= where
+    sheet *= np.clip((-d - np.float32(2.5)) / np.float32(1.5), 0.0, 1.0)  # the nucleus only
+    value += sheet * (np.float32(VACUUM_GAS_HU) - value)
+    return value
+
+
 def _soft_part_value(part: Part, sub: GridBox, d: np.ndarray, values: TissueValues, rng: np.random.Generator):
     """HU of a non-bone foreground part: the table value; in the ``ct`` mode (``values.soft``)
     discs get an annulus brighter than the nucleus (by ``disc_nucleus_hu``, reached 3-7 mm
@@ -414,6 +444,9 @@ def _soft_part_value(part: Part, sub: GridBox, d: np.ndarray, values: TissueValu
         nucleus *= np.float32(-soft.disc_nucleus_hu)
         value += nucleus
         value += np.float32(base + 0.3 * soft.disc_nucleus_hu)
+        vacuum = (soft.disc_vacuum or {}).get(part.name, 0.0)
+        if vacuum > 0:  # gas clefts: thin, roughly horizontal sheets in the nucleus (HU only)
+            value = _disc_vacuum(value, d, sub, spacing, float(vacuum), rng)
         return value
     if part.name in ("epidural_fat", "foraminal_fat") and soft.canal_fat_texture_hu > 0:
         value = smooth_noise(sub.shape, np.array([4.0, 1.5, 1.5]) / spacing, rng)

@@ -31,7 +31,7 @@ which costs a fraction of filtering the whole grid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,8 @@ from spinect.phantom.primitives import GridBox
 from spinect.phantom.structures import STRUCTURE_CODES as C
 
 __all__ = ["SoftGeometry", "sample_soft_geometry", "deform_background", "paint_bowel", "SoftLook", "sample_soft_look",
-           "apply_soft_texture", "MUSCLE_CODES", "FAT_CODES", "muscle_fat_fraction"]
+           "apply_soft_texture", "MUSCLE_CODES", "FAT_CODES", "muscle_fat_fraction", "VACUUM_DISCS",
+           "vacuum_probability", "sample_disc_vacuum"]
 
 #: Muscle codes of the background map.
 MUSCLE_CODES: tuple[int, ...] = tuple(C[n] for n in ("abdominal_wall_muscle", "psoas_left", "psoas_right", "paraspinal_left",
@@ -254,6 +255,8 @@ class SoftLook:
         wall_calcification: 0-1, aortic wall plaques (share and density; age-dependent).
         disc_nucleus_hu: how much darker the nucleus pulposus is than the annulus.
         canal_fat_texture_hu: SD of the texture of the epidural and foraminal fat.
+        disc_vacuum: per disc name, 0-1 strength of the vacuum phenomenon (gas clefts in the
+            nucleus of a degenerated disc); empty: none (version 9).
     """
 
     muscle_fat_fraction: float
@@ -281,10 +284,34 @@ class SoftLook:
     wall_calcification: float = 0.0
     disc_nucleus_hu: float = 0.0
     canal_fat_texture_hu: float = 0.0
+    disc_vacuum: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+#: Discs that can show a vacuum phenomenon (it is most common at the lowest two levels).
+VACUUM_DISCS = ("disc_L4L5", "disc_L5S1")
+
+
+def vacuum_probability(age_years: float) -> float:
+    """Probability that a patient of ``age_years`` has a vacuum phenomenon in a lower lumbar disc:
+    0 under 40, rising linearly to 0.5 at 80 (an assumption: CT series report it in a fifth to a
+    half of older patients, rarely in the young)."""
+    return float(np.clip((age_years - 40.0) / 80.0, 0.0, 0.5))
+
+
+def sample_disc_vacuum(rng: np.random.Generator, age_years: float) -> dict[str, float]:
+    """Per lower disc, the strength (0.3-1) of its gas clefts; empty for most patients. Three
+    draws, always made (callers draw it last, so nothing before it changes)."""
+    u = rng.random(3)
+    if u[0] >= vacuum_probability(age_years):
+        return {}
+    out = {VACUUM_DISCS[1]: round(0.3 + 0.7 * float(u[1]), 3)}
+    if u[2] < 0.5:
+        out[VACUUM_DISCS[0]] = round(0.3 + 0.7 * float(u[2]) * 2.0, 3)
+    return out
 
 
 def muscle_fat_fraction(age_years: float) -> float:
