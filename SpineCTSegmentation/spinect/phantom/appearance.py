@@ -222,6 +222,7 @@ class CTAppearance:
     bone_streak: float = 0.0
     cortex_hu_variation: float = 0.0
     arch_cortex_gain: float = 0.0
+    marrow_variation_hu: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -390,8 +391,10 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
     )
     # drawn after everything above (version 8), so every earlier value is as in version 7
     app = replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
-    # version 9, drawn last: the vacuum phenomenon of degenerated lower discs (older patients)
-    return replace(app, soft_tissue=replace(app.soft_tissue, disc_vacuum=sample_disc_vacuum(rng, age)))
+    # version 9, drawn last: the vacuum phenomenon of degenerated lower discs (older patients), then
+    # the marrow's heterogeneity over 6-10 mm (blinded readers saw a uniform inside a shell)
+    app = replace(app, soft_tissue=replace(app.soft_tissue, disc_vacuum=sample_disc_vacuum(rng, age)))
+    return replace(app, marrow_variation_hu=float(rng.uniform(15.0, 50.0)))
 
 
 #: Share of ``ct`` cases whose epidural fat is thin (partial-volumed with dura and epidural veins).
@@ -427,7 +430,8 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
                       endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=1.4,
                       cortex_variation=0.4, cortex_hu_variation=app.cortex_hu_variation,
-                      arch_cortex_gain=app.arch_cortex_gain, cortex_gap_fraction=CORTEX_GAP_FRACTION)
+                      arch_cortex_gain=app.arch_cortex_gain, cortex_gap_fraction=CORTEX_GAP_FRACTION,
+                      marrow_variation_hu=app.marrow_variation_hu)
     return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue,
                         edge_sigma_vox=EDGE_SIGMA_VOX)
 

@@ -152,6 +152,8 @@ class BoneModel:
             (about 2.5 mm across) where the cancellous HU reaches the surface (0 = closed shell).
         arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes are
             denser than the vertebral body's rim).
+        marrow_variation_hu: SD (HU) of a smooth marrow field (sigma 8 mm): denser and sparser
+            regions of cancellous bone within one vertebra (0 = none; version 9).
     """
 
     cortex_mm: float
@@ -173,6 +175,7 @@ class BoneModel:
     cortex_hu_variation: float = 0.0
     arch_cortex_gain: float = 0.0
     cortex_gap_fraction: float = 0.0
+    marrow_variation_hu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,11 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
         tex = smooth_noise(box.shape, sigma_mm / spacing, rng)
         tex *= np.float32(model.texture_rel * max(float(marrow) - FAT_HU, 20.0))
         field += tex
+    if model.marrow_variation_hu > 0:  # regional density (sigma 8 mm): no vertebra is uniform inside
+        regional = smooth_noise(box.shape, 8.0 / spacing, rng)
+        regional *= np.float32(model.marrow_variation_hu)
+        field += regional
+        del regional
     if model.island_fraction > 0:
         pattern = smooth_noise(box.shape, model.island_mm / spacing, rng)
         cut = np.float32(np.quantile(pattern[:: 4, :: 4, :: 4], 1.0 - model.island_fraction))
