@@ -186,7 +186,8 @@ class CTAppearance:
             body mean. See :func:`noise_sd_map`.
         bone_streak: amplitude (in noise SDs) of the faint left-right streaks from dense bone
             (photon starvation along rays through much bone), :func:`bone_streaks`.
-        cortex_hu_variation, arch_cortex_gain: see :class:`spinect.phantom.render.BoneModel`.
+        cortex_hu_variation, arch_cortex_gain, marrow_variation_hu: see
+            :class:`spinect.phantom.render.BoneModel`.
     """
 
     age_years: float

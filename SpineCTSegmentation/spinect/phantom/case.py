@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -14,13 +14,15 @@ from spinect.phantom import appearance as A
 from spinect.phantom.anatomy import Anatomy, build_anatomy
 from spinect.phantom.mesh_anatomy import build_mesh_anatomy
 from spinect.phantom.meshes import check_anatomy, sample_mesh_params
+from spinect.phantom.osteophytes import sample_marginal
 from spinect.phantom.params import sample_params
 from spinect.phantom.render import Grid, make_grid, rasterise, supersampling_factors
-from spinect.phantom.structures import STRUCTURE_CODES, labels_from_structures
+from spinect.phantom.structures import STRUCTURE_CODES, VERTEBRA_NAMES, labels_from_structures
 from spinect.phantom.surroundings import add_metal_artefacts, apply_circular_fov, apply_surrounding_values, surrounding_values
 from spinect.phantom.thorax import DEFAULT_FIELD, FIELDS, attach_thorax, build_thorax, check_field, thorax_values
 from spinect.phantom.structures import THORAX_STRUCTURES
 from spinect.phantom.truth import build_truth
+from spinect.phantom.warps import sample_arch_warps
 
 __all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION", "FIELDS"]
 
@@ -208,12 +210,6 @@ def _with_osteophytes_and_arch_warps(params, seed: int, look_ss: np.random.SeedS
     ``ct`` appearance draws first from the appearance stream (read from a copy of it). The
     anatomy does not depend on the appearance: every mode, and an ``age_years`` override (which
     changes the look only), gives the same osteophytes."""
-    from dataclasses import replace
-
-    from spinect.phantom.osteophytes import sample_marginal
-    from spinect.phantom.structures import VERTEBRA_NAMES
-    from spinect.phantom.warps import sample_arch_warps
-
     ost_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(7)[6])
     age = A.sample_age(np.random.default_rng(look_ss))
     osteophytes = sample_marginal(ost_rng, age)
