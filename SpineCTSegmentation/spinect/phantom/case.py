@@ -203,8 +203,9 @@ def generate_case(
 
 
 def _with_osteophytes_and_arch_warps(params, seed: int, look_ss: np.random.SeedSequence):
-    """``params`` with the case's marginal osteophytes (``extras['osteophytes']``) and the warps of
-    its L1-L5 arches (``extras['arch_warp']``, :mod:`spinect.phantom.warps`), drawn from a
+    """``params`` with the case's marginal osteophytes (``extras['osteophytes']``), the warps of
+    its L1-L5 arches (``extras['arch_warp']``, :mod:`spinect.phantom.warps`) and its facet joint
+    space (``extras['facet_gap_mm']``), drawn from a
     seventh stream (``spawn(7)``'s first six are the streams above and the thorax's), so every
     other draw of the case is unchanged. Their prevalence follows the patient's age: the age the
     ``ct`` appearance draws first from the appearance stream (read from a copy of it). The
@@ -214,7 +215,11 @@ def _with_osteophytes_and_arch_warps(params, seed: int, look_ss: np.random.SeedS
     age = A.sample_age(np.random.default_rng(look_ss))
     osteophytes = sample_marginal(ost_rng, age)
     warps = sample_arch_warps(ost_rng, [n for n in VERTEBRA_NAMES if n != "S1"])  # drawn after the osteophytes
-    return replace(params, extras={**params.extras, "osteophytes": osteophytes, "arch_warp": warps})
+    # the facet joints' space (CT: about 1-2 mm; it was 1 mm in every case, which blinded readers saw as
+    # arches fused into one blob), drawn after the warps
+    gap_mm = round(float(ost_rng.uniform(1.0, 2.0)), 3)
+    return replace(params, extras={**params.extras, "osteophytes": osteophytes, "arch_warp": warps,
+                                   "facet_gap_mm": gap_mm})
 
 
 def _truth(seed, anatomy: Anatomy, grid: Grid, labels, look: A.Look, noise: bool, thorax=None) -> dict[str, Any]:

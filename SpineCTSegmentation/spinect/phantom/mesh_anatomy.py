@@ -30,7 +30,8 @@ from spinect.phantom.structures import STRUCTURE_CODES as C
 
 __all__ = ["build_mesh_anatomy", "FACET_GAP_MM", "SI_GAP_MM"]
 
-#: Joint space kept between a vertebra and the one below (facet joints), mm.
+#: Joint space kept between a vertebra and the one below (facet joints), mm: the default, and the
+#: value of cases without a drawn one (``extras['facet_gap_mm']``, 1.0-2.0 mm since version 9).
 FACET_GAP_MM = 1.0
 #: Sacroiliac joint space kept between ilium and sacrum, mm.
 SI_GAP_MM = 1.5
@@ -104,7 +105,8 @@ def build_mesh_anatomy(params: PhantomParams, rng: np.random.Generator, *, surro
         if part.name in ("S1", "sacrum"):
             part.cutters.append((sacral, A.FORAMEN_GAP_MM))
     for upper, lower in zip(VERTEBRA_NAMES[:-1], VERTEBRA_NAMES[1:]):  # facet joint space
-        by_name[upper].cutters.append((by_name[lower].raw(f"below_{upper}"), FACET_GAP_MM))
+        gap = float(params.extras.get("facet_gap_mm", FACET_GAP_MM))  # drawn per case from version 9
+        by_name[upper].cutters.append((by_name[lower].raw(f"below_{upper}"), gap))
     sacrum_raw = by_name["sacrum"].raw("sacrum_outline")
     sacrum_raw.planes = []
     for side in SIDES:
