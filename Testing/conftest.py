@@ -123,3 +123,17 @@ def triangle_case():
     from spinect import phantom
 
     return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
+
+
+def phantom_voxels_in(case, body_lo, body_hi, *, stride: int = 1):
+    """Voxels of a phantom case's grid covering a body-coordinate box (through the case's pose,
+    :meth:`spinect.phantom.render.Grid.body_box`): ((N, 3) indices (z, y, x), (N, 3) body mm of
+    their centres), every ``stride``-th voxel per axis; None when the box misses the grid."""
+    import numpy as np
+
+    root = case.grid.body_box()
+    sub = root.sub(np.asarray(body_lo, float), np.asarray(body_hi, float))
+    if sub is None:
+        return None
+    idx = np.stack(np.meshgrid(*(np.arange(a, b, stride) for a, b in zip(sub.lo, sub.hi)), indexing="ij"), -1).reshape(-1, 3)
+    return idx, root.origin + idx @ root.step

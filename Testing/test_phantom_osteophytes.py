@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import phantom_voxels_in
 
 from spinect.phantom import generate_case
 from spinect.phantom.bones import SIDE_SIGN
@@ -30,13 +31,6 @@ def test_prevalence_and_size_grow_with_age():
         assert abs(s["angle_deg"]) <= MAX_ANGLE_DEG and 1.5 <= s["protrusion_mm"] <= 6.0
 
 
-def _body_points(case, idx_zyx: np.ndarray) -> np.ndarray:
-    """Body-coordinate (mm) centres of voxels (N, 3) (z, y, x) of the case's grid."""
-    g = case.grid
-    world = np.asarray(g.origin_xyz_mm, float) + idx_zyx[:, ::-1] * np.asarray(g.spacing_zyx_mm, float)[::-1]
-    return (world - g.translation) @ g.rotation  # R^T (world - t)
-
-
 @pytest.fixture(scope="module")
 def old_patient():
     # seed 1: age 87, five marginal osteophytes (L3 both endplates, L5, S1)
@@ -49,7 +43,6 @@ def test_osteophytes_are_bone_of_their_vertebra_exactly_where_their_shape_says(o
     case = old_patient
     structures = sitk.GetArrayFromImage(case.structures)
     labels = sitk.GetArrayFromImage(case.labels)
-    shape = np.array(structures.shape)
     with_spurs = [p for p in case.anatomy.bones if p.added]
     assert with_spurs
     added_voxels = 0
@@ -58,17 +51,10 @@ def test_osteophytes_are_bone_of_their_vertebra_exactly_where_their_shape_says(o
         plain.__dict__.pop("_mesh_bounds", None)
         for prim in part.added:
             # the voxels of the osteophyte's box (body -> index through the pose)
-            lo, hi = prim.body_bounds(1.0)
-            corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-            g = case.grid
-            world = corners @ g.rotation.T + g.translation
-            idx = (world - np.asarray(g.origin_xyz_mm)) / np.asarray(g.spacing_zyx_mm)[::-1]
-            ilo = np.clip(np.floor(idx.min(axis=0)[::-1]).astype(int), 0, shape - 1)
-            ihi = np.clip(np.ceil(idx.max(axis=0)[::-1]).astype(int) + 1, 0, shape)
-            if np.any(ihi <= ilo):
+            voxels = phantom_voxels_in(case, *prim.body_bounds(1.0))
+            if voxels is None:
                 continue  # outside this grid
-            grid_idx = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(ilo, ihi)), indexing="ij"), -1).reshape(-1, 3)
-            body = _body_points(case, grid_idx)
+            grid_idx, body = voxels
             d = part.sdf_points(body)  # with the osteophytes, carved from the nerves
             sure = np.abs(d) > 1e-3
             codes = structures[tuple(grid_idx.T)]

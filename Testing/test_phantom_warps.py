@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import phantom_voxels_in
 
 from spinect.phantom import generate_case
 from spinect.phantom.meshes import load_library
@@ -67,22 +68,14 @@ def test_labels_are_the_sign_of_the_warped_distance(case):
     """Every voxel of a warped vertebra's box is that vertebra's code exactly where its warped,
     carved signed distance is negative, and the warp changed the shape there."""
     structures = sitk.GetArrayFromImage(case.structures)
-    g = case.grid
     parts = [p for p in case.anatomy.bones if p.warp is not None]
     assert {p.name for p in parts} >= {"L4", "L5"}
     total_changed = 0
     for part in parts:
-        lo, hi = part.body_bounds()
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        idx = (corners @ g.rotation.T + g.translation - np.asarray(g.origin_xyz_mm)) / np.asarray(g.spacing_zyx_mm)[::-1]
-        shape = np.array(structures.shape)
-        ilo = np.clip(np.floor(idx.min(axis=0)[::-1]).astype(int), 0, shape)
-        ihi = np.clip(np.ceil(idx.max(axis=0)[::-1]).astype(int) + 1, 0, shape)
-        if np.any(ihi - ilo < 2):
+        voxels = phantom_voxels_in(case, *part.body_bounds(), stride=2)
+        if voxels is None:
             continue
-        vox = np.stack(np.meshgrid(*(np.arange(a, b, 2) for a, b in zip(ilo, ihi)), indexing="ij"), -1).reshape(-1, 3)
-        world = np.asarray(g.origin_xyz_mm, float) + vox[:, ::-1] * np.asarray(g.spacing_zyx_mm, float)[::-1]
-        body = (world - g.translation) @ g.rotation
+        vox, body = voxels
         d = part.sdf_points(body)
         sure = np.abs(d) > 1e-3
         codes = structures[tuple(vox.T)]

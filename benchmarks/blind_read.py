@@ -226,14 +226,14 @@ def score(key_path: Path, answers_path: Path) -> None:
     missing = sorted(set(key) - set(answers))
     if missing:
         sys.exit(f"error: {answers_path} has no answer for {', '.join(missing)}")
+    def answer(name):  # a bare string, or {"answer": ..., "confidence": ..., "cue": ...}
+        v = answers[name]
+        return v.get("answer") if isinstance(v, dict) else v
+
     allowed = ("A", "B") if all(k["truth"] in ("A", "B") for k in key.values()) else ("real", "phantom")
-    bad = {k: v for k, v in answers.items() if k in key and str(v.get("answer", v) if isinstance(v, dict) else v) not in allowed}
+    bad = {n: answers[n] for n in key if answer(n) not in allowed}
     if bad:
         sys.exit(f"error: answers must be {' or '.join(repr(a) for a in allowed)}; got {bad}")
-
-    def answer(name):
-        v = answers[name]
-        return v["answer"] if isinstance(v, dict) else v
 
     correct = sum(answer(n) == key[n]["truth"] for n in key)
     print(f"{correct} of {len(key)} right ({100.0 * correct / len(key):.0f} %); "

@@ -145,13 +145,17 @@ def add_osteophytes(bones_by_name: dict, frames: dict, params) -> list[dict[str,
         part = bones_by_name.get(spec["vertebra"])
         prim = None if part is None else marginal_primitive(part, frames[spec["vertebra"]], spec)
         if prim is not None:
-            part.added.append(prim)
+            _add(part, prim)
             placed.append(spec)
     degen = params.degeneration
     if degen is not None and degen.osteophyte_mm > 0:
         lower = "S1" if degen.level == "L5S1" else "L5"
-        bones_by_name[lower].added.append(
-            foraminal_primitive(frames[lower], params.vertebrae[lower], degen.side, degen.osteophyte_mm))
-    for part in bones_by_name.values():
-        part.__dict__.pop("_mesh_bounds", None)  # the bounds now include the added bone
+        _add(bones_by_name[lower], foraminal_primitive(frames[lower], params.vertebrae[lower], degen.side,
+                                                       degen.osteophyte_mm))
     return placed
+
+
+def _add(part, prim: Ellipsoid) -> None:
+    """Unite ``prim`` with ``part``'s bone; its cached bounds are dropped (they must include it)."""
+    part.added.append(prim)
+    part.__dict__.pop("_mesh_bounds", None)
