@@ -336,6 +336,22 @@ def _sample_soft_tissue(rng: np.random.Generator, iv_contrast: bool) -> dict[str
     return values
 
 
+#: Arch (pedicles, laminae, processes) cancellous HU above the case's marrow HU (version 10). The
+#: real lumbar crop's arch is 174-252 HU more than 3 mm inside its surface (VerSe subregion labels
+#: 41-48), its body 45-61 HU; phantoms drew 160-480 HU regardless of the marrow, so arches stayed
+#: bright blobs in osteoporotic cases (blinded readers: "one featureless, evenly bright blob").
+POSTERIOR_ABOVE_MARROW_HU = (110.0, 260.0)
+
+
+def _posterior_hu(drawn: float, marrow_hu: float, overridden: bool) -> float:
+    """The arch's cancellous HU from the ``posterior_hu`` draw (uniform in 160-480, or an override,
+    kept as given): the same quantile of :data:`POSTERIOR_ABOVE_MARROW_HU` above the marrow."""
+    if overridden:
+        return drawn
+    lo, hi = POSTERIOR_ABOVE_MARROW_HU
+    return float(marrow_hu + lo + (drawn - 160.0) / 320.0 * (hi - lo))
+
+
 def _streak(u: float) -> float:
     """Left-right noise elongation from a U(0, 1.5) draw: 0 for u <= 1 (two thirds of the cases),
     rising linearly to 0.6 at u = 1.5."""
@@ -362,9 +378,10 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         age_years=age, marrow_hu=marrow, marrow_by_bone_hu=per_bone,
         cortex_mm=_draw(rng, ov, "cortex_mm", 0.25, 0.6), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
-        # version 9: 160-480 (was 120-400; the same draw): blinded readers saw the arch as a hollow
-        # shell; with more (250-650) labelled bone's median and p75 rose above the real cases'
-        posterior_hu=_draw(rng, ov, "posterior_hu", 160.0, 480.0), arch_cortex_mm=float(rng.uniform(0.5, 1.2)),
+        posterior_hu=_posterior_hu(_draw(rng, ov, "posterior_hu", 160.0, 480.0), marrow, "posterior_hu" in ov),
+        # version 10: 0.9-1.8 mm (was 0.5-1.2; the same draw): the real crop's arch is still 420 HU
+        # 1.5-3 mm inside its surface (subregion labels 41-48), the phantoms' was flat there
+        arch_cortex_mm=float(0.8 + (rng.uniform(0.5, 1.2) - 0.5) / 0.7 * 0.7),
         texture_rel=float(rng.uniform(0.15, 0.35)), texture_mm=float(rng.uniform(0.5, 1.0)),
         # version 9: none in about half the cases, at most 8 % (was 0-15 %; the same draw): readers
         # named evenly scattered dark "punched holes" in the marrow as a phantom tell
@@ -385,10 +402,13 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         # version 9: a third of the cases, 0-0.6 (was every case, 0-1.5; the same draw): blinded
         # readers named left-right noise correlation in axial slices as a phantom tell
         noise_streak=_streak(float(rng.uniform(0.0, 1.5))),
-        noise_centre=float(rng.uniform(0.8, 1.8)), bone_streak=float(rng.uniform(0.2, 0.8)),
-        # version 9: arch cortex gain 0.3-0.8 (was 0.15-0.4; the same draw): labelled-bone p95 828 HU
-        # (6 cases) against 874-896 in the real cases (783 before)
-        cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)) * 2.0,
+        noise_centre=float(rng.uniform(0.8, 1.8)),
+        # version 10: 0.1-0.4 (was 0.2-0.8; the same draw): blinded readers saw the streak through
+        # the transverse processes as a "horizontal seam line" across the whole picture
+        bone_streak=float(rng.uniform(0.2, 0.8)) * 0.5,
+        # arch cortex gain: version 9 0.3-0.8 (labelled-bone p95 828 HU against 874-896 in the real
+        # cases); version 10 0.15-0.4 again (the same draw), with the arch's thicker cortex instead
+        cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)) * 0.5,
     )
     # drawn after everything above (version 8), so every earlier value is as in version 7
     app = replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
@@ -564,7 +584,7 @@ def bone_streaks(hu: np.ndarray, spacing_zyx_mm, amplitude_hu: float, rng: np.ra
     # the streak fades slowly away from the body's centre line (x)
     nx = hu.shape[2]
     x = (np.arange(nx, dtype=np.float32) - np.float32(0.5 * (nx - 1))) * np.float32(sx)
-    fade = np.float32(0.6) + np.float32(0.4) * np.exp(-(x / np.float32(120.0)) ** 2)
+    fade = np.float32(0.3) + np.float32(0.7) * np.exp(-(x / np.float32(90.0)) ** 2)  # version 10 (was 0.6 + 0.4, 120 mm)
     return line[:, :, None] * fade[None, None, :]
 
 

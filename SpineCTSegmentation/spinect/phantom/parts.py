@@ -14,7 +14,7 @@ import numpy as np
 
 from spinect.phantom.primitives import BIG_MM, GridBox, Primitive, smooth_min
 
-__all__ = ["Part"]
+__all__ = ["Part", "ClippedPart"]
 
 #: Extra padding of primitive boxes so partial-volume coverage sees the full boundary band (mm).
 _PAD_MM = 2.5
@@ -134,3 +134,16 @@ def _hits(prims: list[Primitive], bounds: tuple[np.ndarray, np.ndarray], points:
         idx = np.flatnonzero(inside)
         if idx.size:
             yield prims[i], idx
+
+
+class ClippedPart(Part):
+    """A sign-only part that replaces only some codes already painted (``allowed``): organs that
+    stay inside the abdominal cavity whatever the body size, and never cover vessels or muscle."""
+
+    allowed: tuple[int, ...] = ()
+
+    def paint_inside(self, root: GridBox, structures: np.ndarray) -> None:
+        for prim, sub in zip(self.primitives, root.sub_many(*self._prim_bounds(self.primitives, 0.5))):
+            if sub is not None:
+                view = structures[sub.slices]
+                np.putmask(view, prim.local_inside(*sub.local(prim)) & np.isin(view, self.allowed), self.code)

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from spinect.phantom.bones import SIDE_SIGN, pedicle
 from spinect.phantom.params import PhantomParams
-from spinect.phantom.parts import Part
+from spinect.phantom.parts import ClippedPart, Part
 from spinect.phantom.primitives import Ellipsoid, EllipticColumn, GridBox, Primitive, frame_from_vectors, tube_segments
 from spinect.phantom.soft_tissue import body_layers, spine_extent
 from spinect.phantom.structures import STRUCTURE_CODES as C
@@ -135,19 +135,6 @@ def sample_surroundings(rng: np.random.Generator, *, metal: bool | None = None) 
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-class ClippedPart(Part):
-    """A sign-only part that replaces only some codes already painted (``allowed``): organs that
-    stay inside the abdominal cavity whatever the body size, and never cover vessels or muscle."""
-
-    allowed: tuple[int, ...] = _CAVITY
-
-    def paint_inside(self, root: GridBox, structures: np.ndarray) -> None:
-        for prim, sub in zip(self.primitives, root.sub_many(*self._prim_bounds(self.primitives, 0.5))):
-            if sub is not None:
-                view = structures[sub.slices]
-                np.putmask(view, prim.local_inside(*sub.local(prim)) & np.isin(view, self.allowed), self.code)
 
 
 def _clipped(name: str, prims: list[Primitive], allowed: tuple[int, ...]) -> ClippedPart:

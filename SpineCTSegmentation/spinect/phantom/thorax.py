@@ -251,15 +251,41 @@ def _in_cage(x, y, cy, rx, ry, grow=0.0):
 # ------------------------------------------------------------------------------------ painter
 
 
+#: Amplitude (mm) of the smooth waves added to the thorax painter's inner borders (version 10).
+WOBBLE_MM = 3.0
+
+
+class Wobble:
+    """A smooth random offset (mm) of two coordinates: a sum of three plane waves of 35-90 mm
+    wavelength and random direction, ``WOBBLE_MM`` in all (the thorax painter's borders, which
+    blinded readers saw as ruler-straight lines)."""
+
+    def __init__(self, seed: int, amplitude_mm: float = WOBBLE_MM):
+        rng = np.random.default_rng(int(seed))
+        ang = rng.uniform(0.0, 2.0 * np.pi, 3)
+        k = 2.0 * np.pi / rng.uniform(35.0, 90.0, 3)
+        self.ku, self.kv = (k * np.cos(ang)).astype(np.float32), (k * np.sin(ang)).astype(np.float32)
+        self.phase = rng.uniform(0.0, 2.0 * np.pi, 3).astype(np.float32)
+        self.amp = (amplitude_mm * rng.dirichlet(np.ones(3))).astype(np.float32)
+
+    def __call__(self, u, v) -> np.ndarray:
+        """Offset (mm) at coordinates ``u``, ``v`` (mm, broadcast arrays)."""
+        return sum(a * np.sin(ku * u + kv * v + ph) for a, ku, kv, ph in zip(self.amp, self.ku, self.kv, self.phase))
+
+
 class ThoraxBody(Part):
     """Sign-only painter of the chest above L1: wall layers, back muscles, and above the
     diaphragm lungs and mediastinum; below the domes the abdominal content is kept (air and
-    old wall codes inside the new outline become visceral fat), with a 4 mm diaphragm."""
+    old wall codes inside the new outline become visceral fat), with a 4 mm diaphragm.
+
+    Since version 10 the inner borders (back muscles, lung gutters, mediastinum, domes) are
+    curved and waved (``wobble``: four :class:`Wobble` fields) rather than straight lines."""
 
     outline: _Outline
     dome: tuple
     lo_z: float
     hi_z: float
+    wobble: tuple | None = None
 
     def body_bounds(self):
         return np.array([-400.0, -400.0, self.lo_z]), np.array([400.0, 400.0, self.hi_z])
@@ -300,18 +326,26 @@ class ThoraxBody(Part):
             ccy, crx, cry = o.cage(z, th.fat_mm + th.wall_mm)
             # the paravertebral gutters: the lungs reach 14 mm behind the vertebral body beside it,
             # deeper towards the rib angles (the back muscles and transverse processes in between)
-            gutter = yc + bz + 14.0 + np.clip(np.abs(x) - az - 12.0, 0.0, None) * 0.6
+            w_gut, w_dome, w_med, w_back = self.wobble if self.wobble is not None else (lambda u, v: 0.0,) * 4
+            if self.wobble is None:  # the straight borders of phantom versions before 10
+                gutter = yc + bz + 14.0 + np.clip(np.abs(x) - az - 12.0, 0.0, None) * 0.6
+            else:  # the same slope, its kink rounded (softplus over 6 mm), waved
+                gutter = yc + bz + 14.0 + 0.6 * 6.0 * np.logaddexp(0.0, (np.abs(x) - az - 12.0) / 6.0) + w_gut(x, z)
             interior = _in_cage(x, y, ccy, crx, cry) & (y <= gutter) & (layer >= 2)
             layer[interior] = 3
-            dz = self.dome_z(x, y)
+            dz = self.dome_z(x, y) + w_dome(x, y)
             above = z > dz
             lung = interior & above
             # mediastinum: around the spine and a band in front of it; the back muscles behind
             front = yc - bz
-            wide = np.where(z > o.z1 - 0.35 * (o.z1 - o.z6), 26.0, 34.0)
+            wide = np.where(z > o.z1 - 0.35 * (o.z1 - o.z6), 26.0, 34.0) + w_med(y, z)
             med = (np.abs(x) < wide) & (y < front + 4.0)
-            med |= (np.abs(x) < az + 9.0) & (y < yc + bz) & (y >= front - 6.0)
-            back = (layer >= 2) & (y > yc + bz - 2.0) & (np.abs(x) < az + 58.0)
+            med |= (np.abs(x) < az + 9.0 + 0.5 * w_med(y, z)) & (y < yc + bz) & (y >= front - 6.0)
+            if self.wobble is None:
+                back = (layer >= 2) & (y > yc + bz - 2.0) & (np.abs(x) < az + 58.0)
+            else:  # the back muscles' front follows the ribs backwards laterally (a parabola), waved
+                lat = np.clip(np.abs(x) - az, 0.0, None)
+                back = (layer >= 2) & (y > yc + bz - 2.0 + 0.008 * lat * lat + w_back(x, z)) & (lat < 70.0)
             code = np.zeros(z.shape, np.uint8)
             code[layer >= 0] = wall[np.clip(layer[layer >= 0], 0, 2)]
             keep = (layer == 3) & ~above
@@ -561,6 +595,9 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     body.outline = outline
     body.lo_z = float(z["L1"])
     body.hi_z = 1000.0
+    # from the settings, not the geometry stream, so the rest of the thorax stays as in version 9
+    wob_seed = int(1e6 * (th.kyphosis_deg + 3.0 * th.chest_width_mm + 7.0 * th.wall_mm)) % 2**32
+    body.wobble = tuple(Wobble(s) for s in np.random.SeedSequence(wob_seed).generate_state(4))
     cy8, rx8, ry8, yb8 = outline.skin(np.array([z["T8"]]))
     body.dome = (z["T10"] + th.dome_right_mm, th.dome_left_drop_mm,
                  float(outline.cage(np.array([z["T8"]]), th.fat_mm + th.wall_mm)[0][0]), 0.0)
