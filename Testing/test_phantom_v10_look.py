@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from spinect.phantom import STRUCTURE_CODES as C
 from spinect.phantom import generate_case
@@ -135,8 +136,6 @@ def _septa_block(gated: bool):
 
 
 def test_muscle_fat_lies_in_open_arcs_not_closed_cells():
-    from scipy import ndimage
-
     def cells_per_slice(fat):
         return np.mean([ndimage.label(~f)[1] for f in fat])
 
@@ -165,3 +164,56 @@ def test_arch_follows_the_marrow_with_a_thicker_cortex_and_fainter_bone_streaks(
     assert np.ptp(above) > 0.6 * np.diff(A.POSTERIOR_ABOVE_MARROW_HU)[0]  # spread over the range
     fixed = A.sample_ct(np.random.default_rng(0), (1.0, 1.0, 1.0), {"posterior_hu": (300.0, 300.0)})
     assert fixed.posterior_hu == 300.0
+
+
+def test_basivertebral_vein_is_a_forked_channel_at_mid_height():
+    from types import SimpleNamespace
+
+    from spinect.phantom.render import basivertebral_weight
+
+    # a 0.5 mm box round a body whose frame is the body axes (lateral x, posterior y, cranial z)
+    frame = SimpleNamespace(centre=np.zeros(3), axes=np.eye(3))
+    box = GridBox(origin=np.array([-20.0, -20.0, -6.0]), step=np.diag([0.5, 0.5, 0.5])[::-1], lo=(0, 0, 0), hi=(25, 81, 81))
+    b, length = 15.0, 12.0
+    w = basivertebral_weight(box, frame, b, 1.5, length, branched=True)
+
+    def at(x, y, z):
+        return w[int(round((z + 6.0) / 0.5)), int(round((y + 20.0) / 0.5)), int(round((x + 20.0) / 0.5))]
+
+    fork = b - 0.6 * length
+    for y in (b, 0.5 * (b + fork), fork):  # the stem, from the posterior wall forwards
+        assert at(0.0, y, 0.0) > 0.99
+    for side in (-1.0, 1.0):  # the two limbs of the "Y"
+        assert at(side * 0.35 * length, b - length, 0.0) > 0.99
+        assert at(side * 0.35 * length * 0.5, 0.5 * (fork + b - length), 0.0) > 0.99
+    assert at(0.0, b - length, 0.0) < 0.2  # between the limbs
+    assert at(0.0, 0.5 * (b + fork), 5.5) < 0.05  # a flat channel: gone 5.5 mm above mid-height
+    assert at(8.0, b, 0.0) < 0.01 and at(0.0, -15.0, 0.0) < 0.01  # beside the foramen, the front of the body
+    straight = basivertebral_weight(box, frame, b, 1.5, length, branched=False)
+    assert straight[12, int(round((b - length + 20.0) / 0.5)), 40] > 0.99
+
+
+def test_basivertebral_vein_darkens_only_the_lumbar_bodies():
+    from spinect.phantom import appearance as A
+
+    kw = dict(shape_zyx=(60, 70, 70), spacing_zyx_mm=(1.5, 1.5, 1.5), window_tables=False, noise=False)
+    seed = 2204
+    with_vein = generate_case(seed, **kw)
+    spec = with_vein.truth["appearance"]["ct"]["basivertebral"]
+    assert spec["half_width_mm"] > 0
+    mp = pytest.MonkeyPatch()
+    mp.setattr(A, "sample_basivertebral", lambda rng, app: (rng.random(4), {})[1])  # same draws, no vein
+    try:
+        without = generate_case(seed, **kw)
+    finally:
+        mp.undo()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(with_vein.labels), sitk.GetArrayFromImage(without.labels))
+    st = sitk.GetArrayFromImage(with_vein.structures)
+    diff = sitk.GetArrayFromImage(with_vein.ct).astype(float) - sitk.GetArrayFromImage(without.ct).astype(float)
+    lumbar = np.isin(st, [C[n] for n in ("L1", "L2", "L3", "L4", "L5")])
+    assert (diff < -30).sum() > 50  # a channel darker than the marrow
+    # the image differs only in and next to the lumbar bodies (the scanner's blur spreads it 2-3 voxels)
+    near = ndimage.binary_dilation(lumbar, iterations=3)
+    assert np.abs(diff[~near]).max() < 1.0
+    assert spec["hu"] < np.median(sitk.GetArrayFromImage(without.ct)[lumbar & (diff < -30)])
+

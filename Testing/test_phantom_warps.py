@@ -1,4 +1,4 @@
-"""Warped vertebral arches of phantom v2 (spinect.phantom.warps, phantom version 9)."""
+"""Warped vertebral arches (phantom version 9) and body fronts (version 10) of phantom v2 (spinect.phantom.warps)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import phantom_voxels_in
 
 from spinect.phantom import generate_case
 from spinect.phantom.meshes import load_library
-from spinect.phantom.warps import arch_weight, make_arch_warp, sample_arch_warps
+from spinect.phantom.warps import arch_weight, body_front_weight, body_half_height, make_arch_warp, sample_arch_warps
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,22 @@ def test_landmarks_do_not_move_and_the_processes_do(library, name):
         landmarks += [np.asarray(s["pedicle"]["mid"], float), np.asarray(s["sap_face"], float),
                       np.asarray(s["sap_centroid"], float)]
     a, b = float(m["a"]), float(m["b"])
-    # the body's lateral borders and front, the posterior wall at the pedicles' height
-    landmarks += [np.array([sign * a, 0.0, 0.0]) for sign in (1, -1)] + [np.array([0.0, -b, 0.0]), np.array([0.0, b, 0.0])]
+    # the body's lateral borders, the posterior wall at the pedicles' height; the endplates (front to back,
+    # 2.5 mm inside their heights: their concavity) and the front's rims
+    landmarks += [np.array([sign * a, 0.0, 0.0]) for sign in (1, -1)] + [np.array([0.0, b, 0.0])]
+    landmarks += [np.array([x, y, sign * (body_half_height(y, m) - 2.5)]) for x in (-0.5 * a, 0.0, 0.5 * a)
+                  for y in (-b, -0.5 * b, 0.0, 0.5 * b) for sign in (1, -1)]
     landmarks = np.array(landmarks)
     assert np.all(arch_weight(landmarks, m) == 0.0)
     warp = make_arch_warp(grid, 2.0, seed=7)
     assert np.all(warp.displacement(_source_index(grid, landmarks)) == 0.0)
+    # version 10: the body's front at mid-height moves, horizontally only
+    front = np.array([[0.0, -b, 0.0], [0.6 * a, -0.8 * b, 0.0], [-0.6 * a, -0.8 * b, 0.0]])
+    assert np.all(body_front_weight(front, m) > 0.4)
+    shift = warp.displacement(_source_index(grid, front)) * grid.spacing_mm  # (z, y, x) source mm
+    assert np.all(np.linalg.norm(shift, axis=0) > 0.0)
+    up = np.asarray(m["axes"], float)[2][::-1]
+    np.testing.assert_allclose(up @ shift, 0.0, atol=1e-4)
     # the spinous process (behind the canal) and the transverse processes' tips move
     tips = np.array([[0.0, b + 40.0, 0.0], [a + 25.0, b + 8.0, 0.0], [-(a + 25.0), b + 8.0, 0.0]])
     assert np.all(arch_weight(tips, m) == 1.0)

@@ -10,6 +10,11 @@ articular processes, so the landmarks the triangles' truth is measured from (end
 SAP faces, the body's lateral border) do not move, and 1 over the laminae, the spinous process and
 the transverse processes.
 
+Since phantom version 10 the front of the vertebral body moves too (:func:`body_front_weight`):
+horizontally only, at mid-height, in front of the body's centre, so the body's outline in axial
+slices is no longer the source shape scaled (readers: "symmetric template vertebrae"), while the
+endplates, the posterior wall and every triangle landmark stay.
+
 The warped shape is the sign of the warped distance everywhere (labels, level map and the truth's
 reference distances read the same function), so labels stay exact. Away from the surface the
 distance is left unwarped (the sign cannot change there); near it, the warp changes distances by
@@ -24,7 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ArchWarp", "sample_arch_warps", "make_arch_warp", "arch_weight", "LATTICE_MM", "CORRELATION_MM"]
+__all__ = ["ArchWarp", "sample_arch_warps", "make_arch_warp", "arch_weight", "body_front_weight", "body_half_height", "LATTICE_MM",
+           "CORRELATION_MM", "BODY_AMPLITUDE_SHARE"]
 
 #: Node spacing (source mm) of the displacement lattice; W is trilinear between nodes.
 LATTICE_MM = 3.0
@@ -32,6 +38,10 @@ LATTICE_MM = 3.0
 CORRELATION_MM = 9.0
 #: Amplitude range (SD of each displacement component, mm) drawn per vertebra.
 AMPLITUDE_MM = (0.8, 2.0)
+
+
+#: The body's front moves by this share of the arch's amplitude (version 10).
+BODY_AMPLITUDE_SHARE = 0.8
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -63,6 +73,28 @@ def arch_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
             dist = np.linalg.norm(local_mm - np.asarray(point, float), axis=-1)
             w = w * _smoothstep((dist - r0) / (r1 - r0))
     return w
+
+
+def body_half_height(post_mm, measured: dict):
+    """Half the body's height (mm) at the posterior coordinate ``post_mm`` of its measured frame:
+    linear from ``h_ant / 2`` at its front (-b) to ``h_post / 2`` at its back (+b)."""
+    b = float(measured["b"])
+    t = np.clip((np.asarray(post_mm, float) + b) / (2.0 * b), 0.0, 1.0)
+    return 0.5 * ((1.0 - t) * float(measured["h_ant"]) + t * float(measured["h_post"]))
+
+
+def body_front_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
+    """Weight (0-1) of the horizontal warp of the vertebral body's front (version 10), at points in
+    a bone's measured local frame (as :func:`arch_weight`): 0 behind 7.5 mm in front of the body's
+    centre and within 8 mm of the endplates' heights (:func:`body_half_height`), rising over 8 mm
+    forwards and 5 mm towards mid-height to 1 (the anterior and anterolateral walls' waist). The
+    lattice is trilinear between nodes 3 mm apart along the source grid's axes, which the frame may
+    turn (a node is at most 5.2 mm from a point it weighs), so the displacement is exactly 0 behind
+    2 mm in front of the centre (the posterior half, the lateral borders at the centre, the
+    pedicles, the foramen) and within 2.5 mm of the endplates' heights (endplates, their concavity
+    and rims, where osteophytes sit)."""
+    post, cran = local_mm[..., 1], np.abs(local_mm[..., 2])
+    return _smoothstep((-post - 7.5) / 8.0) * _smoothstep((body_half_height(post, measured) - 8.0 - cran) / 5.0)
 
 
 @dataclass
@@ -123,6 +155,12 @@ def make_arch_warp(grid, amplitude_mm: float, seed: int) -> ArchWarp:
     local = (src - np.asarray(m["origin_xyz_mm"], float)) @ np.asarray(m["axes"], float).T
     weight = arch_weight(local, m).astype(np.float32)
     lattice = noise * weight[None] * np.float32(amplitude_mm / grid.spacing_mm)
+    # version 10: the body's front at mid-height moves too, horizontally only (no cranial
+    # component: the endplates' heights, and with them the endplate frames, stay)
+    front = body_front_weight(local, m).astype(np.float32)
+    up = np.asarray(m["axes"], float)[2][::-1].astype(np.float32)  # the cranial axis in index order (z, y, x)
+    horizontal = noise - np.tensordot(up, noise, axes=(0, 0))[None] * up[:, None, None, None]
+    lattice += horizontal * front[None] * np.float32(BODY_AMPLITUDE_SHARE * amplitude_mm / grid.spacing_mm)
     norm_mm = np.sqrt((lattice ** 2).sum(axis=0)) * np.float32(grid.spacing_mm)
     bound = ndimage.maximum_filter(norm_mm, size=3, mode="nearest")  # a point's cell corners lie within one node
     step = step_mm / grid.spacing_mm
