@@ -217,3 +217,27 @@ def test_basivertebral_vein_darkens_only_the_lumbar_bodies():
     assert np.abs(diff[~near]).max() < 1.0
     assert spec["hu"] < np.median(sitk.GetArrayFromImage(without.ct)[lumbar & (diff < -30)])
 
+
+
+def test_endplate_band_is_a_ring_round_a_dimmer_centre():
+    from types import SimpleNamespace
+
+    from spinect.phantom.render import ENDPLATE_CENTRE_SHARE, BoneModel, _endplate_band
+
+    plate = SimpleNamespace(centre=np.array([0.0, 0.0, 12.0]), normal=np.array([0.0, 0.0, 1.0]))
+    frame = SimpleNamespace(centre=np.zeros(3), axes=np.eye(3), superior=plate, inferior=plate)
+    params = SimpleNamespace(a=20.0, b=15.0)
+    model = BoneModel(cortex_mm=0.4, cortex_hu=900.0, marrow_hu={}, dense_hu=300.0, depth_mm=1.0,
+                      endplate_hu=100.0, endplate_mm=2.0)
+    # one axial plane 1 mm under the endplate, 0.5 mm pixels
+    box = GridBox(origin=np.array([-25.0, -20.0, 11.0]), step=np.diag([0.5, 0.5, 1.0])[::-1], lo=(0, 0, 0), hi=(1, 81, 101))
+    band = _endplate_band(box, frame, params, model, with_inferior=False)[0]
+    peak = 100.0 * np.exp(-1.0 / 2.0)
+
+    def at(x, y):
+        return band[int(round((y + 20.0) / 0.5)), int(round((x + 25.0) / 0.5))]
+
+    assert at(0.0, 0.0) == pytest.approx(ENDPLATE_CENTRE_SHARE * peak, rel=1e-3)  # the thin central plate
+    assert at(0.88 * 20.0, 0.0) == pytest.approx(peak, rel=1e-3)  # the ring apophysis, laterally
+    assert at(0.0, -0.88 * 15.0) == pytest.approx(peak, rel=1e-3)  # and in front
+    assert at(0.0, -1.1 * 15.0) == 0.0  # outside the endplate
