@@ -380,7 +380,7 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         cortex_mm=_draw(rng, ov, "cortex_mm", 0.25, 0.6), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
         posterior_hu=_posterior_hu(_draw(rng, ov, "posterior_hu", 160.0, 480.0), marrow, "posterior_hu" in ov),
-        # version 10: 0.9-1.8 mm (was 0.5-1.2; the same draw): the real crop's arch is still 420 HU
+        # version 10: 0.8-1.5 mm (was 0.5-1.2; the same draw): the real crop's arch is still 420 HU
         # 1.5-3 mm inside its surface (subregion labels 41-48), the phantoms' was flat there
         arch_cortex_mm=float(0.8 + (rng.uniform(0.5, 1.2) - 0.5) / 0.7 * 0.7),
         texture_rel=float(rng.uniform(0.15, 0.35)), texture_mm=float(rng.uniform(0.5, 1.0)),

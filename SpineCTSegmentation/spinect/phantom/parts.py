@@ -138,7 +138,8 @@ def _hits(prims: list[Primitive], bounds: tuple[np.ndarray, np.ndarray], points:
 
 class ClippedPart(Part):
     """A sign-only part that replaces only some codes already painted (``allowed``): organs that
-    stay inside the abdominal cavity whatever the body size, and never cover vessels or muscle."""
+    stay inside the abdominal cavity whatever the body size and never cover vessels or muscle; the
+    crura and the retroperitoneal fat that only the liver, fat or bowel may give way to."""
 
     allowed: tuple[int, ...] = ()
 

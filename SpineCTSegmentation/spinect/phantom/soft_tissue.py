@@ -198,7 +198,8 @@ def crura(frames, params: PhantomParams) -> list[Part]:
     beside the aorta (left) or behind the IVC (right), and arching in front of the aorta about
     45 mm above the L1 centre (the median arcuate ligament). Coordinates are each vertebra's
     frame (lateral, posterior, cranial; ``a``/``b``: the body's half width and depth). A crus
-    replaces only :data:`_CRUS_REPLACES`, so vessels, psoas and kidneys keep their place.
+    replaces only :data:`_CRUS_REPLACES`, so vessels, psoas and kidneys keep their place; round
+    them, in front of L1-L2, retroperitoneal fat replaces the liver. Returns [fat, crura].
     """
     v = params.vertebrae
     bl = v["L1"].b
@@ -214,11 +215,11 @@ def crura(frames, params: PhantomParams) -> list[Part]:
     # ellipsoid) does not reach the aorta or the front of the spine
     fat_spec = [(n, (2.0, -v[n].b - 14.0, z), 32.0, 17.0) for n, z in (("L2", 0.0), ("L1", 0.0), ("L1", 25.0))]
     fat_spec.append(("L1", (2.0, -bl - 24.0, 45.0), 22.0, 12.0))
-    sheath = ClippedPart("visceral_fat", C["visceral_fat"], _tube_through(frames, fat_spec), partial_volume=False)
-    sheath.allowed = (C["liver"],)
+    retro_fat = ClippedPart("visceral_fat", C["visceral_fat"], _tube_through(frames, fat_spec), partial_volume=False)
+    retro_fat.allowed = (C["liver"],)
     part = ClippedPart("abdominal_wall_muscle", C["abdominal_wall_muscle"], prims, partial_volume=False)
     part.allowed = _CRUS_REPLACES
-    return [sheath, part]
+    return [retro_fat, part]
 
 
 def _shaped_great_vessels(v) -> tuple[list, list]:

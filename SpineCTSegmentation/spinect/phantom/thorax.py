@@ -306,6 +306,7 @@ class ThoraxBody(Part):
         wall = np.array([C["skin"], C["subcutaneous_fat"], C["abdominal_wall_muscle"]], np.uint8)
         old_wall = np.zeros(256, bool)
         old_wall[[C["air"], C["skin"], C["subcutaneous_fat"], C["abdominal_wall_muscle"]]] = True
+        w_gut, w_dome, w_med, w_back = self.wobble if self.wobble is not None else (lambda u, v: 0.0,) * 4
         for k in range(nz):
             p = base + k * root.step[0]
             z = p[..., 2]
@@ -326,7 +327,6 @@ class ThoraxBody(Part):
             ccy, crx, cry = o.cage(z, th.fat_mm + th.wall_mm)
             # the paravertebral gutters: the lungs reach 14 mm behind the vertebral body beside it,
             # deeper towards the rib angles (the back muscles and transverse processes in between)
-            w_gut, w_dome, w_med, w_back = self.wobble if self.wobble is not None else (lambda u, v: 0.0,) * 4
             if self.wobble is None:  # the straight borders of phantom versions before 10
                 gutter = yc + bz + 14.0 + np.clip(np.abs(x) - az - 12.0, 0.0, None) * 0.6
             else:  # the same slope, its kink rounded (softplus over 6 mm), waved
