@@ -241,3 +241,37 @@ def test_endplate_band_is_a_ring_round_a_dimmer_centre():
     assert at(0.88 * 20.0, 0.0) == pytest.approx(peak, rel=1e-3)  # the ring apophysis, laterally
     assert at(0.0, -0.88 * 15.0) == pytest.approx(peak, rel=1e-3)  # and in front
     assert at(0.0, -1.1 * 15.0) == 0.0  # outside the endplate
+
+
+def test_clip_bounds_is_the_tight_box_of_the_kept_half():
+    """A split bone's box (one hip bone of the two-hip grid, S1 above the sacrum) is clipped by its
+    splitting plane: every kept point of the box is inside the clipped box, and the clipped box is
+    the tight box of the kept points (checked against dense sampling)."""
+    from spinect.phantom.meshes import clip_bounds
+
+    rng = np.random.default_rng(0)
+    lo, hi = np.array([-60.0, -40.0, -30.0]), np.array([80.0, 50.0, 40.0])
+    grid = np.stack(np.meshgrid(*(np.linspace(a, b, 41) for a, b in zip(lo, hi)), indexing="ij"), -1).reshape(-1, 3)
+    for _ in range(20):
+        normal = rng.normal(size=3)
+        normal /= np.linalg.norm(normal)
+        point = rng.uniform(lo, hi)
+        clo, chi = clip_bounds(lo, hi, point, normal, 2.0)
+        kept = grid[(grid - point) @ normal <= 2.0]
+        if len(kept) == 0:
+            continue
+        assert np.all(kept >= clo - 1e-9) and np.all(kept <= chi + 1e-9)
+        np.testing.assert_allclose(kept.min(axis=0), clo, atol=(hi - lo).max() / 40 + 1e-9)
+        np.testing.assert_allclose(kept.max(axis=0), chi, atol=(hi - lo).max() / 40 + 1e-9)
+    # a plane that misses the box keeps it whole, one that leaves nothing keeps it too (never empty)
+    for offset in (500.0, -500.0):
+        np.testing.assert_array_equal(clip_bounds(lo, hi, np.array([offset, 0, 0]), np.array([1.0, 0, 0]), 0.0)[0], lo)
+    # the hip bones of a case: each box about half the two-hip grid's width
+    case = generate_case(3, shape_zyx=(20, 30, 30), spacing_zyx_mm=(4.0, 4.0, 4.0), window_tables=False)
+    parts = {p.name: p for p in case.anatomy.bones}
+    left, right = parts["ilium_left"].body_bounds(), parts["ilium_right"].body_bounds()
+    whole = parts["ilium_left"].raw("both")
+    whole.planes = []
+    span = whole.body_bounds()[1][0] - whole.body_bounds()[0][0]
+    for lo_, hi_ in (left, right):
+        assert hi_[0] - lo_[0] < 0.65 * span

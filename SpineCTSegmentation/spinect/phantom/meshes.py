@@ -34,7 +34,7 @@ from spinect.phantom.structures import SIDES, VERTEBRA_NAMES
 from spinect.phantom.warps import ArchWarp
 
 __all__ = ["ANATOMY_KINDS", "DATA_DIR", "BoneGrid", "MeshPart", "MeshVertebraParams", "load_library", "check_anatomy",
-           "sample_mesh_params", "mesh_placement", "rotate_axially"]
+           "sample_mesh_params", "mesh_placement", "rotate_axially", "clip_bounds"]
 
 ANATOMY_KINDS = ("primitive", "mesh")
 DATA_DIR = Path(__file__).resolve().parent / "data" / "anatomy"
@@ -101,6 +101,27 @@ def load_library(folder: str | None = None) -> dict[str, BoneGrid]:
     return out
 
 
+#: The 12 edges of a box, as index pairs into the corner list of :func:`clip_bounds`.
+_BOX_EDGES = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
+
+
+def clip_bounds(lo: np.ndarray, hi: np.ndarray, point: np.ndarray, normal: np.ndarray, pad_mm: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned box round the part of the box ``[lo, hi]`` (body mm) on the kept side of a
+    plane, ``(p - point) . normal <= pad_mm`` (the box itself if the plane misses it or leaves
+    nothing: never an empty box)."""
+    corners = np.array([[(lo, hi)[(c >> k) & 1][k] for k in range(3)] for c in range(8)], float)
+    side = (corners - np.asarray(point, float)) @ np.asarray(normal, float) - pad_mm
+    kept = [corners[side <= 0]]
+    for a, b in _BOX_EDGES:
+        if side[a] * side[b] < 0:  # the plane crosses this edge
+            kept.append((corners[a] + side[a] / (side[a] - side[b]) * (corners[b] - corners[a]))[None])
+    kept = np.concatenate(kept)
+    if len(kept) == 0:
+        return lo, hi
+    return np.maximum(kept.min(axis=0), lo), np.minimum(kept.max(axis=0), hi)
+
+
 @dataclass
 class MeshPart(Part):
     """A structure whose shape is a placed bone grid (same interface as :class:`Part`).
@@ -147,15 +168,15 @@ class MeshPart(Part):
         return d
 
     def _warp_body_box(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) body-coordinate AABB outside which the warp's displacement is 0, padded by the
-        distance band (a point outside it cannot change sign)."""
+        """(lo, hi) body-coordinate AABB outside which the warp's displacement is 0 (there the warped
+        distance is the distance), padded by 1 mm against rounding."""
         cached = self.__dict__.get("_warp_box")
         if cached is None:
             lo, hi = self.warp.active_index  # grid index (z, y, x)
             corners = np.array([[z, y, x] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])])
             a, a0 = self._index_map()
             body = (corners - a0) @ np.linalg.inv(a).T
-            pad = self._WARP_LIPSCHITZ * self.warp.max_mm + 1.0
+            pad = 1.0  # (version 10; the distance band's width was added here too before)
             cached = (body.min(axis=0) - pad, body.max(axis=0) + pad)
             self.__dict__["_warp_box"] = cached
         return cached
@@ -173,11 +194,16 @@ class MeshPart(Part):
             corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
             m, c = self.source_from_body[:, :3], self.source_from_body[:, 3]
             body = (corners - c) @ np.linalg.inv(m).T
-            pad = _PAD_MM + (self._WARP_LIPSCHITZ * self.warp.max_mm if self.warp is not None else 0.0)
+            # a warped point x is bone only if x + W(x) is: within the largest displacement (source mm,
+            # in body mm at most the inverse map's norm times it) of the unwarped shape's box
+            # (phantom version 10; the distance band's Lipschitz factor was applied here too before)
+            pad = _PAD_MM + (np.linalg.norm(np.linalg.inv(m), 2) * self.warp.max_mm if self.warp is not None else 0.0)
             lo, hi = body.min(axis=0) - pad, body.max(axis=0) + pad
             for prim in self.added:
                 plo, phi = prim.body_bounds(_PAD_MM + ADDED_FILLET_MM)
                 lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
+            for point, normal in self.planes:  # e.g. one hip bone of the two-hip grid: half its box
+                lo, hi = clip_bounds(lo, hi, point, normal, _PAD_MM)
             cached = (lo, hi)
             self.__dict__["_mesh_bounds"] = cached
         return cached
