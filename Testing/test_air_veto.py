@@ -117,9 +117,10 @@ def test_the_phantom_table_is_a_thin_object_and_no_truth_label_is():
     thin = thin_objects_mask(ct > TISSUE_MIN_HU, (2.0, 1.0, 1.0))
     assert table.sum() > 10_000 and (thin & table).sum() > 0.9 * table.sum()  # the rest is its faint partial volume
     assert not labels[thin].any()
-    # the table's partial volume, specks of skin (and, since phantom version 9, a voxel of a bright metal
-    # streak in the fat beside a pedicle screw of this case): never a bone, disc, canal or nerve code (below 60)
+    # the table's partial volume, specks of skin and a few voxels of other soft tissue (phantom version 9: a
+    # voxel of a bright metal streak in the fat beside a pedicle screw; version 10: a voxel of bowel wall
+    # between gas): never a bone, disc, canal or nerve code (below 60)
     other = sitk.GetArrayFromImage(case.structures)[thin & ~table]
     assert other.size < 0.01 * thin.sum()
-    assert np.isin(other, [STRUCTURE_CODES["air"], STRUCTURE_CODES["skin"]]).mean() > 0.8
+    assert (~np.isin(other, [STRUCTURE_CODES["air"], STRUCTURE_CODES["skin"]])).sum() <= 3
     assert not np.any((other > 0) & (other < 60))
