@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 from spinect.phantom.primitives import GridBox
@@ -362,9 +363,10 @@ class _Fields:
         n = self.n
         sigma = np.broadcast_to(np.asarray(sigma_mm, float), (3,)) / self.spacing
         white = self.rng.standard_normal((n, n, n), dtype=np.float32)
-        spec = np.fft.rfftn(white)
+        # scipy's single-precision FFT (numpy's works in double): half the time, the same draws
+        spec = sp_fft.rfftn(white, workers=1)
         spec *= np.exp(-2.0 * np.pi**2 * sum((s * f) ** 2 for s, f in zip(sigma, self.f))).astype(np.float32)
-        tile = np.fft.irfftn(spec, s=(n, n, n), axes=(0, 1, 2)).astype(np.float32)
+        tile = sp_fft.irfftn(spec, s=(n, n, n), axes=(0, 1, 2), workers=1)
         tile -= tile.mean()
         tile /= max(float(tile.std()), 1e-9)
         off = self.rng.integers(0, n, 3)
