@@ -275,3 +275,36 @@ def test_clip_bounds_is_the_tight_box_of_the_kept_half():
     span = whole.body_bounds()[1][0] - whole.body_bounds()[0][0]
     for lo_, hi_ in (left, right):
         assert hi_[0] - lo_[0] < 0.65 * span
+
+
+def test_facet_sclerosis_brightens_the_joints_only_with_age():
+    from spinect.phantom import appearance as A
+    from spinect.phantom.render import facet_weight
+
+    assert A.sample_facet_sclerosis(np.random.default_rng(0), 30.0) == 0.0
+    assert 0.4 <= A.sample_facet_sclerosis(np.random.default_rng(0), 80.0) <= 1.0
+    kw = dict(shape_zyx=(60, 70, 70), spacing_zyx_mm=(1.5, 1.5, 1.5), window_tables=False, noise=False,
+              appearance_overrides={"age_years": (80.0, 80.0)})
+    seed = 2204
+    old = generate_case(seed, **kw)
+    assert old.truth["appearance"]["ct"]["facet_sclerosis"] > 0.3
+    mp = pytest.MonkeyPatch()
+    mp.setattr(A, "sample_facet_sclerosis", lambda rng, age: (rng.uniform(0.4, 1.0), 0.0)[1])  # same draw, none
+    try:
+        none = generate_case(seed, **kw)
+    finally:
+        mp.undo()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(old.labels), sitk.GetArrayFromImage(none.labels))
+    diff = sitk.GetArrayFromImage(old.ct).astype(float) - sitk.GetArrayFromImage(none.ct).astype(float)
+    # the joints' weight on the grid: brighter there, unchanged more than 3 SDs (plus the blur) away
+    root = old.grid.body_box()
+    weight = np.zeros(diff.shape, np.float32)
+    for name in ("L1", "L2", "L3", "L4", "L5", "S1"):
+        w = facet_weight(root, old.anatomy, name)
+        if w is not None:
+            np.maximum(weight, w, out=weight)
+    near, far = weight > 0.6, weight == 0.0
+    assert near.sum() > 100
+    far = ndimage.binary_erosion(far, iterations=3)
+    assert np.abs(diff[far]).max() < 1.0
+    assert diff[near].max() > 100.0 and diff[near].min() > -1.0  # denser, never darker

@@ -225,6 +225,7 @@ class CTAppearance:
     arch_cortex_gain: float = 0.0
     marrow_variation_hu: float = 0.0
     basivertebral: dict[str, float] = field(default_factory=dict)
+    facet_sclerosis: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -417,8 +418,18 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
     # the marrow's heterogeneity over 6-10 mm (blinded readers saw a uniform inside a shell)
     app = replace(app, soft_tissue=replace(app.soft_tissue, disc_vacuum=sample_disc_vacuum(rng, age)))
     app = replace(app, marrow_variation_hu=float(rng.uniform(15.0, 50.0)))
-    # version 10, drawn last: the basivertebral vein (blinded readers took it as a sign of a real scan)
-    return replace(app, basivertebral=sample_basivertebral(rng, app))
+    # version 10, drawn last: the basivertebral vein (blinded readers took it as a sign of a real scan),
+    # then the facet joints' sclerosis (readers named sclerotic facets as signs of a real scan)
+    app = replace(app, basivertebral=sample_basivertebral(rng, app))
+    return replace(app, facet_sclerosis=sample_facet_sclerosis(rng, age))
+
+
+def sample_facet_sclerosis(rng: np.random.Generator, age_years: float) -> float:
+    """Strength (0-1) of the facet joints' subchondral sclerosis: none under 35, rising linearly to
+    full at 75 (facet arthropathy is seen on CT in most adults over 60), times U(0.4, 1) per case
+    (an assumption; one draw, always made)."""
+    u = float(rng.uniform(0.4, 1.0))
+    return round(float(np.clip((age_years - 35.0) / 40.0, 0.0, 1.0)) * u, 3)
 
 
 #: Share of cases whose lumbar bodies show a basivertebral vein (version 10; an assumption: it is
@@ -477,7 +488,8 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       arch_cortex_gain=app.arch_cortex_gain, cortex_gap_fraction=CORTEX_GAP_FRACTION,
                       marrow_variation_hu=app.marrow_variation_hu,
                       basivertebral=(app.basivertebral["half_width_mm"], app.basivertebral["length_mm"],
-                                     bool(app.basivertebral["branched"]), app.basivertebral["hu"]) if app.basivertebral else None)
+                                     bool(app.basivertebral["branched"]), app.basivertebral["hu"]) if app.basivertebral else None,
+                      facet_sclerosis=app.facet_sclerosis)
     return TissueValues(structure_lookup(values, default=values["fat"]), codes, 0.0, model, app.soft_tissue,
                         edge_sigma_vox=EDGE_SIGMA_VOX)
 

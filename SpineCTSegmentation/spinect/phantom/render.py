@@ -156,6 +156,9 @@ class BoneModel:
             regions of cancellous bone within one vertebra (0 = none; version 9).
         basivertebral: the basivertebral vein of L1-L5 (version 10), ``(half_width_mm,
             length_mm, branched, hu)``; None: not drawn (:func:`basivertebral_weight`).
+        facet_sclerosis: strength (0-1) of the subchondral sclerosis of the facet joints (version
+            10): near each joint the cortex is up to ``0.8 x`` this mm thicker and ``60 x`` this %
+            denser, and never interrupted (:func:`facet_weight`).
     """
 
     cortex_mm: float
@@ -179,6 +182,7 @@ class BoneModel:
     cortex_gap_fraction: float = 0.0
     marrow_variation_hu: float = 0.0
     basivertebral: tuple[float, float, bool, float] | None = None
+    facet_sclerosis: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,35 @@ def _arch_weight(box: GridBox, frame, params) -> np.ndarray | None:
     w -= np.float32(params.b - 1.0)
     w *= np.float32(0.25)
     return np.clip(w, 0.0, 1.0, out=w)
+
+
+#: Gaussian radius (SD, mm) of a facet joint's sclerosis round its centre.
+FACET_SCLEROSIS_MM = 5.0
+
+
+def facet_weight(box: GridBox, anatomy: Anatomy | None, name: str) -> np.ndarray | None:
+    """Weight (0-1, float32 (Z, Y, X)) of the facet joints of vertebra ``name`` on ``box``: a
+    Gaussian (SD :data:`FACET_SCLEROSIS_MM`) round the centre of each joint it takes part in (its
+    superior articular processes' joints with the vertebra above, its inferior ones' with the
+    vertebra below); None when it has none in the box."""
+    if anatomy is None or not getattr(anatomy, "facets", None):
+        return None
+    out = None
+    reach = 3.0 * FACET_SCLEROSIS_MM
+    for (level, _side), joint in anatomy.facets.items():
+        if not (level.startswith(name) or level.endswith(name)):
+            continue
+        centre = np.asarray(joint.centre, float)
+        near = box.sub(centre - reach, centre + reach)
+        if near is None:
+            continue
+        r2 = sum(_plane_coordinate(near, centre, axis) ** 2 for axis in np.eye(3))
+        r2 *= np.float32(-0.5 / FACET_SCLEROSIS_MM**2)
+        if out is None:
+            out = np.zeros(box.shape, np.float32)
+        view = out[near.slices_in(box)]
+        np.maximum(view, np.exp(r2), out=view)
+    return out
 
 
 #: Vertebrae that get a basivertebral vein (the sacrum's and the thoracic bodies' are not drawn).
@@ -440,6 +473,9 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
     arch = _arch_weight(sub, frame, params)
     if arch is not None and model.arch_cortex_mm is not None:  # laminae and processes: thicker cortex
         cortex_mm = cortex_mm + arch * np.float32(model.arch_cortex_mm - model.cortex_mm)
+    facets = facet_weight(sub, anatomy, part.name) if model.facet_sclerosis > 0 else None
+    if facets is not None:  # subchondral sclerosis: a thicker plate under each articular surface
+        cortex_mm = cortex_mm + facets * np.float32(0.8 * model.facet_sclerosis)
     if model.cortex_variation > 0:
         vary = smooth_noise(sub.shape, 4.0 / np.linalg.norm(sub.step, axis=1), rng)
         vary *= np.float32(model.cortex_variation)
@@ -460,8 +496,12 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
         if model.arch_cortex_gain > 0 and arch is not None:
             gain *= np.float32(1.0) + np.float32(model.arch_cortex_gain) * arch
         cortex = gain * cortex
+    if facets is not None:
+        cortex = cortex * (np.float32(1.0) + np.float32(0.6 * model.facet_sclerosis) * facets)
     if model.cortex_gap_fraction > 0:  # interrupted cortex: the cancellous bone reaches the surface
         gap = _cortex_gaps(sub, model.cortex_gap_fraction, rng, arch)
+        if facets is not None:  # articular surfaces stay closed
+            gap *= np.float32(1.0) - facets
         cortex = cortex + gap * (canc - cortex)
     view += c_out * (cortex - view)
     canc -= cortex
