@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "BIG_MM",
+    "smoothstep",
     "Primitive",
     "RoundBox",
     "Ellipsoid",
@@ -57,6 +58,12 @@ def frame_from_vectors(primary: Sequence[float], secondary: Sequence[float], *, 
     axes[(primary_axis + 1) % 3] = s
     axes[(primary_axis + 2) % 3] = t
     return axes
+
+
+def smoothstep(t):
+    """Hermite step 3t^2 - 2t^3 of ``t`` clipped to [0, 1] (0 below 0, 1 above 1, flat at both ends)."""
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:

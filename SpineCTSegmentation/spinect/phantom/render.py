@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
-from spinect.phantom.primitives import GridBox
+from spinect.phantom.primitives import GridBox, smoothstep
 from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
 from spinect.phantom.structures import STRUCTURE_CODES
 from spinect.profiling import maybe_stage
@@ -286,9 +286,7 @@ def _endplate_band(box: GridBox, frame, params, model: BoneModel, with_inferior:
         r2 = (_plane_coordinate(box, plate.centre, lat / np.linalg.norm(lat)) / np.float32(params.a)) ** 2
         r2 += (_plane_coordinate(box, plate.centre, post) / np.float32(params.b)) ** 2
         weight = np.clip((1.1 - r2) / 0.3, 0.0, 1.0)  # only under the endplate's own disc
-        ring = np.clip((r2 - 0.45) / 0.3, 0.0, 1.0)
-        ring *= ring * (3.0 - 2.0 * ring)  # smoothstep
-        weight *= np.float32(ENDPLATE_CENTRE_SHARE) + np.float32(1.0 - ENDPLATE_CENTRE_SHARE) * ring
+        weight *= np.float32(ENDPLATE_CENTRE_SHARE) + np.float32(1.0 - ENDPLATE_CENTRE_SHARE) * smoothstep((r2 - 0.45) / 0.3)
         np.abs(s, out=s)
         band += np.exp(s / np.float32(-model.endplate_mm)) * weight
     band *= np.float32(model.endplate_hu)
@@ -349,6 +347,40 @@ def _segment_distance(px: np.ndarray, py: np.ndarray, a: tuple[float, float], b:
     return np.sqrt(ex * ex + ey * ey)
 
 
+#: How far (in SDs of the channel's width and height) the basivertebral vein is drawn: beyond it
+#: its weight is below exp(-8) = 3e-4.
+_VEIN_REACH_SD = 4.0
+
+
+def _basivertebral_near(box: GridBox, frame, half_depth_mm: float, half_width_mm: float, length_mm: float,
+                        branched: bool) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(slices of ``box``, weight there) of the basivertebral vein: only the part of ``box`` within
+    :data:`_VEIN_REACH_SD` SDs of the channel is computed; None when that misses the box."""
+    b, fork = float(half_depth_mm), float(half_depth_mm) - 0.6 * length_mm
+    stem = ((0.0, b + 1.0), (0.0, fork))
+    ends = [(side * 0.35 * length_mm, b - length_mm) for side in (-1.0, 1.0)] if branched else [(0.0, b - length_mm)]
+    sd_height = 0.8 * half_width_mm + 0.6
+    local = np.array([[x, y, 0.0] for x, y in (*stem, *ends)])
+    points = np.asarray(frame.centre, float) + local @ np.asarray(frame.axes, float)
+    reach = _VEIN_REACH_SD * max(half_width_mm, sd_height)
+    near = box.sub(points.min(axis=0) - reach, points.max(axis=0) + reach)
+    if near is None:
+        return None
+    lat = _plane_coordinate(near, frame.centre, frame.axes[0])
+    post = _plane_coordinate(near, frame.centre, frame.axes[1])
+    cran = _plane_coordinate(near, frame.centre, frame.axes[2])
+    dist = _segment_distance(lat, post, *stem)
+    for end in ends:
+        np.minimum(dist, _segment_distance(lat, post, stem[1], end), out=dist)
+    dist *= np.float32(1.0 / half_width_mm)
+    dist *= dist
+    cran *= np.float32(1.0 / sd_height)
+    cran *= cran
+    dist += cran
+    dist *= np.float32(-0.5)
+    return near.slices_in(box), np.exp(dist, out=dist)
+
+
 def basivertebral_weight(box: GridBox, frame, half_depth_mm: float, half_width_mm: float, length_mm: float,
                          branched: bool) -> np.ndarray:
     """Weight (0-1, float32 (Z, Y, X)) of the basivertebral vein of one vertebral body on ``box``.
@@ -359,25 +391,13 @@ def basivertebral_weight(box: GridBox, frame, half_depth_mm: float, half_width_m
     posterior wall (``half_depth_mm`` behind the centre) forwards over 60 % of ``length_mm``, then
     either on to ``length_mm`` or forking into two limbs ending 35 % of ``length_mm`` to each side;
     Gaussian across the channel (SD ``half_width_mm``) and in height (SD ``0.8 half_width_mm + 0.6``
-    mm round the frame's mid-height plane).
+    mm round the frame's mid-height plane), drawn out to :data:`_VEIN_REACH_SD` SDs.
     """
-    lat = _plane_coordinate(box, frame.centre, frame.axes[0])
-    post = _plane_coordinate(box, frame.centre, frame.axes[1])
-    cran = _plane_coordinate(box, frame.centre, frame.axes[2])
-    b, fork = float(half_depth_mm), float(half_depth_mm) - 0.6 * length_mm
-    dist = _segment_distance(lat, post, (0.0, b + 1.0), (0.0, fork))
-    if branched:
-        for side in (-1.0, 1.0):
-            np.minimum(dist, _segment_distance(lat, post, (0.0, fork), (side * 0.35 * length_mm, b - length_mm)), out=dist)
-    else:
-        np.minimum(dist, _segment_distance(lat, post, (0.0, fork), (0.0, b - length_mm)), out=dist)
-    dist *= np.float32(1.0 / half_width_mm)
-    dist *= dist
-    cran *= np.float32(1.0 / (0.8 * half_width_mm + 0.6))
-    cran *= cran
-    dist += cran
-    dist *= np.float32(-0.5)
-    return np.exp(dist, out=dist)
+    out = np.zeros(box.shape, np.float32)
+    near = _basivertebral_near(box, frame, half_depth_mm, half_width_mm, length_mm, branched)
+    if near is not None:
+        out[near[0]] = near[1]
+    return out
 
 
 def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, cortex_mm, rng: np.random.Generator,
@@ -414,8 +434,10 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
     field += depth * (np.float32(model.dense_hu) - field)
     if model.basivertebral is not None and frame is not None and params is not None and part.name in BASIVERTEBRAL_LEVELS:
         half_width, length, branched, vein_hu = model.basivertebral
-        vein = basivertebral_weight(box, frame, params.b, half_width, length, branched)
-        field += vein * (np.float32(vein_hu) - field)
+        near = _basivertebral_near(box, frame, params.b, half_width, length, branched)
+        if near is not None:  # blended only where the vein is drawn
+            view = field[near[0]]
+            view += near[1] * (np.float32(vein_hu) - view)
     band = _endplate_band(box, frame, params, model, with_inferior=part.name != "S1")
     if band is not None:
         field += band

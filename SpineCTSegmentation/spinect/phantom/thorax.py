@@ -41,7 +41,7 @@ from spinect.errors import SpinectError
 from spinect.phantom.bones import SIDE_SIGN, disc_body
 from spinect.phantom.meshes import MeshPart, load_library
 from spinect.phantom.parts import Part
-from spinect.phantom.primitives import Ellipsoid, GridBox, frame_from_vectors, tube_segments
+from spinect.phantom.primitives import Ellipsoid, GridBox, frame_from_vectors, smoothstep, tube_segments
 from spinect.phantom.skeleton import VertebraFrame, _body, _vertebra_above
 from spinect.phantom.structures import STRUCTURE_CODES as C
 from spinect.phantom.surroundings import ClippedPart, _densify
@@ -73,11 +73,6 @@ def check_field(value: str) -> str:
     if not isinstance(value, str) or value not in FIELDS:
         raise SpinectError(f"unknown phantom field {value!r}: use one of {', '.join(FIELDS)}")
     return value
-
-
-def _smoothstep(t):
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 @dataclass(frozen=True)
@@ -207,17 +202,17 @@ class _Outline:
         above T6 by the shoulder girdle (``shoulder_mm`` per side at T2), else the chest wall only."""
         z = np.asarray(z, float)
         th = self.th
-        taper = _smoothstep((z - self.z6) / (self.z1 + 15.0 - self.z6))
+        taper = smoothstep((z - self.z6) / (self.z1 + 15.0 - self.z6))
         wc = th.chest_width_mm * (1.0 - 0.2 * taper)
         dc = th.chest_depth_mm * (1.0 - 0.22 * taper)
         yb_c = self.spine(z) + np.interp(z, self.zs, self.b_of) + 55.0 + th.fat_back_mm
-        w = _smoothstep((z - self.zj) / max(self.z10 - self.zj, 20.0))
+        w = smoothstep((z - self.zj) / max(self.z10 - self.zj, 20.0))
         za = np.minimum(z, self.zj)  # the abdominal column, frozen above L1
         rx_a = 0.5 * self.width_a - 0.12 * za
         ry_a = 0.58 * self.depth_a - 0.03 * za
         rx = (1 - w) * rx_a + w * 0.5 * wc
         if shoulders:
-            rx = rx + th.shoulder_mm * _smoothstep((z - self.z6) / (self.z2 - self.z6))
+            rx = rx + th.shoulder_mm * smoothstep((z - self.z6) / (self.z2 - self.z6))
         ry = (1 - w) * ry_a + w * 0.58 * dc
         yb = (1 - w) * self.y_back_a + w * yb_c
         depth = (1 - w) * self.depth_a + w * dc

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from spinect.phantom.primitives import smoothstep
+
 __all__ = ["ArchWarp", "sample_arch_warps", "make_arch_warp", "arch_weight", "body_front_weight", "body_half_height", "LATTICE_MM",
            "CORRELATION_MM", "BODY_AMPLITUDE_SHARE"]
 
@@ -42,11 +44,6 @@ AMPLITUDE_MM = (0.8, 2.0)
 
 #: The body's front moves by this share of the arch's amplitude (version 10).
 BODY_AMPLITUDE_SHARE = 0.8
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def arch_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
@@ -66,12 +63,12 @@ def arch_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
     a, b = float(measured["a"]), float(measured["b"])
     sides = measured["sides"].values()
     ped_lat = max(abs(float(s["pedicle"]["mid"][0])) for s in sides)
-    w = np.maximum(_smoothstep((post - (b + 14.0)) / 10.0),
-                   _smoothstep((lat - max(a + 3.0, ped_lat + 8.0)) / 10.0))
+    w = np.maximum(smoothstep((post - (b + 14.0)) / 10.0),
+                   smoothstep((lat - max(a + 3.0, ped_lat + 8.0)) / 10.0))
     for s in sides:
         for point, r0, r1 in ((s["pedicle"]["mid"], 10.0, 16.0), (s["sap_face"], 8.0, 14.0), (s["sap_centroid"], 8.0, 14.0)):
             dist = np.linalg.norm(local_mm - np.asarray(point, float), axis=-1)
-            w = w * _smoothstep((dist - r0) / (r1 - r0))
+            w = w * smoothstep((dist - r0) / (r1 - r0))
     return w
 
 
@@ -94,7 +91,7 @@ def body_front_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
     pedicles, the foramen) and within 2.5 mm of the endplates' heights (endplates, their concavity
     and rims, where osteophytes sit)."""
     post, cran = local_mm[..., 1], np.abs(local_mm[..., 2])
-    return _smoothstep((-post - 7.5) / 8.0) * _smoothstep((body_half_height(post, measured) - 8.0 - cran) / 5.0)
+    return smoothstep((-post - 7.5) / 8.0) * smoothstep((body_half_height(post, measured) - 8.0 - cran) / 5.0)
 
 
 @dataclass
