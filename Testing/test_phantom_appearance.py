@@ -81,7 +81,10 @@ def test_body_interior_is_marrow(seed):
     assert mask.sum() > 200
     marrow = case.truth["appearance"]["ct"]["marrow_by_bone_hu"][name]
     median = float(np.median(ct[mask]))
-    assert abs(median - marrow) < 40, (median, marrow)
+    # 60 HU: the marrow's regional field (sigma 8 mm, SD 15-50 HU) and, since version 11, the coarse
+    # texture (sigma up to 2.5 mm in-plane, 6.8 mm along z) vary on the scale of one body; the texture
+    # itself is unbiased (test_phantom_v11_look.py)
+    assert abs(median - marrow) < 60, (median, marrow)
     assert -50 - 150 <= np.percentile(ct[mask], 5) and np.percentile(ct[mask], 95) <= 350 + 150
 
 

@@ -186,7 +186,8 @@ class CTAppearance:
             body mean. See :func:`noise_sd_map`.
         bone_streak: amplitude (in noise SDs) of the faint left-right streaks from dense bone
             (photon starvation along rays through much bone), :func:`bone_streaks`.
-        cortex_hu_variation, arch_cortex_gain, marrow_variation_hu: see
+        cortex_hu_variation, arch_cortex_gain, marrow_variation_hu, arch_dense_hu, arch_depth_mm,
+            texture_z_ratio, texture_coarse_share, texture_patchiness: see
             :class:`spinect.phantom.render.BoneModel`.
     """
 
@@ -226,6 +227,11 @@ class CTAppearance:
     marrow_variation_hu: float = 0.0
     basivertebral: dict[str, float] = field(default_factory=dict)
     facet_sclerosis: float = 0.0
+    arch_dense_hu: float | None = None
+    arch_depth_mm: float | None = None
+    texture_z_ratio: float = 1.4
+    texture_coarse_share: float = 0.0
+    texture_patchiness: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (rounded)."""
@@ -342,7 +348,19 @@ def _sample_soft_tissue(rng: np.random.Generator, iv_contrast: bool) -> dict[str
 #: real lumbar crop's arch is 174-252 HU more than 3 mm inside its surface (VerSe subregion labels
 #: 41-48), its body 45-61 HU; phantoms drew 160-480 HU regardless of the marrow, so arches stayed
 #: bright blobs in osteoporotic cases (blinded readers: "one featureless, evenly bright blob").
-POSTERIOR_ABOVE_MARROW_HU = (110.0, 260.0)
+#: Version 11: 40-130 HU (was 110-260 HU, the same draw) with a dense layer under the arch's surface
+#: (:data:`ARCH_DENSE_HU`, :data:`ARCH_DEPTH_MM`): median HU by depth inside the real arches falls from
+#: 540-555 HU 1-2 mm deep (chest CT) and 492 HU in the surface voxel (crop) to marrow + 65-90 HU beyond
+#: 4.5 mm; version 10's arch was a bright rim round a flat fill of marrow + 190-250 HU (readers:
+#: "a rim-outlined blob with a uniform interior").
+POSTERIOR_ABOVE_MARROW_HU = (20.0, 110.0)
+#: Cancellous HU just under the arch's cortex, and the e-folding depth (mm) of that dense layer.
+ARCH_DENSE_HU = (450.0, 750.0)
+ARCH_DEPTH_MM = (1.0, 2.2)
+#: Relative SD of the arch's cortex thickness (the body's: 0.4). Real arches are heterogeneous: median
+#: 370-390 HU but a tenth of their voxels above 970-1000 HU (the real crop's subregion labels 41-48, the
+#: chest CT's bone behind its canal), thick dense cortex in places and thin in others.
+ARCH_CORTEX_VARIATION = 1.3
 
 
 def _posterior_hu(drawn: float, marrow_hu: float, overridden: bool) -> float:
@@ -381,9 +399,9 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         cortex_mm=_draw(rng, ov, "cortex_mm", 0.25, 0.6), cortex_hu=_draw(rng, ov, "cortex_hu", 700.0, 1400.0),
         dense_hu=_draw(rng, ov, "dense_hu", 250.0, 600.0), depth_mm=float(rng.uniform(0.5, 1.2)),
         posterior_hu=_posterior_hu(_draw(rng, ov, "posterior_hu", 160.0, 480.0), marrow, "posterior_hu" in ov),
-        # version 10: 0.8-1.5 mm (was 0.5-1.2; the same draw): the real crop's arch is still 420 HU
-        # 1.5-3 mm inside its surface (subregion labels 41-48), the phantoms' was flat there
-        arch_cortex_mm=float(0.8 + (rng.uniform(0.5, 1.2) - 0.5) / 0.7 * 0.7),
+        # version 11: 0.6-1.2 mm (version 10 0.8-1.5, version 9 0.5-1.2; the same draw): the dense layer
+        # under it (ARCH_DENSE_HU) gives the real arch's slow fall of HU with depth, not a thick rim
+        arch_cortex_mm=float(0.6 + (rng.uniform(0.5, 1.2) - 0.5) / 0.7 * 0.6),
         texture_rel=float(rng.uniform(0.15, 0.35)), texture_mm=float(rng.uniform(0.5, 1.0)),
         # version 9: none in about half the cases, at most 8 % (was 0-15 %; the same draw): readers
         # named evenly scattered dark "punched holes" in the marrow as a phantom tell
@@ -409,8 +427,12 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
         # the transverse processes as a "horizontal seam line" across the whole picture
         bone_streak=float(rng.uniform(0.2, 0.8)) * 0.5,
         # arch cortex gain: version 9 0.3-0.8 (labelled-bone p95 828 HU against 874-896 in the real
-        # cases); version 10 0.15-0.4 again (the same draw), with the arch's thicker cortex instead
-        cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)) * 0.5,
+        # cases); version 10 0.15-0.4 again (the same draw), with the arch's thicker cortex instead;
+        # version 11 0 to +0.125 (the same draw): the dense layer under the cortex and the cortex's
+        # thickness varying 1.3 x as much as the body's (ARCH_CORTEX_VARIATION) make the arch's bright
+        # voxels; arch HU p5/25/50/75/90/95 of 6 crop-grid cases 162/306/466/645/926/1135, real chest
+        # CT 71/204/390/749/1001/1113, real crop -15/172/370/657/967/1128
+        cortex_hu_variation=float(rng.uniform(0.25, 0.45)), arch_cortex_gain=float(rng.uniform(0.15, 0.4)) * 0.5 - 0.075,
     )
     # drawn after everything above (version 8), so every earlier value is as in version 7
     app = replace(app, tissue_hu={**app.tissue_hu, **sample_canal_look(rng, app.tissue_hu)})
@@ -421,7 +443,34 @@ def sample_ct(rng: np.random.Generator, spacing_zyx_mm, overrides: Mapping[str, 
     # version 10, drawn last: the basivertebral vein (blinded readers took it as a sign of a real scan),
     # then the facet joints' sclerosis (readers named sclerotic facets as signs of a real scan)
     app = replace(app, basivertebral=sample_basivertebral(rng, app))
-    return replace(app, facet_sclerosis=sample_facet_sclerosis(rng, age))
+    app = replace(app, facet_sclerosis=sample_facet_sclerosis(rng, age))
+    # version 11, drawn last: the arch's dense layer, then the trabecular texture's shape
+    return replace(app, **sample_arch_layer(rng), **sample_trabecular_texture(rng, age))
+
+
+def sample_arch_layer(rng: np.random.Generator) -> dict[str, float]:
+    """The dense layer under the arch's cortex (version 11): ``arch_dense_hu`` in :data:`ARCH_DENSE_HU`
+    and ``arch_depth_mm`` in :data:`ARCH_DEPTH_MM` (two draws, always made)."""
+    u = rng.random(2)
+    return {"arch_dense_hu": float(ARCH_DENSE_HU[0] + u[0] * (ARCH_DENSE_HU[1] - ARCH_DENSE_HU[0])),
+            "arch_depth_mm": float(ARCH_DEPTH_MM[0] + u[1] * (ARCH_DEPTH_MM[1] - ARCH_DEPTH_MM[0]))}
+
+
+def sample_trabecular_texture(rng: np.random.Generator, age_years: float) -> dict[str, float]:
+    """The trabecular texture's shape (version 11; three draws, always made).
+
+    * ``texture_z_ratio`` 1.3-2.7: vertical over in-plane correlation length. Vertebral bodies lose
+      their horizontal trabeculae first with age, so the vertical ones dominate more in the old
+      (the upper bound rises from 1.8 at 20 to 2.7 at 80 and over).
+    * ``texture_coarse_share`` 0.3-0.6: share of the texture's variance at 2.5x the fine scale (a
+      single Gaussian scale read as a regular "honeycomb" or "maze" to blinded readers).
+    * ``texture_patchiness`` 0.3-0.7: SD of a smooth (6 mm) gain on the texture's amplitude, so
+      coarse and smooth regions alternate in one vertebra.
+    """
+    u = rng.random(3)
+    old = float(np.clip((age_years - 20.0) / 60.0, 0.0, 1.0))
+    return {"texture_z_ratio": float(1.3 + u[0] * (0.5 + 0.9 * old)),
+            "texture_coarse_share": float(0.3 + 0.3 * u[1]), "texture_patchiness": float(0.3 + 0.4 * u[2])}
 
 
 def sample_facet_sclerosis(rng: np.random.Generator, age_years: float) -> float:
@@ -483,7 +532,10 @@ def ct_values(app: CTAppearance) -> TissueValues:
                       depth_mm=app.depth_mm, posterior_hu=app.posterior_hu, arch_cortex_mm=app.arch_cortex_mm,
                       texture_rel=app.texture_rel, texture_mm=app.texture_mm,
                       island_fraction=app.island_fraction, island_hu=app.island_hu, island_mm=app.island_mm,
-                      endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=1.4,
+                      endplate_hu=app.endplate_hu, endplate_mm=app.endplate_mm, texture_z_ratio=app.texture_z_ratio,
+                      texture_coarse_share=app.texture_coarse_share, texture_patchiness=app.texture_patchiness,
+                      arch_dense_hu=app.arch_dense_hu, arch_depth_mm=app.arch_depth_mm,
+                      arch_cortex_variation=ARCH_CORTEX_VARIATION if app.arch_depth_mm is not None else None,
                       cortex_variation=0.4, cortex_hu_variation=app.cortex_hu_variation,
                       arch_cortex_gain=app.arch_cortex_gain, cortex_gap_fraction=CORTEX_GAP_FRACTION,
                       marrow_variation_hu=app.marrow_variation_hu,

@@ -150,8 +150,8 @@ class BoneModel:
             6 mm, clipped to 0.3-1.6): parts of the body outline read faint, others bright.
         cortex_gap_fraction: share (0-1) of the cortex surface interrupted by soft-edged gaps
             (about 2.5 mm across) where the cancellous HU reaches the surface (0 = closed shell).
-        arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes are
-            denser than the vertebral body's rim).
+        arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes; version
+            11: negative, a dimmer cortex over the arch's dense layer).
         marrow_variation_hu: SD (HU) of a smooth marrow field (sigma 8 mm): denser and sparser
             regions of cancellous bone within one vertebra (0 = none; version 9).
         basivertebral: the basivertebral vein of L1-L5 (version 10), ``(half_width_mm,
@@ -159,6 +159,13 @@ class BoneModel:
         facet_sclerosis: strength (0-1) of the subchondral sclerosis of the facet joints (version
             10): near each joint the cortex is up to ``0.8 x`` this mm thicker and ``60 x`` this %
             denser, and never interrupted (:func:`facet_weight`).
+        texture_coarse_share: share (0-1) of the texture's variance drawn at 2.5x its correlation
+            length (version 11; 0: one scale).
+        texture_patchiness: SD of a smooth (sigma 6 mm) gain on the texture's amplitude (version
+            11; 0: the same amplitude everywhere).
+        arch_dense_hu, arch_depth_mm: the dense layer under the arch's cortex (version 11): the
+            arch's ``dense_hu`` and ``depth_mm`` (None: the body's).
+        arch_cortex_variation: ``cortex_variation`` of the arch (version 11; None: the body's).
     """
 
     cortex_mm: float
@@ -183,6 +190,19 @@ class BoneModel:
     marrow_variation_hu: float = 0.0
     basivertebral: tuple[float, float, bool, float] | None = None
     facet_sclerosis: float = 0.0
+    texture_coarse_share: float = 0.0
+    texture_patchiness: float = 0.0
+    arch_dense_hu: float | None = None
+    arch_depth_mm: float | None = None
+    arch_cortex_variation: float | None = None
+
+
+#: Width (mm, logistic scale) of the fall at the inner edge of the arch's dense layer (version 11).
+ARCH_LAYER_EDGE_MM = 0.4
+#: Correlation length of the coarse trabecular texture over the fine one (version 11).
+TEXTURE_COARSE_SCALE = 2.5
+#: Correlation length (mm) of the texture's amplitude gain (version 11).
+TEXTURE_PATCH_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -411,7 +431,22 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
     if model.texture_rel > 0:
         sigma_mm = np.array([model.texture_mm * model.texture_z_ratio, model.texture_mm, model.texture_mm])
         tex = smooth_noise(box.shape, sigma_mm / spacing, rng)
-        tex *= np.float32(model.texture_rel * max(float(marrow) - FAT_HU, 20.0))
+        amplitude = model.texture_rel * max(float(marrow) - FAT_HU, 20.0)
+        if model.texture_coarse_share > 0:  # two scales: one Gaussian scale reads as a regular "maze"
+            coarse = smooth_noise(box.shape, TEXTURE_COARSE_SCALE * sigma_mm / spacing, rng)
+            tex *= np.float32(np.sqrt(1.0 - model.texture_coarse_share))
+            coarse *= np.float32(np.sqrt(model.texture_coarse_share))
+            tex += coarse
+            del coarse
+        if model.texture_patchiness > 0:  # coarse and smooth regions within one vertebra
+            gain = smooth_noise(box.shape, TEXTURE_PATCH_MM / spacing, rng)
+            gain *= np.float32(model.texture_patchiness)
+            gain += np.float32(1.0)
+            np.clip(gain, 0.15, None, out=gain)
+            tex *= gain
+            del gain
+            amplitude /= float(np.sqrt(1.0 + model.texture_patchiness**2))  # the same texture SD on average
+        tex *= np.float32(amplitude)
         field += tex
     if model.marrow_variation_hu > 0:  # regional density (sigma 8 mm): no vertebra is uniform inside
         regional = smooth_noise(box.shape, 8.0 / spacing, rng)
@@ -429,9 +464,26 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
         # blinded pairs named the flat, texture-less arch inside a bright rim as the phantom's tell)
         field += arch * (np.float32(model.posterior_hu) - marrow)
     depth = np.maximum(-d - cortex_mm, 0.0)
+    dense_hu = np.float32(model.dense_hu)
+    layered = arch is not None and model.arch_depth_mm is not None and model.arch_dense_hu is not None
+    plateau = None
+    if layered:
+        # the arch: a dense layer ``arch_depth_mm`` deep that ends over about a millimetre (real arches:
+        # 500-550 HU 1-3 mm inside, marrow + 65-90 HU beyond 4.5 mm), not the body's thin exponential one
+        plateau = np.float32(model.arch_depth_mm) - depth
+        plateau *= np.float32(1.0 / ARCH_LAYER_EDGE_MM)
+        np.clip(plateau, -30.0, 30.0, out=plateau)
+        np.negative(plateau, out=plateau)
+        np.exp(plateau, out=plateau)
+        plateau += np.float32(1.0)
+        np.reciprocal(plateau, out=plateau)
+        dense_hu = dense_hu + arch * np.float32(model.arch_dense_hu - model.dense_hu)
     depth *= np.float32(-1.0 / model.depth_mm)
     np.exp(depth, out=depth)
-    field += depth * (np.float32(model.dense_hu) - field)
+    if plateau is not None:
+        depth += arch * (plateau - depth)
+        del plateau
+    field += depth * (dense_hu - field)
     if model.basivertebral is not None and frame is not None and params is not None and part.name in BASIVERTEBRAL_LEVELS:
         half_width, length, branched, vein_hu = model.basivertebral
         near = _basivertebral_near(box, frame, params.b, half_width, length, branched)
@@ -500,7 +552,11 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
         cortex_mm = cortex_mm + facets * np.float32(0.8 * model.facet_sclerosis)
     if model.cortex_variation > 0:
         vary = smooth_noise(sub.shape, 4.0 / np.linalg.norm(sub.step, axis=1), rng)
-        vary *= np.float32(model.cortex_variation)
+        if arch is not None and model.arch_cortex_variation is not None:
+            # the arch: thick, solid-looking cortex in places (laminae, articular processes) and thin in others
+            vary *= np.float32(model.cortex_variation) + arch * np.float32(model.arch_cortex_variation - model.cortex_variation)
+        else:
+            vary *= np.float32(model.cortex_variation)
         vary += np.float32(1.0)
         np.clip(vary, 0.2, None, out=vary)
         cortex_mm = vary * cortex_mm
@@ -508,18 +564,22 @@ def _blend_bone_ct(view: np.ndarray, d: np.ndarray, sub: GridBox, part: Part, mo
     c_out = np.clip(0.5 - d / h, 0.0, 1.0)
     c_in = np.clip(0.5 - (d + cortex_mm) / h, 0.0, 1.0)
     cortex = np.float32(model.cortex_hu)
-    if model.cortex_hu_variation > 0 or (model.arch_cortex_gain > 0 and arch is not None):
+    if model.cortex_hu_variation > 0 or (model.arch_cortex_gain != 0 and arch is not None):
         gain = np.ones(sub.shape, np.float32)
         if model.cortex_hu_variation > 0:
             gain = smooth_noise(sub.shape, 6.0 / np.linalg.norm(sub.step, axis=1), rng)
             gain *= np.float32(model.cortex_hu_variation)
             gain += np.float32(1.0)
             np.clip(gain, 0.3, 1.6, out=gain)
-        if model.arch_cortex_gain > 0 and arch is not None:
+        if model.arch_cortex_gain != 0 and arch is not None:
             gain *= np.float32(1.0) + np.float32(model.arch_cortex_gain) * arch
         cortex = gain * cortex
     if facets is not None:
         cortex = cortex * (np.float32(1.0) + np.float32(0.6 * model.facet_sclerosis) * facets)
+    if model.arch_dense_hu is not None:
+        # version 11: the cortex is never less dense than the bone under it (a faint stretch of cortex
+        # over the arch's dense layer read as a dark line, and thickening it darkened the joints)
+        cortex = np.maximum(cortex, canc)
     if model.cortex_gap_fraction > 0:  # interrupted cortex: the cancellous bone reaches the surface
         gap = _cortex_gaps(sub, model.cortex_gap_fraction, rng, arch)
         if facets is not None:  # articular surfaces stay closed
