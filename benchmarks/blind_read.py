@@ -23,7 +23,7 @@ height), resampled by linear interpolation to 1 mm pixels and enlarged 4x for vi
 axial slices at random heights through the labelled lumbar vertebrae and sagittal slices spread
 over 6 mm either side of the bone's midline; phantom tiles likewise, half on the crop's grid
 (1.5 mm, no IV contrast, lumbosacral field, through L1-L4, like the crop) and half on the chest
-CT's (0.70 x 0.70 x 2.5 mm, IV contrast, thoracolumbar field with the thorax, through L1-L3, like
+CT's (0.70 x 0.70 x 2.5 mm, IV contrast, thoracolumbar field with the thorax, through T12-L3, like
 the chest CT). A benchmark, not a test: the reader is a person (or a model) and
 the result is theirs.
 """
@@ -132,7 +132,7 @@ def phantom_volume(seed: int, grid: str):
 
     Like the real case it stands beside: on the crop's grid the default (lumbosacral) field and
     L1-L4 (the crop holds L2-L4); on the chest CT's grid the thoracolumbar field (thorax, lungs,
-    diaphragm; centred on T12/L1) and L1-L3 (the chest CT's labels are T12-L3)."""
+    diaphragm; centred on T12/L1) and T12-L3, as the chest CT's labels (L1-L3 before round 15)."""
     import SimpleITK as sitk
     from spinect.phantom import STRUCTURE_CODES, generate_case
 
@@ -146,9 +146,28 @@ def phantom_volume(seed: int, grid: str):
     st = sitk.GetArrayFromImage(case.structures)
     levels = ("L1", "L2", "L3", "L4") if grid == "crop" else ("L1", "L2", "L3")
     bone = np.isin(st, [STRUCTURE_CODES[n] for n in levels])
+    if grid == "chest":
+        bone |= _t12_mask(case, st)
     a = case.truth["appearance"]["ct"]
     note = f"seed {seed}, {grid} grid, age {a['age_years']:.0f}, {a['kernel']} kernel, noise {a['noise_sd_hu']:.0f} HU"
     return ct, bone, spacing, note
+
+
+def _t12_mask(case, structures: np.ndarray) -> np.ndarray:
+    """T12 of a thoracolumbar-field phantom: the ``thoracic_vertebra`` voxels (one code for T1-T12)
+    within 2 mm of T12's endplates along its axis, so the chest-grid tiles span T12-L3 as the real
+    chest CT's labels do (the posterior lung bases lie beside T12; before, phantoms showed L1-L3 only)."""
+    from spinect.phantom import STRUCTURE_CODES
+
+    idx = np.argwhere(structures == STRUCTURE_CODES["thoracic_vertebra"])
+    frame = case.anatomy.thorax.frames["T12"]
+    body = case.grid.world_to_body(case.grid.index_to_world(idx))
+    axis = frame.superior.centre - frame.inferior.centre
+    half = 0.5 * float(np.linalg.norm(axis))
+    along = (body - 0.5 * (frame.superior.centre + frame.inferior.centre)) @ (axis / (2.0 * half))
+    mask = np.zeros(structures.shape, bool)
+    mask[tuple(idx[np.abs(along) <= half + 2.0].T)] = True
+    return mask
 
 
 def pair_up(items: list[dict], rng: np.random.Generator) -> list[tuple[dict, dict]]:

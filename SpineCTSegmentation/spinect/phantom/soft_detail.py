@@ -674,6 +674,10 @@ def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, r
     np.maximum(cov, np.float32(0.6), out=cov)  # the rim only dims: thin or FOV-cut tubes keep their value
     fat = (st[box] == C["visceral_fat"]) & ~v
     around = np.float32(np.median(view[fat][::5])) if fat.any() else np.float32(view[v].min())
+    # version 11: the outline's voxels read as the tissue next to them (liver, crus, psoas), not
+    # always fat: an IVC against the liver had a dark ring (blinded readers: "ring-like vessel
+    # outlines"). The neighbours' HU is spread inwards by a normalised 1.5-voxel Gaussian.
+    around = _outside_value(view, v, around)
     out = around + cov * (value - around)
     if look.wall_calcification > 0:
         # atherosclerotic plaques: small, dense, soft-edged spots in the arterial wall (the outer
@@ -693,6 +697,23 @@ def _great_vessels(hu, st, look: SoftLook, fields: _Fields, blood_hu, spacing, r
         calc = np.float32(450.0 + 450.0 * look.wall_calcification)
         out += plaque * (calc - out)
     np.copyto(view, out, where=v)
+
+
+def _outside_value(view: np.ndarray, inside: np.ndarray, default: np.float32) -> np.ndarray:
+    """HU of the tissue just outside a mask, spread into its outer voxels (float32, ``view``'s shape).
+
+    Normalised convolution: ``G * (hu outside) / G * (outside)`` with a Gaussian of 1.5 voxels, so each
+    voxel within about 3 voxels of the mask's surface gets a weighted mean of the nearby outside HU;
+    deeper (the weight below 1e-3) it gets ``default``.
+    """
+    outside = (~inside).astype(np.float32)
+    weight = ndimage.gaussian_filter(outside, 1.5, truncate=2.5, mode="nearest")
+    spread = ndimage.gaussian_filter(np.where(inside, np.float32(0.0), view).astype(np.float32), 1.5, truncate=2.5,
+                                     mode="nearest")
+    ok = weight > np.float32(1e-3)
+    out = np.full(view.shape, default, np.float32)
+    out[ok] = spread[ok] / weight[ok]
+    return out
 
 
 #: HU of the arterial wall (and thin mural thrombus) between the enhanced lumen and the fat.
