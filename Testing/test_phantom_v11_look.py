@@ -110,3 +110,22 @@ def test_arch_hu_falls_with_depth_to_the_posterior_value():
     assert shallow_hu > deep_hu + 100.0, (shallow_hu, deep_hu)
     # the core: the posterior HU plus the texture's and the layer's tails (the layer ends over ~1 mm)
     assert abs(deep_hu - app["posterior_hu"]) < 80.0, (deep_hu, app["posterior_hu"])
+
+
+def test_vessel_outline_reads_as_its_neighbours():
+    """The voxels a vessel's irregular outline gives up take the HU of the tissue beside them: liver
+    (140 HU) on one side, fat (-100 HU) on the other, not the box's fat everywhere."""
+    from spinect.phantom.soft_detail import _outside_value
+
+    view = np.zeros((5, 40, 40), np.float32)
+    view[:, :, :20] = 140.0  # liver on the left
+    view[:, :, 20:] = -100.0  # fat on the right
+    inside = np.zeros(view.shape, bool)
+    inside[:, 10:30, 15:25] = True  # a vessel across the border
+    view[inside] = 300.0
+    around = _outside_value(view, inside, np.float32(-100.0))
+    assert abs(float(around[2, 20, 15]) - 140.0) < 1.0  # the vessel's left edge: liver
+    assert abs(float(around[2, 20, 24]) + 100.0) < 1.0  # its right edge: fat
+    assert around[2, 10, 15] > 100.0 and around[2, 10, 24] < -60.0  # the corners: their own side
+    # outside the vessel the neighbours' own values come back (the spread is a weighted mean of them)
+    assert abs(float(around[2, 5, 5]) - 140.0) < 1e-3 and abs(float(around[2, 5, 35]) + 100.0) < 1e-3
