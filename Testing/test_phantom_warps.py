@@ -95,3 +95,32 @@ def test_labels_are_the_sign_of_the_warped_distance(case):
         plain.__dict__.pop("_mesh_bounds", None)
         total_changed += int(np.sum(np.sign(plain.sdf_points(body)) != np.sign(d)))
     assert total_changed > 100
+
+
+@pytest.mark.parametrize("name", ["vhm__L3", "mean__L4"])
+def test_fine_component_adds_millimetre_unevenness_on_the_same_weights(library, name):
+    """Version 12: a fine lattice (1.5 mm nodes, sigma 2.5 mm, SD 0.2-0.45 mm, clipped at 2.5 SD) is added to the coarse
+    warp, drawn after it from the same stream (the coarse lattice is as before), on the same weights
+    (landmarks fixed: the test above runs with it), and the bound still holds."""
+    from spinect.phantom.warps import FINE_AMPLITUDE_MM
+
+    grid = library[name]
+    m = grid.measured
+    both, coarse = make_arch_warp(grid, 1.5, seed=11), make_arch_warp(grid, 1.5, seed=11, fine=False)
+    np.testing.assert_array_equal(both.lattice, coarse.lattice)
+    assert coarse.fine_lattice is None and both.fine_lattice is not None
+    # along a line over the spinous process (weight 1), the fine part varies over millimetres
+    b = float(m["b"])
+    line = np.stack([np.zeros(200), np.full(200, b + 30.0), np.linspace(-10.0, 10.0, 200)], axis=1)
+    idx = _source_index(grid, line)
+    fine = (both.displacement(idx) - coarse.displacement(idx)) * grid.spacing_mm  # (3, N) mm
+    assert 0.1 < float(np.abs(fine).max()) <= 2.5 * FINE_AMPLITUDE_MM[1] + 1e-6  # each component clipped at 2.5 SD
+    # its variation over 2 mm steps is a sizeable share of its spread; the coarse part's is small
+    step = int(round(2.0 / (20.0 / 199)))
+    fine_change = np.abs(fine[:, step:] - fine[:, :-step]).mean() / fine.std()
+    coarse_mm = coarse.displacement(idx) * grid.spacing_mm
+    coarse_change = np.abs(coarse_mm[:, step:] - coarse_mm[:, :-step]).mean() / coarse_mm.std()
+    assert fine_change > 2.0 * coarse_change
+    pts = np.random.default_rng(1).uniform(0, np.array(grid.values.shape) - 1, size=(3000, 3)).T
+    norm = np.linalg.norm(both.displacement(pts), axis=0) * grid.spacing_mm
+    assert np.all(norm <= both.bound_at(pts) + 1e-5) and norm.max() <= both.max_mm + 1e-6

@@ -45,6 +45,18 @@ AMPLITUDE_MM = (0.8, 2.0)
 #: The body's front moves by this share of the arch's amplitude (version 10).
 BODY_AMPLITUDE_SHARE = 0.8
 
+#: Version 12: a fine component of the same warp, on a lattice of this spacing (source mm) ...
+FINE_LATTICE_MM = 1.5
+#: ... correlated over this sigma (source mm) ...
+FINE_CORRELATION_MM = 2.5
+#: ... with an SD per component drawn in this range (mm) from the lattice's own stream: real bone
+#: surfaces are uneven on the millimetre scale (ligament and muscle attachments, vascular foramina,
+#: remodelling), where the source meshes (one of them a mean of 87 shapes) are smooth, and blinded
+#: readers named "smooth masks" and "idealised" outlines first.
+FINE_AMPLITUDE_MM = (0.2, 0.45)
+#: The fine components are clipped at this many SDs.
+FINE_CLIP_SD = 2.5
+
 
 def arch_weight(local_mm: np.ndarray, measured: dict) -> np.ndarray:
     """Deformation weight (0-1) at points given in a bone's measured local frame.
@@ -104,9 +116,13 @@ class ArchWarp:
         step: lattice node spacing in grid index units.
         bound_mm: (Nz, Ny, Nx) float32: the largest displacement (source mm) of any point whose
             nearest lattice node this is (the largest node norm within one node).
-        max_mm: the largest displacement anywhere (source mm).
+        max_mm: a bound on the displacement anywhere (source mm; the two lattices' largest norms
+            added).
         active_index: (2, 3) lo and hi grid indices (z, y, x) outside which the displacement is
             exactly 0 (the box of the nodes with a non-zero bound, one node wider).
+        fine_lattice: (3, Nz', Ny', Nx') float32 fine component (version 12) at nodes ``fine_step``
+            apart, added to the coarse one; None: none.
+        fine_step: its node spacing in grid index units.
     """
 
     lattice: np.ndarray
@@ -114,12 +130,20 @@ class ArchWarp:
     bound_mm: np.ndarray
     max_mm: float
     active_index: np.ndarray
+    fine_lattice: np.ndarray | None = None
+    fine_step: float = 0.0
 
     def displacement(self, coords: np.ndarray) -> np.ndarray:
-        """W (grid index units) at grid indices ``coords`` (3, ...), trilinear between nodes."""
+        """W (grid index units) at grid indices ``coords`` (3, ...), trilinear between nodes (the
+        coarse lattice plus, since version 12, the fine one)."""
         c = np.asarray(coords, np.float32) / np.float32(self.step)
-        return np.stack([ndimage.map_coordinates(self.lattice[k], c, order=1, mode="nearest", output=np.float32)
-                         for k in range(3)])
+        w = np.stack([ndimage.map_coordinates(self.lattice[k], c, order=1, mode="nearest", output=np.float32)
+                      for k in range(3)])
+        if self.fine_lattice is not None:
+            c = np.asarray(coords, np.float32) / np.float32(self.fine_step)
+            for k in range(3):
+                w[k] += ndimage.map_coordinates(self.fine_lattice[k], c, order=1, mode="nearest", output=np.float32)
+        return w
 
     def bound_at(self, coords: np.ndarray) -> np.ndarray:
         """The displacement bound (source mm) at grid indices ``coords`` (3, N), by nearest node."""
@@ -129,20 +153,16 @@ class ArchWarp:
         return self.bound_mm.ravel()[np.ravel_multi_index(tuple(k), self.bound_mm.shape, mode="clip")]
 
 
-def make_arch_warp(grid, amplitude_mm: float, seed: int) -> ArchWarp:
-    """The warp of one placed bone grid (``grid``: a :class:`meshes.BoneGrid` with ``measured``).
-
-    Args:
-        amplitude_mm: SD (source mm) of each displacement component before weighting.
-        seed: seed of its random lattice (recorded in the case's parameters).
-    """
-    rng = np.random.default_rng(int(seed))
+def _weighted_lattice(grid, rng: np.random.Generator, step_mm: float, correlation_mm: float,
+                      amplitude_mm: float) -> np.ndarray:
+    """(3, Nz, Ny, Nx) float32 displacement (grid index units) at lattice nodes ``step_mm`` apart:
+    Gaussian-correlated unit noise times ``amplitude_mm``, weighted by :func:`arch_weight`, plus its
+    horizontal part weighted by :func:`body_front_weight` times :data:`BODY_AMPLITUDE_SHARE`."""
     extent = (np.asarray(grid.values.shape) - 1) * grid.spacing_mm  # (z, y, x) source mm
-    step_mm = LATTICE_MM
     nodes = np.ceil(extent / step_mm).astype(int) + 2
     noise = rng.standard_normal((3, *nodes)).astype(np.float32)
     for k in range(3):
-        ndimage.gaussian_filter(noise[k], CORRELATION_MM / step_mm, output=noise[k], mode="reflect", truncate=3.0)
+        ndimage.gaussian_filter(noise[k], correlation_mm / step_mm, output=noise[k], mode="reflect", truncate=3.0)
         noise[k] /= max(float(noise[k].std()), 1e-6)
     # node positions in source LPS (x, y, z) -> measured local frame (lateral, posterior, cranial)
     m = grid.measured
@@ -158,15 +178,49 @@ def make_arch_warp(grid, amplitude_mm: float, seed: int) -> ArchWarp:
     up = np.asarray(m["axes"], float)[2][::-1].astype(np.float32)  # the cranial axis in index order (z, y, x)
     horizontal = noise - np.tensordot(up, noise, axes=(0, 0))[None] * up[:, None, None, None]
     lattice += horizontal * front[None] * np.float32(BODY_AMPLITUDE_SHARE * amplitude_mm / grid.spacing_mm)
+    return lattice
+
+
+def make_arch_warp(grid, amplitude_mm: float, seed: int, *, fine: bool = True) -> ArchWarp:
+    """The warp of one placed bone grid (``grid``: a :class:`meshes.BoneGrid` with ``measured``).
+
+    Args:
+        amplitude_mm: SD (source mm) of each displacement component before weighting.
+        seed: seed of its random lattice (recorded in the case's parameters).
+        fine: add the fine component (version 12; :data:`FINE_LATTICE_MM`): its amplitude and noise
+            are drawn from the same stream after the coarse lattice's, which is as before.
+    """
+    rng = np.random.default_rng(int(seed))
+    lattice = _weighted_lattice(grid, rng, LATTICE_MM, CORRELATION_MM, amplitude_mm)
     norm_mm = np.sqrt((lattice ** 2).sum(axis=0)) * np.float32(grid.spacing_mm)
     bound = ndimage.maximum_filter(norm_mm, size=3, mode="nearest")  # a point's cell corners lie within one node
-    step = step_mm / grid.spacing_mm
-    nodes_on = np.argwhere(norm_mm > 0)
+    step = LATTICE_MM / grid.spacing_mm
+    max_mm = float(norm_mm.max())
+    fine_lattice = None
+    if fine:
+        fine_amplitude = float(rng.uniform(*FINE_AMPLITUDE_MM))
+        fine_lattice = _weighted_lattice(grid, rng, FINE_LATTICE_MM, FINE_CORRELATION_MM, fine_amplitude)
+        # each component within 2.5 SDs: the field's rare extremes over a short correlation length
+        # would fold the surface (a gradient near 1)
+        limit = np.float32(FINE_CLIP_SD * fine_amplitude / grid.spacing_mm)
+        np.clip(fine_lattice, -limit, limit, out=fine_lattice)
+        fine_mm = np.sqrt((fine_lattice ** 2).sum(axis=0)) * np.float32(grid.spacing_mm)
+        # a point whose nearest coarse node is k lies within half a coarse step (one fine step) of
+        # fine node 2k, and its fine cell's corners within one more: the fine norm's maximum over
+        # +-2 fine nodes, read at the coarse nodes, bounds its fine displacement
+        ratio = int(round(LATTICE_MM / FINE_LATTICE_MM))
+        fine_bound = ndimage.maximum_filter(fine_mm, size=2 * ratio + 1, mode="nearest")[::ratio, ::ratio, ::ratio]
+        pad = [(0, max(b - f, 0)) for b, f in zip(bound.shape, fine_bound.shape)]
+        fine_bound = np.pad(fine_bound, pad, mode="edge")[: bound.shape[0], : bound.shape[1], : bound.shape[2]]
+        bound = bound + fine_bound
+        max_mm += float(fine_mm.max())
+    nodes_on = np.argwhere(bound > 0)
     if len(nodes_on):
         active = np.stack([(nodes_on.min(axis=0) - 1) * step, (nodes_on.max(axis=0) + 1) * step]).astype(float)
     else:
         active = np.zeros((2, 3))
-    return ArchWarp(lattice, step, bound.astype(np.float32), float(norm_mm.max()), active)
+    return ArchWarp(lattice, step, bound.astype(np.float32), max_mm, active, fine_lattice,
+                    FINE_LATTICE_MM / grid.spacing_mm if fine else 0.0)
 
 
 def sample_arch_warps(rng: np.random.Generator, names) -> dict[str, dict[str, Any]]:
