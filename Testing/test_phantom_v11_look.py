@@ -1,6 +1,6 @@
 """Phantom version 11: the arch's dense layer and a two-scale, patchy, vertically elongated trabecular texture.
 
-Image-only changes (labels, structures and truth are untouched; ``test_phantom_hashes`` guards them). The
+Image-only changes: labels, structures and truth are untouched (checked against version 10 by hash, docs/phantom.md). The
 numbers behind them: median HU by depth inside real arches falls from 540-555 HU 1-2 mm deep (chest CT) and
 492 HU in the surface voxel (crop) to marrow + 65-90 HU beyond 4.5 mm; version 10 drew a bright rim round a flat
 fill of marrow + 190-250 HU.

@@ -348,13 +348,14 @@ def _sample_soft_tissue(rng: np.random.Generator, iv_contrast: bool) -> dict[str
 #: real lumbar crop's arch is 174-252 HU more than 3 mm inside its surface (VerSe subregion labels
 #: 41-48), its body 45-61 HU; phantoms drew 160-480 HU regardless of the marrow, so arches stayed
 #: bright blobs in osteoporotic cases (blinded readers: "one featureless, evenly bright blob").
-#: Version 11: 40-130 HU (was 110-260 HU, the same draw) with a dense layer under the arch's surface
+#: Version 11: 20-110 HU (was 110-260 HU, the same draw) with a dense layer under the arch's surface
 #: (:data:`ARCH_DENSE_HU`, :data:`ARCH_DEPTH_MM`): median HU by depth inside the real arches falls from
 #: 540-555 HU 1-2 mm deep (chest CT) and 492 HU in the surface voxel (crop) to marrow + 65-90 HU beyond
 #: 4.5 mm; version 10's arch was a bright rim round a flat fill of marrow + 190-250 HU (readers:
 #: "a rim-outlined blob with a uniform interior").
 POSTERIOR_ABOVE_MARROW_HU = (20.0, 110.0)
-#: Cancellous HU just under the arch's cortex, and the e-folding depth (mm) of that dense layer.
+#: Cancellous HU just under the arch's cortex, and the depth (mm) at which that dense layer ends (over
+#: about a millimetre, :data:`spinect.phantom.render.ARCH_LAYER_EDGE_MM`).
 ARCH_DENSE_HU = (450.0, 750.0)
 ARCH_DEPTH_MM = (1.0, 2.2)
 #: Relative SD of the arch's cortex thickness (the body's: 0.4). Real arches are heterogeneous: median

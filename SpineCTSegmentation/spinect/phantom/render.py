@@ -150,8 +150,8 @@ class BoneModel:
             6 mm, clipped to 0.3-1.6): parts of the body outline read faint, others bright.
         cortex_gap_fraction: share (0-1) of the cortex surface interrupted by soft-edged gaps
             (about 2.5 mm across) where the cancellous HU reaches the surface (0 = closed shell).
-        arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes; version
-            11: negative, a dimmer cortex over the arch's dense layer).
+        arch_cortex_gain: relative extra cortex HU of the arch (laminae, pedicles, processes; may be
+            negative: a dimmer cortex).
         marrow_variation_hu: SD (HU) of a smooth marrow field (sigma 8 mm): denser and sparser
             regions of cancellous bone within one vertebra (0 = none; version 9).
         basivertebral: the basivertebral vein of L1-L5 (version 10), ``(half_width_mm,
