@@ -129,3 +129,21 @@ def test_vessel_outline_reads_as_its_neighbours():
     assert around[2, 10, 15] > 100.0 and around[2, 10, 24] < -60.0  # the corners: their own side
     # outside the vessel the neighbours' own values come back (the spread is a weighted mean of them)
     assert abs(float(around[2, 5, 5]) - 140.0) < 1e-3 and abs(float(around[2, 5, 35]) + 100.0) < 1e-3
+
+
+def test_gas_cap_is_the_loops_front_above_a_flat_level():
+    """Version 12: a contrast loop's gas lies in front of (body y below) a coronal air-fluid level and
+    inside the loop; its back is that plane, not a round bubble's curve."""
+    from spinect.phantom.primitives import frame_from_vectors
+    from spinect.phantom.surroundings import LevelledEllipsoid
+
+    rng = np.random.default_rng(0)
+    axes = frame_from_vectors(rng.normal(size=3), rng.normal(size=3))
+    centre, radii = np.array([5.0, -40.0, 12.0]), np.array([14.0, 10.0, 18.0])
+    gas = LevelledEllipsoid(centre, axes, radii=radii, level_mm=-3.5)
+    pts = centre + rng.uniform(-20.0, 20.0, size=(20000, 3))
+    local = (pts - centre) @ axes.T
+    in_loop = (local / radii) ** 2 @ np.ones(3) < 1.0
+    in_gas = gas.sdf_points(pts) < 0
+    assert np.all(in_gas <= in_loop) and in_gas.sum() > 500
+    np.testing.assert_array_equal(in_gas, in_loop & (pts[:, 1] - centre[1] < -3.5))

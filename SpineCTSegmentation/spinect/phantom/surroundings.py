@@ -326,8 +326,35 @@ def _lung_parts(frames, params: PhantomParams, rng: np.random.Generator) -> list
     return [_clipped("lung", lungs, _CAVITY + (C["liver"],)), _clipped("blood_vessel", vessels, (C["lung"],))]
 
 
+@dataclass
+class LevelledEllipsoid(Ellipsoid):
+    """The part of an ellipsoid in front of a coronal plane: gas over fluid in a supine patient's
+    bowel loop, whose air-fluid level is flat (a straight line in axial and sagittal slices).
+
+    Attributes:
+        level_mm: the plane's body y relative to the centre (negative: anterior; body y points
+            posteriorly).
+    """
+
+    level_mm: float = 0.0
+
+    def local_sdf(self, l0, l1, l2):
+        a = self.axes
+        y = l0 * float(a[0, 1]) + l1 * float(a[1, 1]) + l2 * float(a[2, 1])  # body y - centre y
+        return np.maximum(super().local_sdf(l0, l1, l2), y - float(self.level_mm))
+
+    def local_inside(self, l0, l1, l2):
+        return self.local_sdf(l0, l1, l2) < 0
+
+
+#: Air-fluid level of a gas-capped contrast loop, in front of its centre, as a share of its smallest radius.
+GAS_LEVEL_SHARE = 0.35
+
+
 def _contrast_bowel(frames, params: PhantomParams, rng: np.random.Generator) -> list[Part]:
-    """Loops with positive oral contrast, some with a gas cap anteriorly (the patient is supine)."""
+    """Loops with positive oral contrast, some with a gas cap anteriorly (the patient is supine;
+    since phantom version 12 the cap is the loop's front above a flat air-fluid level, not a round
+    bubble, which blinded readers named as a "perfectly round black dot")."""
     ext = spine_extent(frames, params)
     y_front_body = ext["y_back"] - ext["depth"]
     half_w = 0.5 * params.body_width - params.fat_mm - 30.0
@@ -339,7 +366,7 @@ def _contrast_bowel(frames, params: PhantomParams, rng: np.random.Generator) -> 
         axes = frame_from_vectors(rng.normal(size=3), rng.normal(size=3))
         loops.append(Ellipsoid(c, axes, radii=radii))
         if rng.uniform() < 0.3:
-            gas.append(Ellipsoid(c - np.array([0.0, 0.6 * radii.min(), 0.0]), axes, radii=radii * 0.45))
+            gas.append(LevelledEllipsoid(c, axes, radii=radii, level_mm=-GAS_LEVEL_SHARE * float(radii.min())))
     parts: list[Part] = [_clipped("bowel_contrast", loops, _CAVITY)]
     if gas:
         parts.append(_clipped("bowel_gas", gas, (C["bowel_contrast"],)))
