@@ -124,3 +124,19 @@ def test_fine_component_adds_millimetre_unevenness_on_the_same_weights(library, 
     pts = np.random.default_rng(1).uniform(0, np.array(grid.values.shape) - 1, size=(3000, 3)).T
     norm = np.linalg.norm(both.displacement(pts), axis=0) * grid.spacing_mm
     assert np.all(norm <= both.bound_at(pts) + 1e-5) and norm.max() <= both.max_mm + 1e-6
+
+
+def test_one_read_of_the_combined_lattice_is_the_sum_of_the_two(library):
+    """The displacement reads one lattice (the fine one plus the coarse displacement at its nodes): within
+    the grid it equals the coarse and fine trilinear reads added, to float32 rounding."""
+    from scipy import ndimage
+
+    grid = library["mean__L4"]
+    warp = make_arch_warp(grid, 1.8, seed=5)
+    pts = np.random.default_rng(2).uniform(0, np.array(grid.values.shape) - 1, size=(5000, 3)).T.astype(np.float32)
+    both = warp.displacement(pts)
+    apart = np.stack([ndimage.map_coordinates(warp.lattice[k], pts / np.float32(warp.step), order=1, mode="nearest")
+                      + ndimage.map_coordinates(warp.fine_lattice[k], pts / np.float32(warp.fine_step), order=1,
+                                                mode="nearest") for k in range(3)])
+    assert np.abs(apart).max() > 0.5
+    np.testing.assert_allclose(both, apart, atol=1e-5)
