@@ -136,6 +136,7 @@ def _hits(prims: list[Primitive], bounds: tuple[np.ndarray, np.ndarray], points:
             yield prims[i], idx
 
 
+@dataclass
 class ClippedPart(Part):
     """A sign-only part that replaces only some codes already painted (``allowed``): organs that
     stay inside the abdominal cavity whatever the body size and never cover vessels or muscle; the

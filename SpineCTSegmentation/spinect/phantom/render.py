@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
@@ -465,18 +466,13 @@ def _cancellous_ct(box: GridBox, d: np.ndarray, part: Part, model: BoneModel, co
         field += arch * (np.float32(model.posterior_hu) - marrow)
     depth = np.maximum(-d - cortex_mm, 0.0)
     dense_hu = np.float32(model.dense_hu)
-    layered = arch is not None and model.arch_depth_mm is not None and model.arch_dense_hu is not None
     plateau = None
-    if layered:
+    if arch is not None and model.arch_depth_mm is not None and model.arch_dense_hu is not None:
         # the arch: a dense layer ``arch_depth_mm`` deep that ends over about a millimetre (real arches:
         # 500-550 HU 1-3 mm inside, marrow + 65-90 HU beyond 4.5 mm), not the body's thin exponential one
         plateau = np.float32(model.arch_depth_mm) - depth
         plateau *= np.float32(1.0 / ARCH_LAYER_EDGE_MM)
-        np.clip(plateau, -30.0, 30.0, out=plateau)
-        np.negative(plateau, out=plateau)
-        np.exp(plateau, out=plateau)
-        plateau += np.float32(1.0)
-        np.reciprocal(plateau, out=plateau)
+        expit(plateau, out=plateau)
         dense_hu = dense_hu + arch * np.float32(model.arch_dense_hu - model.dense_hu)
     depth *= np.float32(-1.0 / model.depth_mm)
     np.exp(depth, out=depth)

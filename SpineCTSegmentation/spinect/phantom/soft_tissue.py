@@ -215,10 +215,10 @@ def crura(frames, params: PhantomParams) -> list[Part]:
     # ellipsoid) does not reach the aorta or the front of the spine
     fat_spec = [(n, (2.0, -v[n].b - 14.0, z), 32.0, 17.0) for n, z in (("L2", 0.0), ("L1", 0.0), ("L1", 25.0))]
     fat_spec.append(("L1", (2.0, -bl - 24.0, 45.0), 22.0, 12.0))
-    retro_fat = ClippedPart("visceral_fat", C["visceral_fat"], _tube_through(frames, fat_spec), partial_volume=False)
-    retro_fat.allowed = (C["liver"],)
-    part = ClippedPart("abdominal_wall_muscle", C["abdominal_wall_muscle"], prims, partial_volume=False)
-    part.allowed = _CRUS_REPLACES
+    retro_fat = ClippedPart("visceral_fat", C["visceral_fat"], _tube_through(frames, fat_spec), partial_volume=False,
+                            allowed=(C["liver"],))
+    part = ClippedPart("abdominal_wall_muscle", C["abdominal_wall_muscle"], prims, partial_volume=False,
+                       allowed=_CRUS_REPLACES)
     return [retro_fat, part]
 
 

@@ -138,9 +138,7 @@ def sample_surroundings(rng: np.random.Generator, *, metal: bool | None = None) 
 
 
 def _clipped(name: str, prims: list[Primitive], allowed: tuple[int, ...]) -> ClippedPart:
-    part = ClippedPart(name, C[name], prims, partial_volume=False)
-    part.allowed = allowed
-    return part
+    return ClippedPart(name, C[name], prims, partial_volume=False, allowed=allowed)
 
 
 def _columns(frames, params: PhantomParams) -> dict[str, EllipticColumn]:
@@ -343,8 +341,7 @@ class LevelledEllipsoid(Ellipsoid):
         y = l0 * float(a[0, 1]) + l1 * float(a[1, 1]) + l2 * float(a[2, 1])  # body y - centre y
         return np.maximum(super().local_sdf(l0, l1, l2), y - float(self.level_mm))
 
-    def local_inside(self, l0, l1, l2):
-        return self.local_sdf(l0, l1, l2) < 0
+    local_inside = Primitive.local_inside  # the sign of local_sdf, not the ellipsoid's own test
 
 
 #: Air-fluid level of a gas-capped contrast loop, in front of its centre, as a share of its smallest radius.

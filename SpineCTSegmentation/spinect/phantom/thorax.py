@@ -602,8 +602,8 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     cy, inner_rx, inner_ry = (float(v[0]) for v in outline.cage(np.array([zr - 60.0]), th.fat_mm + th.wall_mm))
     liver = Ellipsoid(np.array([-0.42 * inner_rx, cy - 0.05 * inner_ry, zr - 75.0]), np.eye(3),
                       radii=np.array([0.62 * inner_rx, 0.85 * inner_ry, 85.0]))
-    lv = ClippedPart("liver", C["liver"], [liver], partial_volume=False)
-    lv.allowed = _ABDO
+    lv = ClippedPart("liver", C["liver"], [liver], partial_volume=False,
+                     allowed=_ABDO)
     background.append(lv)
     # heart: anterior-left, T6-T10, on the central tendon
     hs = th.heart_scale
@@ -613,14 +613,14 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     hc = np.array([32.0, min(y_ant + 44.0 * hs, 0.5 * (y_front + y_ant)), z["T8"] - 5.0])  # the right ventricle behind the sternum
     h_axes = frame_from_vectors(np.array([0.55, -0.5, -0.55]), np.array([0.0, 0.0, 1.0]), primary_axis=2)
     h_rad = np.array([50.0, 46.0, 66.0]) * hs
-    peri = ClippedPart("mediastinal_fat", C["mediastinal_fat"], [Ellipsoid(hc, h_axes, radii=h_rad + 5.0)], partial_volume=False)
-    peri.allowed = _CHEST
-    heart = ClippedPart("heart", C["heart"], [Ellipsoid(hc, h_axes, radii=h_rad)], partial_volume=False)
-    heart.allowed = _CHEST
+    peri = ClippedPart("mediastinal_fat", C["mediastinal_fat"], [Ellipsoid(hc, h_axes, radii=h_rad + 5.0)], partial_volume=False,
+                       allowed=_CHEST)
+    heart = ClippedPart("heart", C["heart"], [Ellipsoid(hc, h_axes, radii=h_rad)], partial_volume=False,
+                        allowed=_CHEST)
     cham = [Ellipsoid(hc + h_axes[0] * 14.0 * hs - h_axes[2] * 8.0, h_axes, radii=np.array([24.0, 26.0, 40.0]) * hs),
             Ellipsoid(hc - h_axes[0] * 18.0 * hs + h_axes[2] * 6.0, h_axes, radii=np.array([22.0, 28.0, 44.0]) * hs)]
-    chambers = ClippedPart("heart_chamber", C["heart_chamber"], cham, partial_volume=False)
-    chambers.allowed = (C["heart"],)
+    chambers = ClippedPart("heart_chamber", C["heart_chamber"], cham, partial_volume=False,
+                           allowed=(C["heart"],))
     background += [peri, heart, chambers]
     # great vessels: ascending aorta, arch, descending aorta into the abdominal aorta; IVC
     yc4 = float(outline.spine(z["T4"]))
@@ -636,13 +636,13 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
     aorta_pts.append(l1f.point(8.0, -vl1.b - 14.0, 40.0))
     aorta_pts = _densify(np.array(aorta_pts), 6.0)
     ar = np.interp(np.arange(len(aorta_pts)), [0, len(aorta_pts) - 1], [14.5, 10.5]) * rng.uniform(0.9, 1.1)
-    aorta = ClippedPart("blood_vessel", C["blood_vessel"], tube_segments(aorta_pts, ar), partial_volume=False)
-    aorta.allowed = _CHEST + _ABDO + (C["heart"],)
+    aorta = ClippedPart("blood_vessel", C["blood_vessel"], tube_segments(aorta_pts, ar), partial_volume=False,
+                        allowed=_CHEST + _ABDO + (C["heart"],))
     ivc_pts = _densify(np.array([l1f.point(-18.0, -vl1.b - 15.0, 40.0),
                                  np.array([-22.0, float(outline.spine(z["T10"])) - dims["T10"][1] - 22.0, z["T10"]]),
                                  hc + np.array([-35.0, 5.0, -25.0])]), 6.0)
-    ivc = ClippedPart("blood_vessel", C["blood_vessel"], tube_segments(ivc_pts, np.full(len(ivc_pts), 11.0)), partial_volume=False)
-    ivc.allowed = _CHEST + _ABDO + (C["liver"], C["heart"])
+    ivc = ClippedPart("blood_vessel", C["blood_vessel"], tube_segments(ivc_pts, np.full(len(ivc_pts), 11.0)), partial_volume=False,
+                      allowed=_CHEST + _ABDO + (C["liver"], C["heart"]))
     background += [aorta, ivc]
     # trachea and main bronchi (air)
     yc2 = float(outline.spine(z["T2"]))
@@ -654,8 +654,8 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
         hil = carina + np.array([s * 48.0, 8.0, -22.0])
         hila[side] = hil
         air_prims += tube_segments(np.array([carina, hil]), [6.0, 4.5])
-    airway = ClippedPart("airway", C["airway"], air_prims, partial_volume=False)
-    airway.allowed = _CHEST
+    airway = ClippedPart("airway", C["airway"], air_prims, partial_volume=False,
+                         allowed=_CHEST)
     background.append(airway)
     # pulmonary vessels: branching from the hila into the lungs
     vessels = []
@@ -676,8 +676,8 @@ def build_thorax(anatomy, field_name: str, rng: np.random.Generator) -> Thorax:
                 br = path[j] + rng.normal(0.0, 25.0, 3)
                 vessels += tube_segments(np.array([path[j], 0.5 * (path[j] + br) + rng.normal(0, 3, 3), br]),
                                          np.array([0.6, 0.45, 0.3]) * r0)
-    pv = ClippedPart("blood_vessel", C["blood_vessel"], vessels, partial_volume=False)
-    pv.allowed = (C["lung"],)
+    pv = ClippedPart("blood_vessel", C["blood_vessel"], vessels, partial_volume=False,
+                     allowed=(C["lung"],))
     background.append(pv)
 
     bones = verts + rib_parts + [sternum] + _shoulder_girdle(outline, th, z, st_pts, st_z, rng)
