@@ -253,7 +253,7 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     field = rng.standard_normal(tuple(coarse), dtype=np.float32)
     ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap", truncate=3.0)
     if np.any(step > 1):
-        field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)))
+        field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)), tuple(shape))
     field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
     sample = field[::2, ::2, ::2]  # mean and SD from an eighth of the voxels: ample for unit SD
     field -= np.float32(sample.mean())
@@ -261,18 +261,37 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     return field
 
 
-def _upsample_linear(field: np.ndarray, size_zyx: tuple[int, int, int]) -> np.ndarray:
-    """Trilinear upsampling with the corner voxels kept (float32 (Z, Y, X) of ``size_zyx``).
+def _upsample_linear(field: np.ndarray, size_zyx: tuple[int, int, int],
+                     keep_zyx: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Trilinear upsampling with the corner voxels kept (float32 (Z, Y, X)).
 
-    The values of ``ndimage.zoom(order=1, grid_mode=False)`` (within float32 rounding), computed
-    by torch, which is 4-8x faster on one core (the largest single cost of a phantom's bone texture).
+    The values of ``ndimage.zoom(field, order=1, grid_mode=False)`` to ``size_zyx`` (within float32
+    rounding), of which only the first ``keep_zyx`` voxels along each axis are computed (default:
+    all). Separable: one linear pass per axis, the axis with the smallest zoom first, so only the
+    last pass runs on the full output (2-3x faster on one core than torch's trilinear kernel, which
+    computed it before; the largest single cost of a phantom's bone texture).
     """
-    import torch  # the backend's own dependency; imported here so the phantom's import stays light
-
-    with torch.no_grad():
-        up = torch.nn.functional.interpolate(torch.from_numpy(field)[None, None], size=size_zyx,
-                                             mode="trilinear", align_corners=True)
-    return up[0, 0].numpy()
+    size = np.asarray(size_zyx, int)
+    keep = size if keep_zyx is None else np.minimum(np.asarray(keep_zyx, int), size)
+    out = np.asarray(field, np.float32)
+    for axis in np.argsort(size / np.asarray(field.shape), kind="stable"):
+        n, m, k = out.shape[axis], int(size[axis]), int(keep[axis])
+        if n == m:
+            out = out[(slice(None),) * axis + (slice(0, k),)]
+            continue
+        if n == 1:
+            out = np.repeat(out, k, axis=axis)
+            continue
+        pos = np.arange(k, dtype=np.float64) * ((n - 1) / (m - 1))
+        lo_index = np.minimum(pos.astype(np.intp), n - 2)
+        weight = (pos - lo_index).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        lo = np.take(out, lo_index, axis=axis)
+        hi = np.take(out, lo_index + 1, axis=axis)
+        hi -= lo
+        hi *= weight
+        lo += hi
+        out = lo
+    return out
 
 
 def _plane_coordinate(box: GridBox, point: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -371,7 +371,10 @@ class _Fields:
         tile /= max(float(tile.std()), 1e-9)
         off = self.rng.integers(0, n, 3)
         idx = [(np.arange(s.start, s.stop) + o) % n for s, o in zip(slices, off)]
-        return tile[np.ix_(*idx)]
+        # one axis at a time: the values of tile[np.ix_(*idx)], about 10x faster on whole-body boxes
+        for axis in range(3):
+            tile = np.take(tile, idx[axis], axis=axis)
+        return tile
 
 
 def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:

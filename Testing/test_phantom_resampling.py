@@ -1,0 +1,55 @@
+"""The phantom's resampling helpers against reference implementations.
+
+``render._upsample_linear`` (separable since December 2026, was torch's trilinear kernel) must give
+``scipy.ndimage.zoom(order=1, grid_mode=False)``; ``soft_detail._Fields.sample`` (one ``np.take``
+per axis, was one ``np.ix_`` gather) must cut the same periodic tile at the same offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from spinect.phantom.render import _upsample_linear, smooth_noise
+from spinect.phantom.soft_detail import _Fields
+
+
+@pytest.mark.parametrize("coarse, step", [((12, 17, 15), (2, 4, 4)), ((9, 8, 11), (4, 4, 4)), ((7, 6, 5), (1, 3, 2)),
+                                          ((5, 1, 6), (2, 1, 3)), ((3, 4, 2), (3, 1, 1))])
+def test_upsample_linear_is_scipy_zoom_order_1(coarse, step):
+    field = np.random.default_rng(3).standard_normal(coarse).astype(np.float32)
+    size = tuple(c * s for c, s in zip(coarse, step))
+    reference = ndimage.zoom(field.astype(np.float64), np.divide(size, coarse), order=1, grid_mode=False)
+    assert reference.shape == size
+    up = _upsample_linear(field, size)
+    assert up.dtype == np.float32 and up.shape == size
+    np.testing.assert_allclose(up, reference, atol=2e-6)
+    # only the first voxels along each axis: the same values, not a resampling to the smaller size
+    keep = tuple(max(1, n - 3) for n in size)
+    part = _upsample_linear(field, size, keep)
+    assert part.shape == keep
+    np.testing.assert_array_equal(part, up[: keep[0], : keep[1], : keep[2]])
+
+
+def test_smooth_noise_keeps_its_statistics_and_stream():
+    """Unit SD, zero mean, and the generator advanced by the coarse draw only (the cases after it unchanged)."""
+    rng = np.random.default_rng(11)
+    field = smooth_noise((40, 70, 66), (3.0, 9.0, 9.0), rng)
+    assert field.shape == (40, 70, 66) and field.dtype == np.float32
+    assert abs(float(field[::2, ::2, ::2].mean())) < 1e-5 and abs(float(field[::2, ::2, ::2].std()) - 1.0) < 1e-5
+    twin = np.random.default_rng(11)
+    step = np.clip(np.floor(np.array([3.0, 9.0, 9.0])), 1, 4).astype(int)
+    twin.standard_normal(tuple(-(-np.array([40, 70, 66]) // step) + 2), dtype=np.float32)
+    assert rng.random() == twin.random()
+
+
+def test_fields_sample_cuts_the_periodic_tile_at_one_offset():
+    n = 24
+    full = _Fields(np.random.default_rng(5), np.array([1.0, 1.0, 1.0]), n=n).sample((2.0, 3.0, 3.0),
+                                                                                   (slice(0, n),) * 3)
+    box = (slice(3, 40), slice(10, 17), slice(0, 50))  # longer than the tile along z and x: it repeats
+    part = _Fields(np.random.default_rng(5), np.array([1.0, 1.0, 1.0]), n=n).sample((2.0, 3.0, 3.0), box)
+    expected = full[np.ix_(*[np.arange(s.start, s.stop) % n for s in box])]
+    assert part.shape == (37, 7, 50)
+    np.testing.assert_array_equal(part, expected)
