@@ -107,7 +107,9 @@ def test_arch_hu_falls_with_depth_to_the_posterior_value():
         deep.append(ct[arch & (depth >= 4.0)])
     shallow_hu, deep_hu = float(np.median(np.concatenate(shallow))), float(np.median(np.concatenate(deep)))
     assert np.concatenate(deep).size > 100
-    assert shallow_hu > deep_hu + 100.0, (shallow_hu, deep_hu)
+    # most of the drawn contrast between the dense layer and the core (this seed draws 132 HU of it;
+    # partial volume with the cortex and the layer's ~1 mm edge blur the rest)
+    assert shallow_hu - deep_hu > 0.6 * (app["arch_dense_hu"] - app["posterior_hu"]) > 50.0, (shallow_hu, deep_hu)
     # the core: the posterior HU plus the texture's and the layer's tails (the layer ends over ~1 mm)
     assert abs(deep_hu - app["posterior_hu"]) < 80.0, (deep_hu, app["posterior_hu"])
 

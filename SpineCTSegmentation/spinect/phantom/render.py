@@ -675,10 +675,23 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
             continue
         d = part.sdf_box(sub)
         view = hu[sub.slices]
+        if values.bone is not None or values.soft is not None:
+            # ``ct`` mode (version 13): partial volume and textures only on the voxels the part's
+            # surface reaches (d < h/2, one voxel wider). A bone's box is padded by its warp's
+            # largest displacement and its osteophytes' reach: the bone fills 1-6 % of it.
+            tight = _reached_box(sub, d, h)
+            if tight is None:
+                continue
+            inner = tight.slices_in(sub)
+            sub, d_painted, view = tight, np.ascontiguousarray(d[inner]), hu[tight.slices]
+            structures_view = structures[tight.slices]
+        else:
+            d_painted, structures_view = d, structures[sub.slices]
         if part.cortex_mm > 0 and values.bone is not None:
-            _blend_bone_ct(view, d, sub, part, values.bone, h, rng, anatomy)
-            np.putmask(structures[sub.slices], d < 0, part.code)
+            _blend_bone_ct(view, d_painted, sub, part, values.bone, h, rng, anatomy)
+            np.putmask(structures_view, d_painted < 0, part.code)
             continue
+        d = d_painted
         _blend(view, d, _soft_part_value(part, sub, d, values, rng), h)
         if part.cortex_mm > 0:
             canc = np.float32(values.cancellous[part.code])
@@ -688,7 +701,21 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
             d += part.cortex_mm
             _blend(view, d, canc, h)
             d -= part.cortex_mm
-        np.putmask(structures[sub.slices], d < 0, part.code)
+        np.putmask(structures_view, d < 0, part.code)
+
+
+def _reached_box(box: GridBox, d: np.ndarray, h: float) -> GridBox | None:
+    """The part of ``box`` holding every voxel with ``d`` < h/2 (partial volume above 0), one voxel
+    wider (clipped to ``box``); None if there is none."""
+    near = d < np.float32(0.5 * h)
+    if not near.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(near.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(max(int(hit[0]) - 1, 0))
+        hi.append(min(int(hit[-1]) + 2, d.shape[axis]))
+    return GridBox(box.origin, box.step, box.lo + np.array(lo), box.lo + np.array(hi), box._inverse)
 
 
 #: Vertebral bone codes whose laminae carry a ligamentum flavum (L1-S1, sacrum).
