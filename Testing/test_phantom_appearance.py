@@ -81,10 +81,13 @@ def test_body_interior_is_marrow(seed):
     assert mask.sum() > 200
     marrow = case.truth["appearance"]["ct"]["marrow_by_bone_hu"][name]
     median = float(np.median(ct[mask]))
-    # 60 HU: the marrow's regional field (sigma 8 mm, SD 15-50 HU) and, since version 11, the coarse
-    # texture (sigma up to 2.5 mm in-plane, 6.8 mm along z) vary on the scale of one body; the texture
-    # itself is unbiased (test_phantom_v11_look.py)
-    assert abs(median - marrow) < 60, (median, marrow)
+    # the marrow's regional field (sigma 8 mm, the drawn SD 15-50 HU) and, since version 11, the coarse
+    # texture (sigma up to 2.5 mm in-plane, 6.8 mm along z) vary on the scale of one body, and since
+    # version 13 each body keeps the regional field's local offset (a window of a stationary field,
+    # not re-centred on its box): within 2.5 regional SDs plus 30 HU; the texture itself is unbiased
+    # (test_phantom_v11_look.py)
+    variation = case.truth["appearance"]["ct"]["marrow_variation_hu"]
+    assert abs(median - marrow) < 2.5 * variation + 30.0, (median, marrow, variation)
     assert -50 - 150 <= np.percentile(ct[mask], 5) and np.percentile(ct[mask], 95) <= 350 + 150
 
 

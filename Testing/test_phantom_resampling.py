@@ -32,16 +32,38 @@ def test_upsample_linear_is_scipy_zoom_order_1(coarse, step):
     np.testing.assert_array_equal(part, up[: keep[0], : keep[1], : keep[2]])
 
 
-def test_smooth_noise_keeps_its_statistics_and_stream():
-    """Unit SD, zero mean, and the generator advanced by the coarse draw only (the cases after it unchanged)."""
+def test_smooth_noise_draws_one_coarse_grid_with_the_filter_margin():
+    """The generator advances by one draw: the coarse grid plus the filter's radius on every side."""
     rng = np.random.default_rng(11)
     field = smooth_noise((40, 70, 66), (3.0, 9.0, 9.0), rng)
     assert field.shape == (40, 70, 66) and field.dtype == np.float32
-    assert abs(float(field[::2, ::2, ::2].mean())) < 1e-5 and abs(float(field[::2, ::2, ::2].std()) - 1.0) < 1e-5
     twin = np.random.default_rng(11)
-    step = np.clip(np.floor(np.array([3.0, 9.0, 9.0])), 1, 4).astype(int)
-    twin.standard_normal(tuple(-(-np.array([40, 70, 66]) // step) + 2), dtype=np.float32)
+    step = np.array([3, 4, 4])  # floor(sigma), at most 4
+    radius = np.array([int(3.0 * s + 0.5) for s in np.array([3.0, 9.0, 9.0]) / step])
+    twin.standard_normal(tuple(-(-np.array([40, 70, 66]) // step) + 2 + 2 * radius), dtype=np.float32)
     assert rng.random() == twin.random()
+
+
+def test_smooth_noise_is_a_window_of_one_stationary_field():
+    """A small box's field is not periodic over the box: its opposite faces are as unrelated as any
+    two points that far apart (before version 13 the filter wrapped round the box)."""
+    faces = np.array([smooth_noise((12, 12, 12), (6.0, 6.0, 6.0), np.random.default_rng(i))[[0, -1]].mean(axis=(1, 2))
+                      for i in range(200)])
+    # 11 voxels apart with sigma 6: the correlation of a Gaussian field is exp(-11**2 / (4 * 36)) = 0.43
+    assert np.corrcoef(faces[:, 0], faces[:, 1])[0, 1] < 0.65
+
+
+@pytest.mark.parametrize("shape, sigma_vox, draws", [((48, 64, 64), (1.0, 1.0, 1.0), 10), ((48, 64, 64), (0.6, 2.5, 2.5), 10),
+                                                     ((60, 90, 90), (4.0, 6.0, 6.0), 40),
+                                                     ((14, 20, 20), (8.0, 8.0, 8.0), 300)])
+def test_smooth_noise_has_unit_variance_on_any_box(shape, sigma_vox, draws):
+    """Divided by its exact expected SD (filter and linear upsampling), not by each box's sample SD: the
+    mean square over draws is 1 also on a box smaller than the correlation length (version 13: per-box
+    renormalisation inflated such fields), where one draw's sample SD is far from 1."""
+    squares = np.array([np.mean(np.square(smooth_noise(shape, sigma_vox, np.random.default_rng(i)), dtype=np.float64))
+                        for i in range(draws)])
+    standard_error = squares.std() / np.sqrt(draws)
+    assert abs(squares.mean() - 1.0) < max(4.0 * standard_error, 0.02), (squares.mean(), standard_error)
 
 
 def test_fields_sample_cuts_the_periodic_tile_at_one_offset():

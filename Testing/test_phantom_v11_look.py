@@ -38,9 +38,11 @@ def test_two_scale_patchy_texture_keeps_the_marrow_mean_and_the_texture_sd():
     (``texture_rel x (marrow - fat)`` = 0.3 x 250 = 75 HU)."""
     for kw in ({}, {"texture_coarse_share": 0.5}, {"texture_patchiness": 0.6},
                {"texture_coarse_share": 0.5, "texture_patchiness": 0.6}):
-        fields = [_deep_field(_model(**kw), s) for s in range(3)]
-        assert all(abs(float(np.median(f)) - 150.0) < 2.0 for f in fields), kw
-        assert all(abs(float(f.std()) - 75.0) < 3.0 for f in fields), kw
+        # in expectation: since version 13 each box is a window of stationary fields (a coarse field
+        # moves one box's median by a few HU), so averaged over draws
+        fields = [_deep_field(_model(**kw), s) for s in range(6)]
+        assert abs(float(np.mean([np.median(f) for f in fields])) - 150.0) < 2.0, kw
+        assert abs(float(np.mean([f.std() for f in fields])) - 75.0) < 3.0, kw
 
 
 def _lag_correlation(field: np.ndarray, axis: int, lag: int) -> float:
@@ -87,31 +89,38 @@ def test_texture_shape_and_arch_layer_draws():
 
 def test_arch_hu_falls_with_depth_to_the_posterior_value():
     """In a case's arches (bone more than 3 mm behind the body's posterior wall), without noise: the
-    layer 1-2 mm inside is far denser than the arch's core, which lies near the drawn posterior HU."""
+    layer 1-2 mm inside is far denser than the arch's core, which lies near the drawn posterior HU
+    (plus the regional density field: since version 13 each vertebra keeps that field's local
+    offset, so three cases are pooled)."""
     spacing = (1.0, 1.0, 1.0)
-    case = generate_case(7, shape_zyx=(90, 110, 110), spacing_zyx_mm=spacing, window_tables=False, noise=False,
-                         appearance_overrides={"offset_hu": (0.0, 0.0)})
-    ct = sitk.GetArrayFromImage(case.ct).astype(float)
-    st = sitk.GetArrayFromImage(case.structures)
-    app = case.truth["appearance"]["ct"]
-    shallow, deep = [], []
-    for name in ("L3", "L4"):
-        bone = st == STRUCTURE_CODES[name]
-        depth = ndimage.distance_transform_edt(bone, sampling=spacing) - 0.5
-        idx = np.argwhere(bone)
-        body = case.grid.world_to_body(case.grid.index_to_world(idx))
-        frame, b = case.anatomy.frames[name], case.anatomy.params.vertebrae[name].b
-        arch = np.zeros(bone.shape, bool)
-        arch[tuple(idx[(body - frame.centre) @ frame.axes[1] > b + 3.0].T)] = True
-        shallow.append(ct[arch & (depth >= 1.0) & (depth < 2.0)])
-        deep.append(ct[arch & (depth >= 4.0)])
-    shallow_hu, deep_hu = float(np.median(np.concatenate(shallow))), float(np.median(np.concatenate(deep)))
-    assert np.concatenate(deep).size > 100
-    # most of the drawn contrast between the dense layer and the core (this seed draws 132 HU of it;
-    # partial volume with the cortex and the layer's ~1 mm edge blur the rest)
-    assert shallow_hu - deep_hu > 0.6 * (app["arch_dense_hu"] - app["posterior_hu"]) > 50.0, (shallow_hu, deep_hu)
-    # the core: the posterior HU plus the texture's and the layer's tails (the layer ends over ~1 mm)
-    assert abs(deep_hu - app["posterior_hu"]) < 80.0, (deep_hu, app["posterior_hu"])
+    contrasts, drawn = [], []
+    for seed in (7, 8, 9):
+        case = generate_case(seed, shape_zyx=(90, 110, 110), spacing_zyx_mm=spacing, window_tables=False, noise=False,
+                             appearance_overrides={"offset_hu": (0.0, 0.0)})
+        ct = sitk.GetArrayFromImage(case.ct).astype(float)
+        st = sitk.GetArrayFromImage(case.structures)
+        app = case.truth["appearance"]["ct"]
+        shallow, deep = [], []
+        for name in ("L3", "L4"):
+            bone = st == STRUCTURE_CODES[name]
+            depth = ndimage.distance_transform_edt(bone, sampling=spacing) - 0.5
+            idx = np.argwhere(bone)
+            body = case.grid.world_to_body(case.grid.index_to_world(idx))
+            frame, b = case.anatomy.frames[name], case.anatomy.params.vertebrae[name].b
+            arch = np.zeros(bone.shape, bool)
+            arch[tuple(idx[(body - frame.centre) @ frame.axes[1] > b + 3.0].T)] = True
+            shallow.append(ct[arch & (depth >= 1.0) & (depth < 2.0)])
+            deep.append(ct[arch & (depth >= 4.0)])
+        shallow_hu, deep_hu = float(np.median(np.concatenate(shallow))), float(np.median(np.concatenate(deep)))
+        assert np.concatenate(deep).size > 100
+        assert shallow_hu > deep_hu, (seed, shallow_hu, deep_hu)
+        # the core: the posterior HU plus the texture's, the regional field's and the layer's tails
+        assert abs(deep_hu - app["posterior_hu"]) < 80.0, (seed, deep_hu, app["posterior_hu"])
+        contrasts.append(shallow_hu - deep_hu)
+        drawn.append(app["arch_dense_hu"] - app["posterior_hu"])
+    # most of the drawn contrast between the dense layer and the core (partial volume with the cortex
+    # and the layer's ~1 mm edge blur the rest)
+    assert np.mean(contrasts) > 0.6 * np.mean(drawn) > 100.0, (contrasts, drawn)
 
 
 def test_vessel_outline_reads_as_its_neighbours():

@@ -239,7 +239,12 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-SD Gaussian-correlated noise (float32, (Z, Y, X)).
 
     Large correlation lengths are drawn on a coarser grid and interpolated (linear), which
-    costs a fraction of filtering the full grid.
+    costs a fraction of filtering the full grid. Since version 13 the box is a window of a
+    stationary field: the white noise is drawn with a margin of the filter's radius on every side
+    (the periodic filter then never folds onto the box) and the field is divided by its exact
+    expected SD (:func:`_expected_sd`), not by the box's sample mean and SD. Before, a box not much
+    larger than the correlation length (the small boxes of ``render._reached_box``) got a field
+    that was periodic over the box and re-centred and re-scaled on it.
 
     Args:
         shape_zyx: output shape. sigma_vox: Gaussian sigma per axis (voxels).
@@ -249,16 +254,46 @@ def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
     # coarse voxels of up to 1 sigma: the field's spectrum (SD 1/(2 pi sigma)) stays well
     # below the coarse grid's Nyquist frequency, and linear upsampling is 4-8x cheaper than filtering
     step = np.clip(np.floor(sigma / COARSE_SIGMA_VOX), 1, 4).astype(int)
+    sigma_coarse = sigma / step
     coarse = -(-shape // step) + 2
-    field = rng.standard_normal(tuple(coarse), dtype=np.float32)
-    ndimage.gaussian_filter(field, sigma / step, output=field, mode="wrap", truncate=3.0)
+    margin = np.array([_filter_radius(s) for s in sigma_coarse])
+    field = rng.standard_normal(tuple(coarse + 2 * margin), dtype=np.float32)
+    ndimage.gaussian_filter(field, sigma_coarse, output=field, mode="wrap", truncate=3.0)
+    field = field[tuple(slice(m, m + c) for m, c in zip(margin, coarse))]
+    size = tuple(int(c * s) for c, s in zip(coarse, step))
     if np.any(step > 1):
-        field = _upsample_linear(field, tuple(int(c * s) for c, s in zip(coarse, step)), tuple(shape))
+        field = _upsample_linear(field, size, tuple(shape))
     field = np.ascontiguousarray(field[: shape[0], : shape[1], : shape[2]])
-    sample = field[::2, ::2, ::2]  # mean and SD from an eighth of the voxels: ample for unit SD
-    field -= np.float32(sample.mean())
-    field /= np.float32(max(float(sample.std()), 1e-6))
+    field /= np.float32(_expected_sd(coarse, sigma_coarse, size, shape))
     return field
+
+
+def _filter_radius(sigma: float) -> int:
+    """Half-width (samples) of scipy's Gaussian kernel truncated at 3 sigma."""
+    return int(3.0 * float(sigma) + 0.5)
+
+
+def _expected_sd(coarse, sigma_coarse, size, keep) -> float:
+    """SD of unit white noise on a ``coarse`` grid filtered as :func:`smooth_noise` filters it (Gaussian
+    ``sigma_coarse``, truncated at 3 sigma, away from the grid's edges) and upsampled linearly to
+    ``size``, averaged over the first ``keep`` voxels along each axis. Per axis: the kernel w gives
+    the node variance sum w² and the neighbour covariance sum w_j w_(j+1); between nodes, at
+    fraction t, the variance is
+    ((1-t)² + t²) sum w² + 2 t (1-t) sum w_j w_(j+1). The axes multiply (a separable filter)."""
+    variance = 1.0
+    for n, s, m, k in zip(coarse, sigma_coarse, size, keep):
+        radius = _filter_radius(s)
+        x = np.arange(-radius, radius + 1)
+        w = np.exp(-0.5 * (x / s) ** 2) if s > 0 else (x == 0).astype(float)
+        w /= w.sum()
+        node = float(w @ w)  # the noise is drawn with a margin of the radius: the kernel never folds
+        lag1 = float(w[:-1] @ w[1:])
+        if m == n:
+            variance *= node
+            continue
+        t = np.arange(k) * ((n - 1) / (m - 1)) % 1.0
+        variance *= float(np.mean(((1 - t) ** 2 + t**2) * node + 2 * t * (1 - t) * lag1))
+    return float(np.sqrt(variance))
 
 
 def _upsample_linear(field: np.ndarray, size_zyx: tuple[int, int, int],
