@@ -1,4 +1,4 @@
-"""The phantom's resampling helpers against reference implementations.
+"""The phantom's resampling and box helpers (phantom speed, version 13) against reference implementations.
 
 ``render._upsample_linear`` (separable since December 2026, was torch's trilinear kernel) must give
 ``scipy.ndimage.zoom(order=1, grid_mode=False)``; ``soft_detail._Fields.sample`` (one ``np.take``
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spinect.phantom.render import _upsample_linear, smooth_noise
+from spinect.phantom.primitives import GridBox
+from spinect.phantom.render import _reached_box, _upsample_linear, smooth_noise
 from spinect.phantom.soft_detail import _Fields
 
 
@@ -75,3 +76,20 @@ def test_fields_sample_cuts_the_periodic_tile_at_one_offset():
     expected = full[np.ix_(*[np.arange(s.start, s.stop) % n for s in box])]
     assert part.shape == (37, 7, 50)
     np.testing.assert_array_equal(part, expected)
+
+
+def test_reached_box_holds_every_partly_covered_voxel_and_one_more():
+    """The ct mode paints a part on this box only: it must hold every voxel with partial volume
+    (d < h/2), one voxel wider where the parent box allows, and nothing when none is covered."""
+    parent = GridBox(np.array([5.0, -3.0, 2.0]), np.eye(3) * 1.5, (10, 20, 30), (40, 60, 70))
+    zz, yy, xx = np.indices(parent.shape, dtype=np.float32)
+    d = np.hypot(np.hypot(zz - 12.0, yy - 8.0), xx - 0.0) * np.float32(1.5) - np.float32(6.0)  # a ball cut by the x = 0 face
+    h = 1.5
+    box = _reached_box(parent, d, h)
+    covered = np.argwhere(d < 0.5 * h)
+    lo, hi = covered.min(axis=0), covered.max(axis=0) + 1
+    np.testing.assert_array_equal(box.lo, parent.lo + np.maximum(lo - 1, 0))
+    np.testing.assert_array_equal(box.hi, parent.lo + np.minimum(hi + 1, parent.shape))
+    assert box.lo[2] == parent.lo[2]  # clipped at the parent's face
+    assert (d[box.slices_in(parent)] < 0.5 * h).sum() == len(covered)
+    assert _reached_box(parent, np.full(parent.shape, 0.75, np.float32), h) is None  # d = h/2: no partial volume

@@ -236,7 +236,7 @@ COARSE_SIGMA_VOX = 1.0
 
 
 def smooth_noise(shape_zyx, sigma_vox, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, unit-SD Gaussian-correlated noise (float32, (Z, Y, X)).
+    """Gaussian-correlated noise of mean 0 and SD 1 in expectation (float32, (Z, Y, X)).
 
     Large correlation lengths are drawn on a coarser grid and interpolated (linear), which
     costs a fraction of filtering the full grid. Since version 13 the box is a window of a
@@ -709,24 +709,20 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
         if sub is None:
             continue
         d = part.sdf_box(sub)
-        view = hu[sub.slices]
         if values.bone is not None or values.soft is not None:
             # ``ct`` mode (version 13): partial volume and textures only on the voxels the part's
-            # surface reaches (d < h/2, one voxel wider). A bone's box is padded by its warp's
-            # largest displacement and its osteophytes' reach: the bone fills 1-6 % of it.
-            tight = _reached_box(sub, d, h)
-            if tight is None:
+            # surface reaches. A bone's box is padded by its warp's largest displacement and its
+            # osteophytes' reach: the bone fills 1-6 % of it.
+            reached = _reached_box(sub, d, h)
+            if reached is None:
                 continue
-            inner = tight.slices_in(sub)
-            sub, d_painted, view = tight, np.ascontiguousarray(d[inner]), hu[tight.slices]
-            structures_view = structures[tight.slices]
-        else:
-            d_painted, structures_view = d, structures[sub.slices]
+            d = np.ascontiguousarray(d[reached.slices_in(sub)])
+            sub = reached
+        view = hu[sub.slices]
         if part.cortex_mm > 0 and values.bone is not None:
-            _blend_bone_ct(view, d_painted, sub, part, values.bone, h, rng, anatomy)
-            np.putmask(structures_view, d_painted < 0, part.code)
+            _blend_bone_ct(view, d, sub, part, values.bone, h, rng, anatomy)
+            np.putmask(structures[sub.slices], d < 0, part.code)
             continue
-        d = d_painted
         _blend(view, d, _soft_part_value(part, sub, d, values, rng), h)
         if part.cortex_mm > 0:
             canc = np.float32(values.cancellous[part.code])
@@ -736,7 +732,7 @@ def _paint_foreground(parts: list[Part], root: GridBox, structures, hu, values: 
             d += part.cortex_mm
             _blend(view, d, canc, h)
             d -= part.cortex_mm
-        np.putmask(structures_view, d < 0, part.code)
+        np.putmask(structures[sub.slices], d < 0, part.code)
 
 
 def _reached_box(box: GridBox, d: np.ndarray, h: float) -> GridBox | None:
