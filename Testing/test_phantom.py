@@ -284,7 +284,7 @@ def test_a_timer_gets_the_seconds_of_each_generation_stage_and_changes_nothing()
     plain = generate_case(4, shape_zyx=(16, 24, 24), window_tables=False)
     assert list(timer.seconds) == [
         "anatomy", "appearance draw", "soft tissue: structures and displacement", "soft tissue: texture and edges",
-        "bone, disc, canal and nerves (partial volume, bone texture)", "ligamentum flavum",
+        "bone, disc, canal and nerves (partial volume, bone texture)", "ligamentum flavum, anterior epidural space",
         "scanner: metal streaks, kernel, noise, offset, field of view", "labels and truth (triangles, tables, window)"]
     assert all(s >= 0.0 for s in timer.seconds.values())
     for image in ("ct", "labels", "structures"):

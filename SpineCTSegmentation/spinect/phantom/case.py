@@ -27,7 +27,7 @@ from spinect.phantom.warps import sample_arch_warps
 __all__ = ["PhantomCase", "generate_case", "case_seed", "check_grid", "DEFAULT_SHAPE_ZYX", "PHANTOM_VERSION", "FIELDS"]
 
 #: Bumped whenever the same seed would give a different case.
-PHANTOM_VERSION = "13"
+PHANTOM_VERSION = "14"
 #: Default grid: 200 x 300 x 300 voxels at 1 mm hold L2-S3, both iliac crests and most of the body.
 DEFAULT_SHAPE_ZYX = (200, 300, 300)
 
