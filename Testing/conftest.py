@@ -125,6 +125,14 @@ def triangle_case():
     return phantom.generate_case(0, shape_zyx=(96, 128, 128), window_tables=False)
 
 
+@pytest.fixture(scope="session")
+def clean_canal_case():
+    """A small noise-free phantom through the lumbar canal (the ligamentum flavum and anterior epidural tests)."""
+    from spinect import phantom
+
+    return phantom.generate_case(3, shape_zyx=(48, 80, 80), noise=False, window_tables=False, degeneration=False)
+
+
 def phantom_voxels_in(case, body_lo, body_hi, *, stride: int = 1):
     """Voxels of a phantom case's grid covering a body-coordinate box (through the case's pose,
     :meth:`spinect.phantom.render.Grid.body_box`): ((N, 3) indices (z, y, x), (N, 3) body mm of

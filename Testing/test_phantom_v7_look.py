@@ -8,7 +8,6 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from spinect.phantom import STRUCTURE_CODES as C
-from spinect.phantom.case import generate_case
 from spinect.phantom.primitives import GridBox
 from spinect.phantom.render import _cortex_gaps, ligamentum_flavum_weight, smooth_noise
 from spinect.phantom.soft_detail import WALL_HU, _arterial_wall, _Fields
@@ -16,16 +15,12 @@ from spinect.phantom.soft_detail import WALL_HU, _arterial_wall, _Fields
 VERTEBRA_CODES = [C[n] for n in ("L1", "L2", "L3", "L4", "L5", "S1", "sacrum")]
 
 
-@pytest.fixture(scope="module")
-def clean_case():
-    return generate_case(3, shape_zyx=(48, 80, 80), noise=False, window_tables=False, degeneration=False)
-
-
 def _arr(image):
     return sitk.GetArrayFromImage(image)
 
 
-def test_ligamentum_flavum_lines_the_laminae_behind_the_sac_without_a_label(clean_case):
+def test_ligamentum_flavum_lines_the_laminae_behind_the_sac_without_a_label(clean_canal_case):
+    clean_case = clean_canal_case
     st, labels, ct = _arr(clean_case.structures), _arr(clean_case.labels), _arr(clean_case.ct)
     slices, weight = ligamentum_flavum_weight(st, clean_case.grid.body_box(), clean_case.anatomy)
     lf = np.zeros(st.shape, np.float32)

@@ -30,7 +30,7 @@ from scipy.special import expit
 from spinect.phantom.anatomy import Anatomy
 from spinect.phantom.parts import Part
 from spinect.phantom.primitives import GridBox, smoothstep
-from spinect.phantom.soft_detail import SoftLook, apply_soft_texture, deform_background
+from spinect.phantom.soft_detail import SoftLook, _bbox, apply_soft_texture, deform_background
 from spinect.phantom.structures import STRUCTURE_CODES
 from spinect.profiling import maybe_stage
 
@@ -753,12 +753,37 @@ def _reached_box(box: GridBox, d: np.ndarray, h: float) -> GridBox | None:
 _LF_BONE_CODES = tuple(STRUCTURE_CODES[n] for n in ("L1", "L2", "L3", "L4", "L5", "S1", "sacrum"))
 
 
-def _posterior_mm(box: GridBox, anatomy: Anatomy) -> np.ndarray:
-    """Body coordinate (mm, float32 (Z, Y, X)) of the voxels of ``box`` along the mean posterior
-    axis of the vertebra frames (larger = further back)."""
-    post = np.mean([f.axes[1] for f in anatomy.frames.values()], axis=0)
-    post /= np.linalg.norm(post)
-    return _plane_coordinate(box, np.zeros(3), post)
+def _frame_axis_mm(box: GridBox, anatomy: Anatomy, axis: int) -> np.ndarray:
+    """Body coordinate (mm, float32 (Z, Y, X)) of the voxels of ``box`` along the mean of the vertebra
+    frames' axis ``axis`` (0 lateral, 1 posterior: larger = further back)."""
+    direction = np.mean([f.axes[axis] for f in anatomy.frames.values()], axis=0)
+    direction /= np.linalg.norm(direction)
+    return _plane_coordinate(box, np.zeros(3), direction)
+
+
+def _epidural_box(structures: np.ndarray, root: GridBox, pad: int = 0):
+    """(slices, structure codes there, :class:`GridBox`) of the epidural fat's bounding box grown by
+    ``pad`` voxels, or None without epidural fat."""
+    slices = _bbox(structures == STRUCTURE_CODES["epidural_fat"], pad=pad)
+    if slices is None:
+        return None
+    lo, hi = np.array([sl.start for sl in slices]), np.array([sl.stop for sl in slices])
+    return slices, structures[slices], GridBox(root.origin, root.step, root.lo + lo, root.lo + hi, root._inverse)
+
+
+def _per_slice_sac_centre(post: np.ndarray, sac: np.ndarray, missing: float) -> np.ndarray:
+    """(Z,) float32 mean ``post`` of the dural sac's voxels on each slice; ``missing`` where it has none."""
+    count = sac.sum(axis=(1, 2))
+    return np.where(count > 0, (post * sac).sum(axis=(1, 2)) / np.maximum(count, 1), missing).astype(np.float32)
+
+
+def _blend_found(hu: np.ndarray, found: tuple[tuple[slice, ...], np.ndarray] | None, value: float) -> None:
+    """``hu[slices] += weight (value - hu[slices])`` for ``found`` = (slices, weight) (in place; None: nothing)."""
+    if found is None:
+        return
+    slices, weight = found
+    view = hu[slices]
+    view += weight * (np.float32(value) - view)
 
 
 def ligamentum_flavum_weight(structures: np.ndarray, root: GridBox, anatomy: Anatomy,
@@ -773,26 +798,18 @@ def ligamentum_flavum_weight(structures: np.ndarray, root: GridBox, anatomy: Ana
         (slices of the box in ``structures``, weight float32 (Z, Y, X) in 0-1 on that box: its
         fraction per voxel, with a 1 mm partial-volume edge), or None without epidural fat.
     """
-    ef_code, sac_code = STRUCTURE_CODES["epidural_fat"], STRUCTURE_CODES["dural_sac"]
-    fat_idx = np.argwhere(structures == ef_code)
-    if fat_idx.size == 0:
-        return None
     pad = int(np.ceil(thickness_mm / float(np.min(np.linalg.norm(root.step, axis=1))))) + 1
-    lo = np.maximum(fat_idx.min(axis=0) - pad, 0)
-    hi = np.minimum(fat_idx.max(axis=0) + pad + 1, structures.shape)
-    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    st = structures[slices]
-    fat = st == ef_code
-    box = GridBox(root.origin, root.step, root.lo + lo, root.lo + hi, root._inverse)
+    found = _epidural_box(structures, root, pad)
+    if found is None:
+        return None
+    slices, st, box = found
     spacing = np.linalg.norm(root.step, axis=1)
     bone_mm = ndimage.distance_transform_edt(~np.isin(st, _LF_BONE_CODES), sampling=spacing).astype(np.float32)
-    post = _posterior_mm(box, anatomy)
-    sac = st == sac_code
-    count = sac.sum(axis=(1, 2))
-    centre = np.where(count > 0, (post * sac).sum(axis=(1, 2)) / np.maximum(count, 1), np.inf).astype(np.float32)
+    post = _frame_axis_mm(box, anatomy, 1)
+    centre = _per_slice_sac_centre(post, st == STRUCTURE_CODES["dural_sac"], np.inf)
     behind = post > centre[:, None, None]  # slices without a sac (below it) get none
     weight = np.clip(np.float32(thickness_mm + 0.5) - bone_mm, 0.0, 1.0)
-    weight *= fat & behind
+    weight *= (st == STRUCTURE_CODES["epidural_fat"]) & behind
     return slices, weight
 
 
@@ -800,12 +817,7 @@ def paint_ligamentum_flavum(hu: np.ndarray, structures: np.ndarray, root: GridBo
                             lf_hu: float, thickness_mm: float = 3.0) -> None:
     """Blend the ligamentum flavum (``lf_hu``, 60-100 HU) into ``hu`` (in place, (Z, Y, X)
     float32) where :func:`ligamentum_flavum_weight` puts it; labels and codes are untouched."""
-    found = ligamentum_flavum_weight(structures, root, anatomy, thickness_mm)
-    if found is None:
-        return
-    slices, weight = found
-    view = hu[slices]
-    view += weight * (np.float32(lf_hu) - view)
+    _blend_found(hu, ligamentum_flavum_weight(structures, root, anatomy, thickness_mm), lf_hu)
 
 
 def anterior_epidural_weight(structures: np.ndarray, root: GridBox, anatomy: Anatomy,
@@ -823,44 +835,31 @@ def anterior_epidural_weight(structures: np.ndarray, root: GridBox, anatomy: Ana
         (slices of the box in ``structures``, weight float32 (Z, Y, X) in 0-1 on that box), or None
         without epidural fat or sac.
     """
-    ef_code, sac_code = STRUCTURE_CODES["epidural_fat"], STRUCTURE_CODES["dural_sac"]
-    fat_idx = np.argwhere(structures == ef_code)
-    if fat_idx.size == 0:
+    found = _epidural_box(structures, root)
+    if found is None:
         return None
-    lo = fat_idx.min(axis=0)
-    hi = fat_idx.max(axis=0) + 1
-    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    st = structures[slices]
-    sac = st == sac_code
-    count = sac.sum(axis=(1, 2))
-    if not count.any():
+    slices, st, box = found
+    sac = st == STRUCTURE_CODES["dural_sac"]
+    if not sac.any():
         return None
-    box = GridBox(root.origin, root.step, root.lo + lo, root.lo + hi, root._inverse)
-    axes = np.mean([f.axes for f in anatomy.frames.values()], axis=0)
-    post = _plane_coordinate(box, np.zeros(3), axes[1] / np.linalg.norm(axes[1]))
-    lat = _plane_coordinate(box, np.zeros(3), axes[0] / np.linalg.norm(axes[0]))
+    post, lat = _frame_axis_mm(box, anatomy, 1), _frame_axis_mm(box, anatomy, 0)
     big = np.float32(1e6)
-    centre = np.where(count > 0, (post * sac).sum(axis=(1, 2)) / np.maximum(count, 1), -big).astype(np.float32)
+    centre = _per_slice_sac_centre(post, sac, -big)  # slices without a sac get none
     left = np.where(sac, lat, big).min(axis=(1, 2))
     right = np.where(sac, lat, -big).max(axis=(1, 2))
     edge = np.float32(edge_mm)
     weight = np.clip((centre[:, None, None] - post) / edge, 0.0, 1.0)  # 1 from edge_mm in front of the centre
     weight *= np.clip((lat - left[:, None, None]) / edge + np.float32(0.5), 0.0, 1.0)
     weight *= np.clip((right[:, None, None] - lat) / edge + np.float32(0.5), 0.0, 1.0)
-    weight *= st == ef_code
-    return slices, weight.astype(np.float32)
+    weight *= st == STRUCTURE_CODES["epidural_fat"]
+    return slices, weight
 
 
 def paint_anterior_epidural(hu: np.ndarray, structures: np.ndarray, root: GridBox, anatomy: Anatomy,
                             hu_value: float) -> None:
     """Blend the anterior epidural space's soft tissue (``hu_value``) into ``hu`` (in place, (Z, Y, X)
     float32) where :func:`anterior_epidural_weight` puts it; labels and codes are untouched."""
-    found = anterior_epidural_weight(structures, root, anatomy)
-    if found is None:
-        return
-    slices, weight = found
-    view = hu[slices]
-    view += weight * (np.float32(hu_value) - view)
+    _blend_found(hu, anterior_epidural_weight(structures, root, anatomy), hu_value)
 
 
 def rasterise(anatomy: Anatomy, grid: Grid, values: TissueValues, rng: np.random.Generator, *, supersample: int = 1,
